@@ -1,0 +1,54 @@
+# Every habit has one entry. The venv and DynamoDB Local install themselves on first use.
+PY      ?= python3.11
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+ETL     := $(BIN)/etl
+CONFIG  ?= $(if $(wildcard pipeline.toml),pipeline.toml,demo.toml)
+MONTH   ?=
+MONTHS  ?=
+DEMO_MONTHS ?= 201604 201605 201606
+ARGS    ?=
+MONTH_ARGS := $(foreach m,$(MONTH),--month $(m)) $(foreach r,$(MONTHS),--months $(r))
+STAMP   := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench export transform load verify run status local-up local-down clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+run transform load verify export: $(STAMP)
+	$(ETL) --config $(CONFIG) $@ $(MONTH_ARGS) $(ARGS)
+
+status: $(STAMP)
+	$(ETL) --config $(CONFIG) status $(ARGS)
+
+local-up: $(STAMP)
+	$(ETL) --config demo.toml local up
+
+local-down: $(STAMP)
+	$(ETL) --config demo.toml local down
+
+demo: $(STAMP)
+	$(ETL) --config demo.toml local up
+	$(ETL) --config demo.toml local seed $(foreach m,$(DEMO_MONTHS),--month $(m)) --rows-per-month 20000
+	$(ETL) --config demo.toml run $(foreach m,$(DEMO_MONTHS),--month $(m)) --yes
+	$(ETL) --config demo.toml status
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check etl tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench $(ARGS)
+
+clean:
+	-$(ETL) --config demo.toml local down
+	rm -rf .etl-local .pytest_cache .mypy_cache .ruff_cache

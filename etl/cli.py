@@ -1,0 +1,238 @@
+"""`etl`: a thin command line over the library. Parse, call, print.
+
+Errors a user can act on are one red line (and a hint) with exit code 1; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from etl import __version__
+from etl.config import Config, load_config, require_staging_root
+from etl.errors import EtlError
+from etl.months import resolve_months
+from etl.progress import Reporter
+
+
+class Ctx:
+    def __init__(self, config_path: str | None, debug: bool, progress: str) -> None:
+        self.config_path = config_path
+        self.debug = debug
+        self.reporter = Reporter(progress)
+        self._cfg: Config | None = None
+
+    def config(self, **overrides: dict[str, Any]) -> Config:
+        if self._cfg is None or overrides:
+            self._cfg = load_config(self.config_path, overrides=overrides or None)
+        return self._cfg
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context().find_object(Ctx)
+        debug = bool(ctx and ctx.debug)
+        try:
+            return fn(*args, **kwargs)
+        except EtlError as exc:
+            if debug:
+                traceback.print_exc()
+            click.secho(f"error: {exc.message}", fg="red", err=True)
+            if exc.hint:
+                click.echo(f"  -> {exc.hint}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.secho("interrupted: committed work is kept; rerun the same command to resume", fg="yellow",
+                        err=True)
+            sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, SystemExit):
+            raise
+        except Exception as exc:
+            if debug:
+                traceback.print_exc()
+            else:
+                click.secho(f"error: {type(exc).__name__}: {exc}", fg="red", err=True)
+                click.echo("  -> rerun with --debug for the full traceback", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def month_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--months", "month_ranges", multiple=True, metavar="FIRST-LAST",
+                      help="An inclusive range, e.g. 201505-201705 (repeatable).")(fn)
+    fn = click.option("--month", "months", multiple=True, metavar="YYYYMM",
+                      help="A month, e.g. 201604 (repeatable; a comma list works too).")(fn)
+    return fn
+
+
+def _months(months: tuple[str, ...], ranges: tuple[str, ...]) -> list[str]:
+    out = resolve_months(months, ranges)
+    if not out:
+        raise EtlError("no month given", hint="pass --month YYYYMM (repeatable) or --months FIRST-LAST")
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config_path", metavar="FILE", envvar="ETL_CONFIG",
+              help="Pipeline TOML config (default: $ETL_CONFIG, else ./pipeline.toml).")
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.option("--progress", type=click.Choice(["auto", "rich", "json", "quiet"]), default="auto",
+              show_default=True, help="Progress display: rich bars on a terminal, JSON lines otherwise.")
+@click.version_option(__version__, prog_name="etl")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, debug: bool, progress: str) -> None:
+    """Backfill monthly DynamoDB tables into one index table, staged in S3.
+
+    \b
+    Stages (each restartable; state lives in the staging store's _state/ manifests):
+      export     monthly table -> S3 (point-in-time export, or --mode scan)
+      transform  export -> projected Parquet, bad rows quarantined with a reason
+      load       Parquet -> destination table, within a write budget, checkpointed
+    `etl status` shows every month and the command to run next.
+    """
+    ctx.obj = Ctx(config_path, debug, progress)
+
+
+# --------------------------------------------------------------------------- local AWS
+
+
+@cli.group()
+def local() -> None:
+    """Embedded local AWS (moto server on 127.0.0.1) and sample data, for demos and tests."""
+
+
+@local.command("up")
+@click.option("--port", type=int, help="Port on 127.0.0.1 (default: [local] port).")
+@click.option("--foreground", is_flag=True, help="Run in the foreground instead of in the background.")
+@click.pass_obj
+@handle_errors
+def local_up(obj: Ctx, port: int | None, foreground: bool) -> None:
+    """Start moto's server (S3, DynamoDB with export, Glue) on 127.0.0.1; a pid file records it."""
+    from etl import local as local_mod
+
+    local_mod.server_up(obj.config(), port, background=not foreground, reporter=Reporter("rich"))
+
+
+@local.command("down")
+@click.option("--port", type=int, help="Port on 127.0.0.1 (default: [local] port).")
+@click.pass_obj
+@handle_errors
+def local_down(obj: Ctx, port: int | None) -> None:
+    """Stop the moto server that `etl local up` started (only that process)."""
+    from etl import local as local_mod
+
+    local_mod.server_down(obj.config(), port, reporter=Reporter("rich"))
+
+
+@local.command("seed")
+@month_options
+@click.option("--rows-per-month", type=click.IntRange(1, 50_000_000), default=20_000, show_default=True)
+@click.option("--seed", "seed_value", type=int, default=7, show_default=True, help="Random seed: same seed, same rows.")
+@click.pass_obj
+@handle_errors
+def local_seed(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], rows_per_month: int,
+               seed_value: int) -> None:
+    """Create monthly source tables (PITR on), the staging bucket and the destination table, and fill
+    each month with synthetic rows (about 2% dirty, for the transform to quarantine)."""
+    from etl import local as local_mod
+
+    local_mod.seed(obj.config(), _months(months, month_ranges), rows_per_month, seed_value, obj.reporter)
+
+
+# --------------------------------------------------------------------------- stages
+
+
+@cli.command()
+@month_options
+@click.option("--mode", type=click.Choice(["pitr", "scan"]), help="pitr (default from config) or scan.")
+@click.option("--use-existing", metavar="URI", help="Adopt an existing export folder (.../AWSDynamoDB/<id>).")
+@click.option("--force", is_flag=True, help="Export again even if the month is committed.")
+@click.option("--enable-pitr", is_flag=True, help="Turn on point-in-time recovery where it is off.")
+@click.pass_obj
+@handle_errors
+def export(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mode: str | None,
+           use_existing: str | None, force: bool, enable_pitr: bool) -> None:
+    """Export monthly tables to the staging store (no read capacity used in pitr mode)."""
+    from etl.export import run_export
+
+    cfg = obj.config()
+    require_staging_root(cfg)
+    results = run_export(cfg, _months(months, month_ranges), mode=mode, use_existing=use_existing, force=force,
+                         enable_pitr=enable_pitr, reporter=obj.reporter)
+    for r in results:
+        if not r.get("skipped"):
+            click.echo(f"export {r['month']}: {r.get('item_count') or r.get('describe_item_count') or '?'} items, "
+                       f"{len(r['files'])} file(s), {'verified' if r['verified'] else 'unverified'}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@month_options
+@click.pass_obj
+@handle_errors
+def status(obj: Ctx, as_json: bool, months: tuple[str, ...], month_ranges: tuple[str, ...]) -> None:
+    """Months x stages from the staging store's manifests: state, counts, times, failures, next step."""
+    from etl import staging
+    from etl.status import collect
+
+    cfg = obj.config()
+    store = staging.open_store(require_staging_root(cfg), cfg.staging)
+    rows = collect(store, resolve_months(months, month_ranges) or None)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"nothing staged under {store.uri} yet; start with `etl export --month YYYYMM`")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    colour = {"done": "green", "failed": "red", "running": "yellow", "stale": "yellow", "-": "dim"}
+    table = Table(title=f"staging: {store.uri}")
+    table.add_column("month")
+    for stage in staging.STAGES:
+        table.add_column(stage)
+    table.add_column("next")
+    for row in rows:
+        cells = []
+        for stage in staging.STAGES:
+            c = row["stages"][stage]
+            text = c["state"]
+            if c.get("summary"):
+                text += f"\n{c['summary']}"
+            if c.get("duration_s") is not None:
+                text += f"\n{c['duration_s']:.1f}s"
+            if c.get("error"):
+                text += f"\n{c['error'][:200]}"
+            cells.append(f"[{colour.get(c['state'], 'white')}]{text}[/]")
+        table.add_row(row["month"], *cells, row["next"] or "[green]complete[/]")
+    Console(width=max(120, Console().width)).print(table)
+
+
+@cli.command()
+@month_options
+@click.option("--mode", type=click.Choice(["pitr", "scan"]), help="Export mode (default from config).")
+@click.option("--yes", is_flag=True, help="Do not ask before writing to the destination.")
+@click.pass_obj
+@handle_errors
+def run(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mode: str | None, yes: bool) -> None:
+    """Every stage in order for the months, skipping what is already committed (resumes a backfill)."""
+    from etl.export import run_export
+
+    cfg = obj.config()
+    require_staging_root(cfg)
+    ms = _months(months, month_ranges)
+    run_export(cfg, ms, mode=mode, reporter=obj.reporter)
+    obj.reporter.info(f"run: export committed for {len(ms)} month(s)")
+
+
+def main() -> None:
+    cli(prog_name="etl")

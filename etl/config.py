@@ -1,0 +1,389 @@
+"""Typed pipeline configuration: a TOML file, then ETL_* environment overrides, then CLI flags.
+
+Every refusal names the key, the file it came from, the value and what would be valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from etl.errors import ConfigError
+
+DEFAULT_CONFIG = "pipeline.toml"
+AWS_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+
+
+@dataclass(frozen=True)
+class AwsSide:
+    """Where one side of the pipeline lives: region, optional role (cross-account) and endpoint."""
+
+    aws_region: str = "us-east-1"
+    role_arn: str | None = None  # assumed with STS before any call of this side
+    endpoint_url: str | None = None  # e.g. a local emulator; AWS_ENDPOINT_URL also works
+    profile: str | None = None  # a named profile; AWS_PROFILE also works
+
+
+@dataclass(frozen=True)
+class SourceConfig(AwsSide):
+    table_template: str = "CustomerTracker_{domain}_{region}_{month}"
+
+
+@dataclass(frozen=True)
+class StagingConfig(AwsSide):
+    root: str = ""  # s3://bucket/prefix or a local directory
+
+
+@dataclass(frozen=True)
+class DestinationConfig(AwsSide):
+    table_template: str = "{domain}_{region}_AnniversaryPromo_2017"
+    partition_key: str = "CustomerID"
+    sort_key: str = "CreationDateTime"
+    production: bool = True  # ask before writing unless --yes
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    mode: str = "pitr"  # pitr | scan
+    concurrency: int = 4  # months exported at once
+    poll_max_seconds: float = 30.0  # cap of the backing-off DescribeExport poll
+    timeout_seconds: float = 6 * 3600.0
+    scan_read_fraction: float | None = 0.5  # share of provisioned RCU a scan export may use
+    scan_max_rcu: float | None = None  # absolute RCU/s (required for on-demand tables)
+    scan_segments: int = 4
+    scan_items_per_file: int = 500_000
+    forward_writes_since: str | None = None  # ISO-8601: when the live forward writer went in
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One destination column: `name` <- `source` attribute, converted by `converter`."""
+
+    name: str
+    source: str = ""
+    converter: str = "string"  # string | int | datetime | ttl
+    required: bool = True
+    base: str = ""  # for ttl: the destination datetime column it adds ttl_seconds to
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    columns: tuple[ColumnSpec, ...] = (
+        ColumnSpec(name="CustomerID", source="CustomerID", converter="string"),
+        ColumnSpec(name="CreationDateTime", source="DateTime", converter="datetime"),
+        ColumnSpec(name="OrderID", source="OrderID", converter="string"),
+        ColumnSpec(name="ExpirationTimestamp", converter="ttl", base="CreationDateTime"),
+    )
+    ttl_seconds: int = 31_536_000
+    non_empty: tuple[str, ...] = ("OrderID", "CustomerID")  # source attributes a row must have
+    date_zone: str = "UTC"  # zone of date-only strings
+    date_formats: tuple[str, ...] = ()  # extra strptime patterns, e.g. "%a, %d %b %Y %H:%M:%S GMT"
+    epoch_unit: str = "s"  # N attributes mapped as datetime: s | ms
+    hook: str | None = None  # "module:function" over a pyarrow.Table
+    concurrency: int = 2
+    row_group_rows: int = 100_000
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    write_capacity_fraction: float | None = None
+    max_wcu: float | None = None
+    include_expired: bool = False
+    concurrency: int = 4
+    deadline_seconds: float | None = None
+    read_capacity_fraction: float | None = 0.5  # verify's BatchGetItem budget
+    max_rcu: float | None = None
+
+
+@dataclass(frozen=True)
+class PromoConfig:
+    loyalty_months: int = 3
+    loyalty_percent: int = 10
+    anniversary_months: int = 24
+    anniversary_percent: int = 5
+    zone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    port: int = 5050
+    state_dir: str = ".etl-local"
+
+
+@dataclass(frozen=True)
+class Config:
+    domain: str = ""
+    region: str = ""  # the {region} label in table names (a business name, not an AWS region)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    staging: StagingConfig = field(default_factory=StagingConfig)
+    destination: DestinationConfig = field(default_factory=DestinationConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    transform: TransformConfig = field(default_factory=TransformConfig)
+    load: LoadConfig = field(default_factory=LoadConfig)
+    promo: PromoConfig = field(default_factory=PromoConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
+    path: str = "<defaults>"  # where the config came from (not a TOML key)
+
+    def source_table(self, month: str) -> str:
+        return self.source.table_template.format(domain=self.domain, region=self.region, month=month)
+
+    def destination_table(self) -> str:
+        return self.destination.table_template.format(domain=self.domain, region=self.region)
+
+    def hash_of(self, *sections: str) -> str:
+        """A short hash of the sections that shape a stage's output (recorded in its manifest)."""
+        data = {s: _jsonable(getattr(self, s)) for s in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- building and checking
+
+
+class _Where:
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+
+def _fail(key: str, where: str, value: Any, valid: str) -> ConfigError:
+    return ConfigError(f"config: {key} = {value!r} (from {where}) is not valid: expected {valid}")
+
+
+def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value == "" and type(None) in args):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key, where)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise _fail(key, where, value, "a list")
+        return tuple(_coerce(args[0], v, f"{key}[{i}]", where) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _fail(key, where, value, "a table")
+        return _build(tp, value, key, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
+            return value.lower() in ("1", "true", "yes")
+        raise _fail(key, where, value, "true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise _fail(key, where, value, "an integer")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise _fail(key, where, value, "an integer") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise _fail(key, where, value, "a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise _fail(key, where, value, "a number") from None
+    if tp is str:
+        if not isinstance(value, str):
+            raise _fail(key, where, value, "a string")
+        return value
+    return value
+
+
+def _build(cls: Any, data: dict[str, Any], prefix: str, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.name != "path"}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"config: unknown key {prefix + '.' if prefix else ''}{unknown[0]} in {where}; "
+            f"valid keys here: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(hints[name], value, key, where)
+    return cls(**kwargs)
+
+
+def _env_overrides(env: typing.Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """ETL_<SECTION>_<KEY> (or ETL_<KEY> for top-level keys) -> (section, key, value)."""
+    out = []
+    for f in dataclasses.fields(Config):
+        if f.name == "path":
+            continue
+        sub = f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+        if dataclasses.is_dataclass(sub):
+            for g in dataclasses.fields(sub):
+                name = f"ETL_{f.name}_{g.name}".upper()
+                if name in env:
+                    out.append((f.name, g.name, env[name]))
+        else:
+            name = f"ETL_{f.name}".upper()
+            if name in env:
+                out.append(("", f.name, env[name]))
+    return out
+
+
+def load_config(
+    path: str | None = None,
+    env: typing.Mapping[str, str] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Config:
+    """Read the TOML file (`path`, else $ETL_CONFIG, else ./pipeline.toml), then env, then overrides."""
+    env = os.environ if env is None else env
+    explicit = path or env.get("ETL_CONFIG")
+    file = Path(explicit or DEFAULT_CONFIG)
+    data: dict[str, Any] = {}
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config: {file} is not valid TOML: {exc}") from None
+    elif explicit:
+        raise ConfigError(
+            f"config file {file} not found",
+            hint="pass --config FILE, set ETL_CONFIG, or copy pipeline.example.toml to pipeline.toml",
+        )
+    where = str(file) if file.exists() else "<defaults>"
+    cfg: Config = _build(Config, data, "", where)
+    changes: dict[str, dict[str, tuple[Any, str]]] = {}
+    for section, key, value in _env_overrides(env):
+        env_name = f"ETL_{section}_{key}".upper() if section else f"ETL_{key}".upper()
+        changes.setdefault(section, {})[key] = (value, f"environment {env_name}")
+    for section, kv in (overrides or {}).items():
+        for key, value in kv.items():
+            if value is not None:
+                changes.setdefault(section, {})[key] = (value, "command line")
+    for section, kv in changes.items():
+        if section:
+            sub = getattr(cfg, section)
+            hints = typing.get_type_hints(type(sub))
+            new = {k: _coerce(hints[k], v, f"{section}.{k}", w) for k, (v, w) in kv.items()}
+            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(sub, **new)})
+        else:
+            hints = typing.get_type_hints(Config)
+            cfg = dataclasses.replace(cfg, **{k: _coerce(hints[k], v, k, w) for k, (v, w) in kv.items()})
+    cfg = dataclasses.replace(cfg, path=where)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    w = cfg.path
+    for side in ("source", "staging", "destination"):
+        s: AwsSide = getattr(cfg, side)
+        if not AWS_REGION_RE.match(s.aws_region):
+            raise _fail(f"{side}.aws_region", w, s.aws_region, "an AWS region such as us-east-1")
+        if s.role_arn and not s.role_arn.startswith("arn:aws"):
+            raise _fail(f"{side}.role_arn", w, s.role_arn, "an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)")
+        if s.endpoint_url and not re.match(r"^https?://", s.endpoint_url):
+            raise _fail(f"{side}.endpoint_url", w, s.endpoint_url, "an http(s):// URL")
+    for key, template, needed in (
+        ("source.table_template", cfg.source.table_template, {"month"}),
+        ("destination.table_template", cfg.destination.table_template, set()),
+    ):
+        fields = set(re.findall(r"{(\w*)}", template))
+        bad = fields - {"domain", "region", "month"}
+        if bad or not needed <= fields:
+            raise _fail(key, w, template, "a table name using only {domain}, {region} and {month}"
+                        + (" and containing {month}" if needed else ""))
+        if "domain" in fields and not cfg.domain:
+            raise _fail("domain", w, cfg.domain, f"a non-empty name ({key} uses {{domain}})")
+        if "region" in fields and not cfg.region:
+            raise _fail("region", w, cfg.region, f"a non-empty name ({key} uses {{region}})")
+    if cfg.staging.root and cfg.staging.root.startswith("s3://"):
+        if not re.match(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$", cfg.staging.root):
+            raise _fail("staging.root", w, cfg.staging.root, "s3://bucket/prefix or a local directory")
+    elif "://" in cfg.staging.root:
+        raise _fail("staging.root", w, cfg.staging.root, "s3://bucket/prefix or a local directory")
+    e = cfg.export
+    if e.mode not in ("pitr", "scan"):
+        raise _fail("export.mode", w, e.mode, "'pitr' or 'scan'")
+    _fraction("export.scan_read_fraction", e.scan_read_fraction, w)
+    _positive("export.scan_max_rcu", e.scan_max_rcu, w)
+    for key, value in (("export.concurrency", e.concurrency), ("export.scan_segments", e.scan_segments),
+                       ("export.scan_items_per_file", e.scan_items_per_file),
+                       ("transform.concurrency", cfg.transform.concurrency),
+                       ("transform.row_group_rows", cfg.transform.row_group_rows),
+                       ("load.concurrency", cfg.load.concurrency)):
+        if value < 1:
+            raise _fail(key, w, value, "an integer >= 1")
+    t = cfg.transform
+    names = [c.name for c in t.columns]
+    if len(set(names)) != len(names):
+        raise _fail("transform.columns", w, names, "distinct column names")
+    for i, c in enumerate(t.columns):
+        if c.converter not in ("string", "int", "datetime", "ttl"):
+            raise _fail(f"transform.columns[{i}].converter", w, c.converter, "string, int, datetime or ttl")
+        if c.converter == "ttl" and c.base not in names:
+            raise _fail(f"transform.columns[{i}].base", w, c.base, f"one of the columns {names}")
+        if c.converter != "ttl" and not c.source:
+            raise _fail(f"transform.columns[{i}].source", w, c.source, "the source attribute name")
+    for key in (cfg.destination.partition_key, cfg.destination.sort_key):
+        if key not in names:
+            raise _fail("destination key", w, key, f"a transformed column (one of {names})")
+    if t.ttl_seconds < 0:
+        raise _fail("transform.ttl_seconds", w, t.ttl_seconds, "an integer >= 0")
+    if t.epoch_unit not in ("s", "ms"):
+        raise _fail("transform.epoch_unit", w, t.epoch_unit, "'s' or 'ms'")
+    if t.hook and not re.match(r"^[\w.]+:\w+$", t.hook):
+        raise _fail("transform.hook", w, t.hook, "'module:function'")
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(t.date_zone)
+        ZoneInfo(cfg.promo.zone)
+    except Exception:
+        raise _fail("transform.date_zone / promo.zone", w, t.date_zone, "an IANA zone such as UTC") from None
+    ld = cfg.load
+    _fraction("load.write_capacity_fraction", ld.write_capacity_fraction, w)
+    _positive("load.max_wcu", ld.max_wcu, w)
+    if ld.write_capacity_fraction is not None and ld.max_wcu is not None:
+        raise ConfigError(
+            f"config: set either load.write_capacity_fraction or load.max_wcu in {w}, not both"
+        )
+    _fraction("load.read_capacity_fraction", ld.read_capacity_fraction, w)
+    _positive("load.max_rcu", ld.max_rcu, w)
+    if not 1 <= cfg.local.port <= 65535:
+        raise _fail("local.port", w, cfg.local.port, "a TCP port 1-65535")
+
+
+def _fraction(key: str, value: float | None, where: str) -> None:
+    if value is not None and not 0 < value <= 1:
+        raise _fail(key, where, value, "a fraction 0 < f <= 1 (0.25 means 25%; for an absolute rate "
+                    "use the max_* setting)")
+
+
+def _positive(key: str, value: float | None, where: str) -> None:
+    if value is not None and value <= 0:
+        raise _fail(key, where, value, "a number > 0")
+
+
+def require_staging_root(cfg: Config) -> str:
+    if not cfg.staging.root:
+        raise ConfigError(
+            f"config: staging.root is not set (looked in {cfg.path} and $ETL_STAGING_ROOT)",
+            hint="set [staging] root = \"s3://bucket/prefix\" or a local directory",
+        )
+    return cfg.staging.root

@@ -1,0 +1,341 @@
+"""The staging store is the pipeline's state: data under deterministic keys, manifests written last.
+
+Layout under the staging root (S3 `s3://bucket/prefix` or a local directory):
+
+    export/month=YYYYMM/AWSDynamoDB/<exportId>/...     stage 1 output (AWS export layout)
+    transformed/month=YYYYMM/part-NNNNN.parquet        stage 2 output
+    rejected/month=YYYYMM/part-NNNNN.jsonl.gz          stage 2 quarantine
+    _state/month=YYYYMM/<stage>.json                   a stage's manifest: present = done
+    _state/month=YYYYMM/<stage>.failed.json            the last failure of a stage
+    _state/month=YYYYMM/export.pending.json            an export started but not yet committed
+    _state/month=YYYYMM/load/part-NNNNN.done           load checkpoints
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from etl import __version__
+from etl.config import AwsSide
+from etl.errors import EtlError
+
+STAGES = ("export", "transform", "load", "verify")
+CHUNK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str  # relative to the store's root
+    size: int
+    etag: str
+    mtime: float
+
+
+class Store:
+    """A tiny object-store interface with two implementations (local directory, S3 prefix)."""
+
+    uri: str
+
+    def key_uri(self, key: str) -> str:
+        raise NotImplementedError
+
+    def read(self, key: str) -> bytes:
+        with self.open_read(key) as f:
+            return f.read()
+
+    def write(self, key: str, data: bytes) -> None:
+        with self.open_write(key) as f:
+            f.write(data)
+
+    def open_read(self, key: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+        raise NotImplementedError
+
+    def open_write(self, key: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+        raise NotImplementedError
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        raise NotImplementedError
+
+    def head(self, key: str) -> ObjectInfo | None:
+        raise NotImplementedError
+
+    def delete_prefix(self, prefix: str) -> int:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        return self.head(key) is not None
+
+    def md5(self, key: str) -> tuple[str, str]:
+        """(base64 md5, hex md5) of an object's bytes, streamed."""
+        h = hashlib.md5()
+        with self.open_read(key) as f:
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+        return base64.b64encode(h.digest()).decode(), h.hexdigest()
+
+    def read_json(self, key: str) -> Any:
+        return json.loads(self.read(key))
+
+    def write_json(self, key: str, body: Any) -> None:
+        self.write(key, (json.dumps(body, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+    def sub(self, prefix: str) -> Store:
+        raise NotImplementedError
+
+
+class LocalStore(Store):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key if key else self.root
+
+    def key_uri(self, key: str) -> str:
+        return str(self._path(key))
+
+    @contextlib.contextmanager
+    def open_read(self, key: str) -> Iterator[IO[bytes]]:
+        try:
+            f = open(self._path(key), "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            raise EtlError(f"{self.key_uri(key)} does not exist") from None
+        with f:
+            yield f
+
+    @contextlib.contextmanager
+    def open_write(self, key: str) -> Iterator[IO[bytes]]:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        base = self._path(prefix)
+        if base.is_file():
+            return [self._info(base)]
+        if not base.is_dir():
+            parent = base.parent
+            if not parent.is_dir():
+                return []
+            paths = [p for p in parent.rglob("*") if str(p).startswith(str(base))]
+        else:
+            paths = list(base.rglob("*"))
+        return sorted(
+            (self._info(p) for p in paths if p.is_file() and not p.name.endswith(".tmp")),
+            key=lambda o: o.key,
+        )
+
+    def _info(self, p: Path) -> ObjectInfo:
+        st = p.stat()
+        return ObjectInfo(str(p.relative_to(self.root)), st.st_size, "", st.st_mtime)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        p = self._path(key)
+        return self._info(p) if p.is_file() else None
+
+    def delete_prefix(self, prefix: str) -> int:
+        p = self._path(prefix)
+        if p.is_dir():
+            n = sum(1 for q in p.rglob("*") if q.is_file())
+            shutil.rmtree(p)
+            return n
+        if p.is_file():
+            p.unlink()
+            return 1
+        return 0
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+    def sub(self, prefix: str) -> Store:
+        return LocalStore(self._path(prefix))
+
+
+class S3Store(Store):
+    def __init__(self, bucket: str, prefix: str, s3: Any) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.s3 = s3
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+
+    def bucket_key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix and key else (key or self.prefix)
+
+    def key_uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.bucket_key(key)}"
+
+    @contextlib.contextmanager
+    def open_read(self, key: str) -> Iterator[IO[bytes]]:
+        try:
+            body = self.s3.get_object(Bucket=self.bucket, Key=self.bucket_key(key))["Body"]
+        except self.s3.exceptions.NoSuchKey:
+            raise EtlError(f"{self.key_uri(key)} does not exist") from None
+        try:
+            yield body
+        finally:
+            body.close()
+
+    @contextlib.contextmanager
+    def open_write(self, key: str) -> Iterator[IO[bytes]]:
+        with tempfile.TemporaryFile() as f:
+            yield f  # type: ignore[misc]
+            f.seek(0)
+            self.s3.upload_fileobj(f, self.bucket, self.bucket_key(key))
+
+    def write(self, key: str, data: bytes) -> None:
+        self.s3.put_object(Bucket=self.bucket, Key=self.bucket_key(key), Body=data)
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        out = []
+        full = self.bucket_key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            for o in page.get("Contents", []):
+                out.append(
+                    ObjectInfo(o["Key"][strip:], o["Size"], o["ETag"].strip('"'), o["LastModified"].timestamp())
+                )
+        return sorted(out, key=lambda o: o.key)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        import botocore.exceptions
+
+        try:
+            r = self.s3.head_object(Bucket=self.bucket, Key=self.bucket_key(key))
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return ObjectInfo(key, r["ContentLength"], r["ETag"].strip('"'), r["LastModified"].timestamp())
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = [self.bucket_key(o.key) for o in self.list(prefix)]
+        for i in range(0, len(keys), 1000):
+            self.s3.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True}
+            )
+        return len(keys)
+
+    def delete(self, key: str) -> None:
+        self.s3.delete_object(Bucket=self.bucket, Key=self.bucket_key(key))
+
+    def sub(self, prefix: str) -> Store:
+        return S3Store(self.bucket, self.bucket_key(prefix), self.s3)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    rest = uri[len("s3://") :]
+    bucket, _, prefix = rest.partition("/")
+    return bucket, prefix.strip("/")
+
+
+def open_store(uri: str, side: AwsSide) -> Store:
+    if uri.startswith("s3://"):
+        from etl import aws
+
+        bucket, prefix = split_s3(uri)
+        return S3Store(bucket, prefix, aws.client(side, "s3"))
+    return LocalStore(uri)
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def month_dir(month: str) -> str:
+    return f"month={month}"
+
+
+def export_prefix(month: str) -> str:
+    return f"export/{month_dir(month)}"
+
+
+def transformed_key(month: str, part: int) -> str:
+    return f"transformed/{month_dir(month)}/part-{part:05d}.parquet"
+
+
+def rejected_key(month: str, part: int) -> str:
+    return f"rejected/{month_dir(month)}/part-{part:05d}.jsonl.gz"
+
+
+def state_key(month: str, name: str) -> str:
+    return f"_state/{month_dir(month)}/{name}"
+
+
+def manifest_key(month: str, stage: str) -> str:
+    return state_key(month, f"{stage}.json")
+
+
+def failed_key(month: str, stage: str) -> str:
+    return state_key(month, f"{stage}.failed.json")
+
+
+def checkpoint_key(month: str, part: int) -> str:
+    return state_key(month, f"load/part-{part:05d}.done")
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def utcnow_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def read_manifest(store: Store, month: str, stage: str) -> dict[str, Any] | None:
+    key = manifest_key(month, stage)
+    if not store.exists(key):
+        return None
+    return dict(store.read_json(key))
+
+
+def commit_manifest(store: Store, month: str, stage: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Write the stage's manifest last; it is what makes the stage done. Clears an old failure."""
+    manifest = {
+        "stage": stage,
+        "month": month,
+        "status": "done",
+        "tool_version": __version__,
+        "committed_at": utcnow_iso(),
+        **body,
+    }
+    store.write_json(manifest_key(month, stage), manifest)
+    store.delete(failed_key(month, stage))
+    return manifest
+
+
+def record_failure(store: Store, month: str, stage: str, error: str, command: str) -> None:
+    store.write_json(
+        failed_key(month, stage),
+        {"stage": stage, "month": month, "status": "failed", "error": error, "rerun": command,
+         "failed_at": utcnow_iso(), "tool_version": __version__},
+    )
+
+
+def known_months(store: Store) -> list[str]:
+    months = set()
+    for o in store.list("_state/"):
+        part = o.key.split("/")[1] if o.key.count("/") >= 2 else ""
+        if part.startswith("month="):
+            months.add(part[len("month=") :])
+    return sorted(months)
