@@ -56,7 +56,7 @@ def session_for(side: AwsSide) -> boto3.Session:
                 method="assume-role", refresh_using=fetcher.fetch_credentials
             )
             bc = botocore.session.Session()
-            bc._credentials = creds
+            bc._credentials = creds  # type: ignore[attr-defined]
             bc.set_config_variable("region", side.aws_region)
             session = boto3.Session(botocore_session=bc, region_name=side.aws_region)
         return session
@@ -74,7 +74,8 @@ def client(side: AwsSide, service: str, max_pool: int = 32, **config: Any) -> An
     kwargs: dict[str, Any] = {"config": cfg, "region_name": side.aws_region}
     if side.endpoint_url:
         kwargs["endpoint_url"] = side.endpoint_url
-    return session_for(side).client(service, **kwargs)
+    session: Any = session_for(side)
+    return session.client(service, **kwargs)
 
 
 def account_of(side: AwsSide) -> str:

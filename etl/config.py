@@ -232,7 +232,7 @@ def _env_overrides(env: typing.Mapping[str, str]) -> list[tuple[str, str, str]]:
     for f in dataclasses.fields(Config):
         if f.name == "path":
             continue
-        sub = f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+        sub = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
         if dataclasses.is_dataclass(sub):
             for g in dataclasses.fields(sub):
                 name = f"ETL_{f.name}_{g.name}".upper()

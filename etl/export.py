@@ -228,6 +228,24 @@ def _find_folder(store: staging.S3Store, month: str, d: dict[str, Any]) -> stagi
     return store.sub(base + max(folders, key=lambda k: folders[k]))
 
 
+def _find_started(ddb: Any, table_arn: str, bucket: str, prefix: str) -> str | None:
+    """An export of this table into this prefix that is running or done (a start whose reply was lost).
+
+    DynamoDB deduplicates by ClientToken; this also covers emulators that ignore the token."""
+    kwargs: dict[str, Any] = {"TableArn": table_arn}
+    while True:
+        page = ddb.list_exports(**kwargs)
+        for summary in page.get("ExportSummaries", []):
+            if summary.get("ExportStatus") not in ("IN_PROGRESS", "COMPLETED"):
+                continue
+            d = ddb.describe_export(ExportArn=summary["ExportArn"])["ExportDescription"]
+            if d.get("S3Bucket") == bucket and d.get("S3Prefix", "").rstrip("/") == prefix:
+                return str(summary["ExportArn"])
+        if not page.get("NextToken"):
+            return None
+        kwargs["NextToken"] = page["NextToken"]
+
+
 def export_pitr(
     cfg: Config, store: staging.Store, month: str, force: bool, enable_pitr: bool, reporter: Reporter
 ) -> dict[str, Any]:
@@ -256,6 +274,12 @@ def export_pitr(
         if st in ("IN_PROGRESS", "COMPLETED"):
             arn = pending["export_arn"]
             reporter.info(f"export {month}: resuming export {arn} ({st})")
+    if arn is None and pending:
+        arn = _find_started(ddb, table_arn, store.bucket, store.bucket_key(staging.export_prefix(month)))
+        if arn:
+            reporter.info(f"export {month}: found the export started before ({arn})")
+            pending = {**pending, "export_arn": arn}
+            store.write_json(pending_key, pending)
     if arn is None:
         if pending:
             export_time = datetime.fromisoformat(pending["export_time"])
@@ -352,7 +376,7 @@ class _PartWriter:
 
     def add(self, line: bytes) -> None:
         if self._gz is None:
-            self._tmp = tempfile.TemporaryFile()
+            self._tmp = tempfile.TemporaryFile()  # noqa: SIM115 (closed in flush)
             self._gz = gzip.GzipFile(fileobj=self._tmp, mode="wb", compresslevel=6, mtime=0)
             self.count = 0
         self._gz.write(line)
@@ -458,7 +482,7 @@ def export_scan(cfg: Config, store: staging.Store, month: str, reporter: Reporte
         "tableId": desc.get("TableId"),
         "exportTime": _iso_ms(start),
         "s3Bucket": store.bucket if isinstance(store, staging.S3Store) else None,
-        "s3Prefix": store.bucket_key(staging.export_prefix(month)) if s3 else staging.export_prefix(month),
+        "s3Prefix": base_key.rsplit("/AWSDynamoDB/", 1)[0],
         "s3SseAlgorithm": "AES256" if s3 else None,
         "s3SseKmsKeyId": None,
         "manifestFilesS3Key": f"{base_key}/manifest-files.json",

@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,7 @@ def server_down(cfg: Config, port: int | None = None, reporter: Reporter = QUIET
 
 _ZONES = [("-07:00", -7 * 60), ("-08:00", -8 * 60), ("Z", 0), ("+00:00", 0), ("+01:00", 60),
           ("+05:30", 330), ("+09:00", 540), ("-04:00", -4 * 60)]
+REFS = ("mail", "ad", "home")
 DIRTY_KINDS = ("empty_order", "missing_order", "bad_datetime", "order_as_number", "datetime_as_number")
 
 
@@ -131,7 +132,8 @@ def generate_month(month: str, rows: int, seed: int, customers: int | None = Non
     out: list[dict[str, Any]] = []
     last_order: dict[str, tuple[datetime, str]] = {}
     while len(out) < rows:
-        cid = pool[min(int(rng.paretovariate(1.2)) - 1, len(pool) - 1)] if rng.random() < 0.3 else rng.choice(pool)
+        loyal = rng.random() < 0.3  # a few customers come back often
+        cid = pool[min(int(rng.paretovariate(1.2)) - 1, len(pool) - 1)] if loyal else rng.choice(pool)
         zone, minutes = rng.choice(_ZONES)
         local = datetime(y, m, rng.randint(1, days), rng.randrange(24), rng.randrange(60), rng.randrange(60))
         roll = rng.random()
@@ -152,7 +154,7 @@ def generate_month(month: str, rows: int, seed: int, customers: int | None = Non
         item: dict[str, Any] = {
             "CustomerID": {"S": cid},
             "DateTime": {"S": dt},
-            "URLClicked": {"S": f"https://shop.example.com/p/{rng.randrange(5000)}?ref={rng.choice(['mail', 'ad', 'home'])}"},
+            "URLClicked": {"S": f"https://shop.example.com/p/{rng.randrange(5000)}?ref={rng.choice(REFS)}"},
             "ProductID": {"S": f"P{rng.randrange(10000):05d}"},
         }
         if is_order:
@@ -273,8 +275,3 @@ def seed(
                                     "seconds": round(seconds, 2)}
         reporter.info(f"seeded {table}: {len(rows):,} rows ({sum(dirty.values())} dirty) in {seconds:.1f}s")
     return summary
-
-
-def now_month(offset: int = 0) -> str:
-    t = datetime.now(timezone.utc).replace(day=15) + timedelta(days=31 * offset)
-    return t.strftime("%Y%m")

@@ -201,7 +201,7 @@ class S3Store(Store):
     @contextlib.contextmanager
     def open_write(self, key: str) -> Iterator[IO[bytes]]:
         with tempfile.TemporaryFile() as f:
-            yield f  # type: ignore[misc]
+            yield f
             f.seek(0)
             self.s3.upload_fileobj(f, self.bucket, self.bucket_key(key))
 

@@ -1,0 +1,45 @@
+"""Test data builders that do not use the code under test."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+
+def b64md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def write_real_export(folder: Path, files: list[list[dict[str, Any]]], prefix: str = "pfx") -> Path:
+    """An export folder as DynamoDB writes it: manifests, md5 files, _started, data/*.json.gz."""
+    export_id = "01690000000000-abcdef12"
+    root = folder / "AWSDynamoDB" / export_id
+    (root / "data").mkdir(parents=True)
+    (root / "_started").write_bytes(b"")
+    lines = []
+    for i, items in enumerate(files):
+        raw = "".join(json.dumps({"Item": it}) + "\n" for it in items).encode()
+        data = gzip.compress(raw)
+        name = f"file{i:02d}aaaaaaaaaaaaaaaaaaaa.json.gz"
+        (root / "data" / name).write_bytes(data)
+        lines.append(json.dumps({"itemCount": len(items), "md5Checksum": b64md5(data),
+                                 "etag": hashlib.md5(data).hexdigest(),
+                                 "dataFileS3Key": f"{prefix}/AWSDynamoDB/{export_id}/data/{name}"}))
+    mf = ("\n".join(lines) + "\n").encode()
+    (root / "manifest-files.json").write_bytes(mf)
+    (root / "manifest-files.md5").write_text(b64md5(mf))
+    summary = json.dumps({"version": "2020-06-30", "exportArn": "arn:aws:dynamodb:us-east-1:1:table/T/export/x",
+                          "itemCount": sum(len(f) for f in files), "outputFormat": "DYNAMODB_JSON",
+                          "manifestFilesS3Key": f"{prefix}/AWSDynamoDB/{export_id}/manifest-files.json"}).encode()
+    (root / "manifest-summary.json").write_bytes(summary)
+    (root / "manifest-summary.md5").write_text(b64md5(summary))
+    return root
+
+
+def item(i: int) -> dict[str, Any]:
+    return {"CustomerID": {"S": f"C{i:05d}"}, "DateTime": {"S": "2016-04-12T10:15:30.123-07:00"},
+            "OrderID": {"S": f"O{i}"}}

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from etl.config import load_config
+from etl.errors import ConfigError, EtlError
+from etl.months import month_range, parse_month, resolve_months
+
+
+def write(tmp_path: Path, text: str) -> str:
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_example_config_loads_and_builds_table_names() -> None:
+    cfg = load_config("pipeline.example.toml", env={})
+    assert cfg.source_table("201604") == "CustomerTracker_shop_eu_201604"
+    assert cfg.destination_table() == "shop_eu_AnniversaryPromo_2017"
+    assert [c.name for c in cfg.transform.columns] == [
+        "CustomerID", "CreationDateTime", "OrderID", "ExpirationTimestamp"]
+    assert cfg.transform.ttl_seconds == 31_536_000
+
+
+def test_demo_config_loads() -> None:
+    cfg = load_config("demo.toml", env={})
+    assert cfg.staging.root.startswith("s3://")
+    assert cfg.destination.production is False
+
+
+def test_bad_value_names_key_file_value_and_what_is_valid(tmp_path: Path) -> None:
+    path = write(tmp_path, 'domain="d"\nregion="r"\n[load]\nwrite_capacity_fraction = 10\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(path, env={})
+    msg = str(e.value)
+    assert "load.write_capacity_fraction" in msg and path in msg and "10" in msg and "0 < f <= 1" in msg
+
+
+def test_unknown_key_lists_valid_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, 'domain="d"\nregion="r"\n[source]\nregoin="us-east-1"\n')
+    with pytest.raises(ConfigError, match=r"unknown key source.regoin .*aws_region"):
+        load_config(path, env={})
+
+
+def test_wrong_type_and_bad_region(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="export.concurrency"):
+        load_config(write(tmp_path, 'domain="d"\nregion="r"\n[export]\nconcurrency="many"\n'), env={})
+    with pytest.raises(ConfigError, match="source.aws_region = 'Ireland'"):
+        load_config(write(tmp_path, 'domain="d"\nregion="r"\n[source]\naws_region="Ireland"\n'), env={})
+
+
+def test_both_budgets_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, 'domain="d"\nregion="r"\n[load]\nwrite_capacity_fraction=0.5\nmax_wcu=100\n')
+    with pytest.raises(ConfigError, match="not both"):
+        load_config(path, env={})
+
+
+def test_env_overrides_file_and_cli_overrides_env(tmp_path: Path) -> None:
+    path = write(tmp_path, 'domain="d"\nregion="r"\n[staging]\nroot="/a"\n')
+    cfg = load_config(path, env={"ETL_STAGING_ROOT": "/b", "ETL_EXPORT_CONCURRENCY": "7"})
+    assert cfg.staging.root == "/b" and cfg.export.concurrency == 7
+    cfg = load_config(path, env={"ETL_STAGING_ROOT": "/b"}, overrides={"staging": {"root": "/c"}})
+    assert cfg.staging.root == "/c"
+    with pytest.raises(ConfigError, match="environment ETL_EXPORT_CONCURRENCY"):
+        load_config(path, env={"ETL_EXPORT_CONCURRENCY": "x"})
+
+
+def test_missing_explicit_file_and_template_needs_month(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.toml"), env={})
+    path = write(tmp_path, 'domain="d"\nregion="r"\n[source]\ntable_template="T_{domain}"\n')
+    with pytest.raises(ConfigError, match=r"\{month\}"):
+        load_config(path, env={})
+
+
+def test_config_hash_changes_with_the_mapping(tmp_path: Path) -> None:
+    a = load_config(write(tmp_path, 'domain="d"\nregion="r"\n[transform]\nttl_seconds=10\n'), env={})
+    b = load_config(write(tmp_path, 'domain="d"\nregion="r"\n[transform]\nttl_seconds=11\n'), env={})
+    assert a.hash_of("transform") != b.hash_of("transform")
+    assert a.hash_of("source") == b.hash_of("source")
+
+
+@pytest.mark.parametrize("bad", ["2016-4", "201613", "201600", "20164", "abcdef", ""])
+def test_bad_months_are_refused(bad: str) -> None:
+    with pytest.raises(EtlError, match="YYYYMM"):
+        parse_month(bad)
+
+
+def test_month_ranges_are_inclusive_and_cross_years() -> None:
+    assert month_range("201511-201602") == ["201511", "201512", "201601", "201602"]
+    assert len(month_range("201505-201705")) == 25
+    assert resolve_months(["201604,201601", "201604"], ["201512-201601"]) == ["201512", "201601", "201604"]
+    with pytest.raises(EtlError, match="comes after"):
+        month_range("201605-201601")

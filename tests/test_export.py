@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from etl import aws, staging
+from etl.config import Config
+from etl.errors import EtlError, ValidationFailed
+from etl.export import run_export
+from etl.local import seed
+from tests.conftest import ddb_client, s3_client
+from tests.helpers import item, write_real_export
+
+MONTH = "201604"
+
+
+@pytest.fixture()
+def s3cfg(moto: str, make_config: Callable[..., Config]) -> Config:
+    cfg = make_config(endpoint=moto, root="s3://stage-bucket/backfill")
+    seed(cfg, [MONTH], 300, 1)
+    return cfg
+
+
+def test_pitr_export_commits_manifest_and_rerun_skips(s3cfg: Config) -> None:
+    [m] = run_export(s3cfg, [MONTH])
+    assert m["status"] == "done" and m["mode"] == "pitr"
+    assert m["describe_item_count"] == 300
+    assert m["verified"] is False and "not verified" in m["verification"]
+    assert len(m["files"]) == 1 and m["files"][0]["uri"].startswith("s3://stage-bucket/backfill/export/month=201604/")
+    store = staging.open_store(s3cfg.staging.root, s3cfg.staging)
+    assert staging.read_manifest(store, MONTH, "export")["export_arn"] == m["export_arn"]
+    assert not store.exists(staging.state_key(MONTH, "export.pending.json"))
+    [again] = run_export(s3cfg, [MONTH])
+    assert again.get("skipped") is True
+    ddb = ddb_client(s3cfg.source.endpoint_url)
+    arn = ddb.describe_table(TableName="CustomerTracker_shop_eu_201604")["Table"]["TableArn"]
+    assert len(ddb.list_exports(TableArn=arn)["ExportSummaries"]) == 1
+
+
+def test_pitr_disabled_gives_clear_error_and_enable_flag_works(s3cfg: Config) -> None:
+    ddb = ddb_client(s3cfg.source.endpoint_url)
+    ddb.update_continuous_backups(TableName="CustomerTracker_shop_eu_201604",
+                                  PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": False})
+    with pytest.raises(EtlError) as e:
+        run_export(s3cfg, [MONTH])
+    assert "point-in-time recovery" in e.value.message and "--enable-pitr" in (e.value.hint or "")
+    store = staging.open_store(s3cfg.staging.root, s3cfg.staging)
+    failure = store.read_json(staging.failed_key(MONTH, "export"))
+    assert failure["rerun"] == "etl export --month 201604"
+    [m] = run_export(s3cfg, [MONTH], enable_pitr=True)
+    assert m["status"] == "done"
+    assert not store.exists(staging.failed_key(MONTH, "export"))
+
+
+def test_a_retried_export_does_not_start_a_second_one(s3cfg: Config) -> None:
+    """The reply to ExportTableToPointInTime is lost (the process dies after the call); the retry
+    finds the export that was started instead of paying for another."""
+    calls = []
+
+    def lose_reply(**kwargs: Any) -> None:
+        calls.append(1)
+        raise ConnectionError("reply lost")
+
+    session = aws.session_for(s3cfg.source)
+    session.events.register("after-call.dynamodb.ExportTableToPointInTime", lose_reply)
+    with pytest.raises(EtlError):
+        run_export(s3cfg, [MONTH])
+    session.events.unregister("after-call.dynamodb.ExportTableToPointInTime", lose_reply)
+    assert calls == [1]
+    [m] = run_export(s3cfg, [MONTH])
+    ddb = ddb_client(s3cfg.source.endpoint_url)
+    arn = ddb.describe_table(TableName="CustomerTracker_shop_eu_201604")["Table"]["TableArn"]
+    exports = ddb.list_exports(TableArn=arn)["ExportSummaries"]
+    assert len(exports) == 1 and exports[0]["ExportArn"] == m["export_arn"]
+
+
+def test_failed_export_reports_dynamodb_code_and_message(s3cfg: Config) -> None:
+    def fail(parsed: dict[str, Any], **kwargs: Any) -> None:
+        parsed["ExportDescription"].update(ExportStatus="FAILED", FailureCode="S3AccessDenied",
+                                           FailureMessage="Access denied to bucket")
+
+    aws.session_for(s3cfg.source).events.register("after-call.dynamodb.DescribeExport", fail)
+    with pytest.raises(EtlError, match="FAILED: S3AccessDenied: Access denied to bucket") as e:
+        run_export(s3cfg, [MONTH])
+    assert "--force" in (e.value.hint or "")
+
+
+def test_force_starts_a_new_export_and_replaces_the_old_files(s3cfg: Config) -> None:
+    [first] = run_export(s3cfg, [MONTH])
+    [second] = run_export(s3cfg, [MONTH], force=True)
+    assert second["export_arn"] != first["export_arn"]
+    keys = [o["Key"] for o in s3_client(s3cfg.staging.endpoint_url).list_objects_v2(
+        Bucket="stage-bucket", Prefix="backfill/export/")["Contents"]]
+    assert len(keys) == 1 and second["files"][0]["uri"].endswith(keys[0])
+
+
+def test_missing_table_bucket_and_local_root_errors(moto: str, make_config: Callable[..., Config],
+                                                    tmp_path: Path) -> None:
+    cfg = make_config(endpoint=moto, root="s3://no-such-bucket/x")
+    with pytest.raises(EtlError, match="CustomerTracker_shop_eu_201604 .* not found"):
+        run_export(cfg, [MONTH])
+    seed(make_config(endpoint=moto, root="s3://other-bucket/x"), [MONTH], 10)
+    with pytest.raises(EtlError, match="staging bucket no-such-bucket does not exist"):
+        run_export(cfg, [MONTH])
+    local_cfg = make_config(endpoint=moto, root=str(tmp_path / "stage"))
+    with pytest.raises(EtlError) as e:
+        run_export(local_cfg, [MONTH])
+    assert "only export to S3" in e.value.message and "--mode scan" in (e.value.hint or "")
+
+
+def test_bucket_in_another_region_is_refused(moto: str, make_config: Callable[..., Config]) -> None:
+    cfg = make_config(endpoint=moto, root="s3://eu-bucket/x")
+    seed(make_config(endpoint=moto, root="s3://other-bucket/x"), [MONTH], 10)
+    s3_client(moto).create_bucket(Bucket="eu-bucket", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    with pytest.raises(EtlError, match="eu-bucket is in eu-west-1"):
+        run_export(cfg, [MONTH])
+
+
+# --------------------------------------------------------------------------- adopting an existing export
+
+
+def test_use_existing_accepts_a_real_layout_export(make_config: Callable[..., Config], tmp_path: Path) -> None:
+    cfg = make_config()
+    folder = write_real_export(tmp_path / "ext", [[item(i) for i in range(5)], [item(i) for i in range(5, 8)]])
+    [m] = run_export(cfg, [MONTH], use_existing=str(folder))
+    assert m["verified"] is True and m["item_count"] == 8 and m["mode"] == "adopted"
+    assert sorted(f["item_count"] for f in m["files"]) == [3, 5]
+
+
+@pytest.mark.parametrize("damage,expected", [
+    ("md5", "does not match the manifest"),
+    ("missing", "does not exist"),
+    ("count", "add up to 8, but manifest-summary.json says 9"),
+    ("unlisted", "not listed in manifest-files.json"),
+    ("manifest_md5", "does not match manifest-files.md5"),
+])
+def test_use_existing_refuses_a_damaged_export(make_config: Callable[..., Config], tmp_path: Path,
+                                               damage: str, expected: str) -> None:
+    cfg = make_config()
+    folder = write_real_export(tmp_path / "ext", [[item(i) for i in range(5)], [item(i) for i in range(5, 8)]])
+    data = sorted((folder / "data").iterdir())
+    if damage == "md5":
+        data[0].write_bytes(gzip.compress(b'{"Item":{}}\n'))
+    elif damage == "missing":
+        data[1].unlink()
+    elif damage == "count":
+        s = json.loads((folder / "manifest-summary.json").read_text())
+        s["itemCount"] = 9
+        raw = json.dumps(s).encode()
+        (folder / "manifest-summary.json").write_bytes(raw)
+        (folder / "manifest-summary.md5").write_text(base64.b64encode(hashlib.md5(raw).digest()).decode())
+    elif damage == "unlisted":
+        (folder / "data" / "extra.json.gz").write_bytes(gzip.compress(b""))
+    elif damage == "manifest_md5":
+        (folder / "manifest-files.json").write_bytes((folder / "manifest-files.json").read_bytes() + b"\n")
+    with pytest.raises(ValidationFailed, match=expected):
+        run_export(cfg, [MONTH], use_existing=str(folder))
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    assert staging.read_manifest(store, MONTH, "export") is None
+
+
+def test_use_existing_from_s3(moto: str, make_config: Callable[..., Config], tmp_path: Path) -> None:
+    cfg = make_config(endpoint=moto, root="s3://stage-bucket/backfill")
+    s3 = s3_client(moto)
+    s3.create_bucket(Bucket="stage-bucket")
+    folder = write_real_export(tmp_path / "ext", [[item(i) for i in range(4)]])
+    for p in folder.rglob("*"):
+        if p.is_file():
+            s3.put_object(Bucket="stage-bucket", Key=f"old/AWSDynamoDB/{folder.name}/{p.relative_to(folder)}",
+                          Body=p.read_bytes())
+    [m] = run_export(cfg, [MONTH], use_existing=f"s3://stage-bucket/old/AWSDynamoDB/{folder.name}/")
+    assert m["verified"] and m["item_count"] == 4
+    assert m["files"][0]["uri"].startswith(f"s3://stage-bucket/old/AWSDynamoDB/{folder.name}/data/")
