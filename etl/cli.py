@@ -174,6 +174,28 @@ def export(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mod
 
 
 @cli.command()
+@month_options
+@click.option("--force", is_flag=True, help="Transform again even if the month is committed and unchanged.")
+@click.pass_obj
+@handle_errors
+def transform(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], force: bool) -> None:
+    """Committed exports -> projected Parquet (transformed/month=M/), bad rows to rejected/ with a reason.
+
+    Counts reconcile (items_in = written + filtered + rejected) before the manifest is committed. A month
+    whose export and mapping did not change since its last transform is skipped."""
+    from etl.transform import run_transform
+
+    cfg = obj.config()
+    require_staging_root(cfg)
+    for r in run_transform(cfg, _months(months, month_ranges), force=force, reporter=obj.reporter):
+        if not r.get("skipped"):
+            c = r["collisions"]
+            click.echo(f"transform {r['month']}: {r['items_in']:,} items -> {r['written']:,} rows written, "
+                       f"{r['filtered']:,} filtered, {r['rejected']:,} rejected {r['rejected_by']}, "
+                       f"{c['keys']} colliding keys")
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @month_options
 @click.pass_obj
@@ -230,8 +252,11 @@ def run(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mode: 
     cfg = obj.config()
     require_staging_root(cfg)
     ms = _months(months, month_ranges)
+    from etl.transform import run_transform
+
     run_export(cfg, ms, mode=mode, reporter=obj.reporter)
-    obj.reporter.info(f"run: export committed for {len(ms)} month(s)")
+    run_transform(cfg, ms, reporter=obj.reporter)
+    obj.reporter.info(f"run: export and transform committed for {len(ms)} month(s)")
 
 
 def main() -> None:

@@ -104,7 +104,10 @@ def server_down(cfg: Config, port: int | None = None, reporter: Reporter = QUIET
 _ZONES = [("-07:00", -7 * 60), ("-08:00", -8 * 60), ("Z", 0), ("+00:00", 0), ("+01:00", 60),
           ("+05:30", 330), ("+09:00", 540), ("-04:00", -4 * 60)]
 REFS = ("mail", "ad", "home")
-DIRTY_KINDS = ("empty_order", "missing_order", "bad_datetime", "order_as_number", "datetime_as_number")
+# dirty kind -> what the transform must make of it (a filter reason or a quarantine reason)
+DIRTY_KINDS = {"empty_order": "filtered:empty_OrderID", "bad_datetime": "rejected:bad_datetime",
+               "order_as_number": "rejected:type_mismatch", "order_as_bool": "rejected:type_mismatch",
+               "order_as_list": "rejected:type_mismatch"}
 
 
 def customer_ids(seed: int, n: int) -> list[str]:
@@ -162,11 +165,9 @@ def generate_month(month: str, rows: int, seed: int, customers: int | None = Non
             if "T" in dt:
                 last_order[cid] = (local, zone)
         if rng.random() < 0.02:
-            kind = rng.choice(DIRTY_KINDS)
+            kind = rng.choice(sorted(DIRTY_KINDS))
             if kind == "empty_order":
                 item["OrderID"] = {"S": ""}
-            elif kind == "missing_order":
-                item.pop("OrderID", None)
             elif kind == "bad_datetime":
                 seen.discard((cid, dt))
                 dt = rng.choice(["not-a-date", f"{y}-{m:02d}-32T10:00:00Z", f"{y}/{m:02d}/05 10:00", "yesterday"])
@@ -177,8 +178,10 @@ def generate_month(month: str, rows: int, seed: int, customers: int | None = Non
                 item["OrderID"] = {"S": f"O{rng.randrange(10**12):012d}"}
             elif kind == "order_as_number":
                 item["OrderID"] = {"N": str(rng.randrange(10**9))}
-            elif kind == "datetime_as_number":
-                item["ProductID"] = {"N": str(rng.randrange(10**5))}
+            elif kind == "order_as_bool":
+                item["OrderID"] = {"BOOL": True}
+            elif kind == "order_as_list":
+                item["OrderID"] = {"L": [{"S": "O1"}, {"N": "2"}]}
             item["_dirty"] = kind
         out.append(item)
     return out
