@@ -74,7 +74,7 @@ def load_hook(spec: str | None) -> Callable[[pa.Table], pa.Table] | None:
                        hint="hook = \"module:function\", with the module importable (on PYTHONPATH)") from None
     if not callable(fn):
         raise EtlError(f"transform hook {spec!r} is not a function")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 # --------------------------------------------------------------------------- one chunk
@@ -138,6 +138,17 @@ def _present_types(attr: pa.Array, idx: int) -> str:
     return "/".join(present) or "L or M"
 
 
+def _message(kind: str, source: str, attr: pa.Array, i: int, expected: str) -> str:
+    if kind == "missing_attribute":
+        return f"{source} is missing"
+    if kind == "type_mismatch":
+        return f"{source}: expected {expected}, got {_present_types(attr, i)}"
+    value = attr.field("S")[i].as_py() or attr.field("N")[i].as_py()
+    if kind == "bad_int":
+        return f"{source}: {value!r} is not an integer"
+    return f"{source}: {value!r} is not a date-time (ISO-8601, yyyy-MM-dd, epoch or a configured pattern)"
+
+
 def convert_chunk(chunk: bytes, cfg: Config, schema: pa.Schema, out_schema: pa.Schema) -> ChunkResult:
     attrs = source_attributes(cfg)
     t = cfg.transform
@@ -155,7 +166,7 @@ def convert_chunk(chunk: bytes, cfg: Config, schema: pa.Schema, out_schema: pa.S
     filter_reason = np.full(n, "", dtype=object)
     no_item = ~_np(pc.is_valid(item))
     values: dict[str, pa.Array] = {}
-    problems: list[tuple[np.ndarray, int, Callable[[int], str]]] = []  # (mask, reason, message) by priority
+    problems: list[tuple[np.ndarray, str, str, pa.Array, str]] = []  # (rows, reason, attribute, values, expected)
 
     def attr_of(name: str) -> pa.Array:
         a = item.field(name)
@@ -177,22 +188,17 @@ def convert_chunk(chunk: bytes, cfg: Config, schema: pa.Schema, out_schema: pa.S
             whole = _np(pc.fill_null(pc.match_substring_regex(a.field("N"), r"^\s*[+-]?\d+\s*$"), False))
             values[col.name] = pc.if_else(pa.array(whole), ints, pa.scalar(None, pa.int64()))
             bad = present & n_ok & ~whole
-            problems.append((bad, REASONS.index("bad_int"),
-                             lambda i, c=col, a=a: f"{c.source}: {a.field('N')[i].as_py()!r} is not an integer"))
+            problems.append((bad, "bad_int", col.source, a, "N"))
         else:  # datetime
             expected, mismatch = "S or N", present & ~s_ok & ~n_ok
             from_s = convert.parse_datetimes(a.field("S"), t.date_zone, t.date_formats)
             from_n = convert.parse_epoch_numbers(a.field("N"), t.epoch_unit)
             values[col.name] = pc.coalesce(from_s, from_n)
             bad = present & (s_ok | n_ok) & ~_np(pc.is_valid(values[col.name]))
-            problems.append((bad, REASONS.index("bad_datetime"),
-                             lambda i, c=col, a=a: f"{c.source}: {(a.field('S')[i].as_py() or a.field('N')[i].as_py())!r}"
-                             " is not a date-time (ISO-8601, yyyy-MM-dd, epoch or a configured pattern)"))
+            problems.append((bad, "bad_datetime", col.source, a, "S or N"))
         if col.required:
-            problems.append((~present & ~no_item, REASONS.index("missing_attribute"),
-                             lambda i, c=col: f"{c.source} is missing"))
-        problems.append((mismatch, REASONS.index("type_mismatch"),
-                         lambda i, c=col, a=a, e=expected: f"{c.source}: expected {e}, got {_present_types(a, i)}"))
+            problems.append((~present & ~no_item, "missing_attribute", col.source, a, expected))
+        problems.append((mismatch, "type_mismatch", col.source, a, expected))
     for name in t.non_empty:
         a = attr_of(name)
         s = a.field("S")
@@ -203,14 +209,12 @@ def convert_chunk(chunk: bytes, cfg: Config, schema: pa.Schema, out_schema: pa.S
         filter_reason[mask & ~filtered] = np.where(empty[mask & ~filtered], f"empty_{name}", f"missing_{name}")
         filtered |= mask
         if not any(c.source == name and c.converter == "string" for c in t.columns):
-            problems.append((wrong_type & ~no_item, REASONS.index("type_mismatch"),
-                             lambda i, n=name, a=a: f"{n}: expected S, got {_present_types(a, i)}"))
+            problems.append((wrong_type & ~no_item, "type_mismatch", name, a, "S"))
     # priority: lower list position of REASONS wins; filtered sits between type_mismatch and the rest
-    order = sorted(problems, key=lambda p: -p[1])
-    for mask, code, msg in order:
-        reason[mask] = code
-        for i in np.nonzero(mask)[0][:1_000_000]:
-            messages[int(i)] = msg(int(i))
+    for mask, kind, source, attr, expected in sorted(problems, key=lambda p: -REASONS.index(p[1])):
+        reason[mask] = REASONS.index(kind)
+        for i in np.nonzero(mask)[0]:
+            messages[int(i)] = _message(kind, source, attr, int(i), expected)
     type_mm = reason == REASONS.index("type_mismatch")
     filtered &= ~type_mm
     reason[filtered] = -1
@@ -305,33 +309,34 @@ def transform_file(cfg: Config, store: staging.Store, month: str, part: int, uri
             if task is not None:
                 task.advance(r.items_in, MB=round(counts.get("bytes", 0) / 1e6))
 
-        carry = b""
-        while True:
-            try:
-                block = stream.read(CHUNK)
-            except OSError as exc:
-                writer.close()
-                reached = line_no + carry.count(b"\n")
-                raise EtlError(
-                    f"{uri}: the gzip data ends early ({exc}) after line {reached}; "
-                    f"{counts['items_in']} items were read before it",
-                    hint="the export file is damaged: re-export the month (`etl export --month "
-                    f"{month} --force`)",
-                ) from None
-            counts["bytes"] = counts.get("bytes", 0) + len(block)
-            if not block:
-                if carry.strip():
-                    handle(carry + b"\n")
-                break
-            data = carry + block
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                carry = data
-                continue
-            carry = data[cut + 1 :]
-            handle(data[: cut + 1])
-        flush(final=True)
-        writer.close()
+        try:
+            carry = b""
+            while True:
+                try:
+                    block = stream.read(CHUNK)
+                except OSError as exc:
+                    reached = line_no + carry.count(b"\n")
+                    raise EtlError(
+                        f"{uri}: the gzip data ends early ({exc}) after line {reached}; "
+                        f"{counts['items_in']} items were read before it",
+                        hint="the export file is damaged: re-export the month (`etl export --month "
+                        f"{month} --force`)",
+                    ) from None
+                counts["bytes"] = counts.get("bytes", 0) + len(block)
+                if not block:
+                    if carry.strip():
+                        handle(carry + b"\n")
+                    break
+                data = carry + block
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    carry = data
+                    continue
+                carry = data[cut + 1 :]
+                handle(data[: cut + 1])
+            flush(final=True)
+        finally:
+            writer.close()
     rej_gz.close()
     if counts["rejected"]:
         store.write(rej_key, rej_buf.getvalue())

@@ -1,0 +1,241 @@
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from etl import staging
+from etl.config import Config
+from etl.ddbjson import decode
+from etl.errors import EtlError, StageNotReady
+from etl.export import run_export
+from etl.local import DIRTY_KINDS, generate_month, seed
+from etl.transform import run_transform
+from tests.helpers import write_real_export
+
+M = "201604"
+
+
+def row(cid: str, dt: Any, oid: Any = None, **extra: Any) -> dict[str, Any]:
+    item: dict[str, Any] = {"CustomerID": {"S": cid}, "DateTime": dt if isinstance(dt, dict) else {"S": dt}}
+    if oid is not None:
+        item["OrderID"] = oid if isinstance(oid, dict) else {"S": oid}
+    item.update(extra)
+    return item
+
+
+def stage(cfg: Config, tmp_path: Path, files: list[list[dict[str, Any]]], month: str = M) -> staging.Store:
+    folder = write_real_export(tmp_path / f"ext{month}", files)
+    run_export(cfg, [month], use_existing=str(folder))
+    return staging.open_store(cfg.staging.root, cfg.staging)
+
+
+def rejected(store: staging.Store, month: str = M) -> list[dict[str, Any]]:
+    out = []
+    for o in store.list(f"rejected/month={month}/"):
+        out += [json.loads(x) for x in gzip.decompress(store.read(o.key)).decode().splitlines()]
+    return out
+
+
+def parquet_rows(store: staging.Store, month: str = M) -> list[dict[str, Any]]:
+    return ds.dataset(store.key_uri(f"transformed/month={month}"), format="parquet").to_table().to_pylist()
+
+
+def test_values_exact_reasons_and_reconciliation(make_config: Callable[..., Config], tmp_path: Path) -> None:
+    cfg = make_config()
+    every_type = {"b": {"B": "AAE="}, "bo": {"BOOL": False}, "nu": {"NULL": True}, "ss": {"SS": ["a"]},
+                  "ns": {"NS": ["1"]}, "bs": {"BS": ["AA=="]}, "l": {"L": [{"S": "x"}]}, "m": {"M": {"k": {"N": "1"}}}}
+    store = stage(cfg, tmp_path, [[
+        row("C1", "2016-04-12T10:15:30.123-07:00", "O1", **every_type),
+        row("C2", "2016-04-12", "O2"),
+        row("C3", "2016-04-12T10:15:30Z", None),             # not an order: filtered
+        row("C4", "2016-04-12T10:15:30Z", ""),               # empty OrderID: filtered
+        row("C5", "2016-04-12T10:15:30Z", {"N": "12"}),      # wrong type: quarantined
+        row("C6", "yesterday", "O6"),                        # unparseable date: quarantined
+        row("C7", {"N": "1460456130"}, "O7"),                # epoch number is a date too
+        row("C8", "2016-04-12T10:15:30Z", {"M": {"a": {"S": "b"}}}),
+    ], [row("C9", "2016-04-12T10:15:30+0530", "O9")]])
+    [m] = run_transform(cfg, [M])
+    assert (m["items_in"], m["written"], m["filtered"], m["rejected"]) == (9, 4, 2, 3)
+    assert m["filtered_by"] == {"missing_OrderID": 1, "empty_OrderID": 1}
+    assert m["rejected_by"] == {"type_mismatch": 2, "bad_datetime": 1}
+    rows = {r["CustomerID"]: r for r in parquet_rows(store)}
+    exp = int(datetime(2016, 4, 12, 17, 15, 30, tzinfo=UTC).timestamp())
+    assert rows["C1"] == {"CustomerID": "C1", "CreationDateTime": exp, "OrderID": "O1",
+                          "ExpirationTimestamp": exp + 31_536_000}
+    assert rows["C2"]["CreationDateTime"] == int(datetime(2016, 4, 12, tzinfo=UTC).timestamp())
+    assert rows["C7"]["CreationDateTime"] == 1460456130
+    assert rows["C9"]["CreationDateTime"] == int(datetime(2016, 4, 12, 4, 45, 30, tzinfo=UTC).timestamp())
+    rej = {json.loads(r["line"])["Item"]["CustomerID"]["S"]: r for r in rejected(store)}
+    assert rej["C5"]["reason"] == "type_mismatch" and "expected S, got N" in rej["C5"]["message"]
+    assert rej["C8"]["reason"] == "type_mismatch" and "L or M" in rej["C8"]["message"]
+    assert rej["C6"]["reason"] == "bad_datetime" and "'yesterday'" in rej["C6"]["message"]
+    assert json.loads(rej["C6"]["line"]) == {"Item": row("C6", "yesterday", "O6")}  # the raw line, whole
+
+
+def test_every_dynamodb_type_decodes() -> None:
+    assert decode({"S": "x"}) == "x" and decode({"N": "12"}) == 12 and str(decode({"N": "1.50"})) == "1.50"
+    assert decode({"B": "AAE="}) == b"\x00\x01" and decode({"BOOL": True}) is True and decode({"NULL": True}) is None
+    assert decode({"SS": ["a", "b"]}) == {"a", "b"} and decode({"NS": ["1", "2"]}) == {1, 2}
+    assert decode({"BS": ["AA=="]}) == {b"\x00"}
+    assert decode({"L": [{"S": "a"}, {"N": "1"}]}) == ["a", 1]
+    assert decode({"M": {"k": {"L": [{"NULL": True}]}}}) == {"k": [None]}
+    with pytest.raises(ValueError):
+        decode({"X": "1"})
+
+
+def test_malformed_lines_are_quarantined_not_fatal(make_config: Callable[..., Config], tmp_path: Path) -> None:
+    cfg = make_config()
+    folder = write_real_export(tmp_path / "ext", [[row("C1", "2016-04-12T10:15:30Z", "O1")]])
+    data = next((folder / "data").iterdir())
+    raw = gzip.decompress(data.read_bytes()) + b'{"Item": {"CustomerID": \n' + b'{"NotItem": {}}\n' + \
+        b'{"Item": {"CustomerID": "plain", "DateTime": {"S": "2016-04-12"}, "OrderID": {"S": "x"}}}\n' + \
+        json.dumps({"Item": row("C2", "2016-04-13T00:00:00Z", "O2")}).encode() + b"\n"
+    _rewrite(folder, data, raw, 5)
+    run_export(cfg, [M], use_existing=str(folder))
+    [m] = run_transform(cfg, [M])
+    assert (m["items_in"], m["written"], m["rejected"]) == (5, 2, 3)
+    assert m["rejected_by"] == {"malformed_line": 3}
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    assert sorted(r["CustomerID"] for r in parquet_rows(store)) == ["C1", "C2"]
+
+
+def _rewrite(folder: Path, data: Path, raw: bytes, count: int) -> None:
+    """Replace a data file and fix the manifests so the export stays valid."""
+    from tests.helpers import b64md5
+
+    gz = gzip.compress(raw)
+    data.write_bytes(gz)
+    entry = json.loads((folder / "manifest-files.json").read_text())
+    entry.update(itemCount=count, md5Checksum=b64md5(gz))
+    mf = (json.dumps(entry) + "\n").encode()
+    (folder / "manifest-files.json").write_bytes(mf)
+    (folder / "manifest-files.md5").write_text(b64md5(mf))
+    s = json.loads((folder / "manifest-summary.json").read_text())
+    s["itemCount"] = count
+    sb = json.dumps(s).encode()
+    (folder / "manifest-summary.json").write_bytes(sb)
+    (folder / "manifest-summary.md5").write_text(b64md5(sb))
+
+
+def test_truncated_gzip_fails_with_file_and_line(make_config: Callable[..., Config], tmp_path: Path) -> None:
+    cfg = make_config(extra="[transform]\nrow_group_rows = 1000\n")
+    items = [row(f"C{i}", "2016-04-12T10:15:30Z", f"O{i}", pad={"S": "x" * 200}) for i in range(3000)]
+    folder = write_real_export(tmp_path / "ext", [items])
+    run_export(cfg, [M], use_existing=str(folder))
+    data = next((folder / "data").iterdir())
+    data.write_bytes(data.read_bytes()[: len(data.read_bytes()) // 2])
+    with pytest.raises(EtlError, match=r"data\.*.*ends early .* after line \d+") as e:
+        run_transform(cfg, [M])
+    assert str(data.name) in e.value.message and "--force" in (e.value.hint or "")
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    assert staging.read_manifest(store, M, "transform") is None
+    assert store.read_json(staging.failed_key(M, "transform"))["rerun"] == "etl transform --month 201604"
+
+
+def test_rerun_overwrites_and_mapping_change_redoes(make_config: Callable[..., Config], tmp_path: Path) -> None:
+    cfg = make_config()
+    store = stage(cfg, tmp_path, [[row(f"C{i}", "2016-04-12T10:15:30Z", f"O{i}") for i in range(50)],
+                                  [row("X", "bad", "O")]])
+    run_transform(cfg, [M])
+    [again] = run_transform(cfg, [M])
+    assert again.get("skipped")
+    [forced] = run_transform(cfg, [M], force=True)
+    assert forced["written"] == 50 and len(parquet_rows(store)) == 50
+    assert [o.key for o in store.list("transformed/")] == ["transformed/month=201604/part-00000.parquet",
+                                                          "transformed/month=201604/part-00001.parquet"]
+    assert len(rejected(store)) == 1
+    cfg2 = make_config(extra="[transform]\nttl_seconds = 60\n")
+    [redo] = run_transform(cfg2, [M])
+    assert not redo.get("skipped") and parquet_rows(store)[0]["ExpirationTimestamp"] == \
+        parquet_rows(store)[0]["CreationDateTime"] + 60
+
+
+def test_key_collisions_are_counted_and_losers_listed(make_config: Callable[..., Config], tmp_path: Path) -> None:
+    cfg = make_config()
+    store = stage(cfg, tmp_path, [[row("C1", "2016-04-12T10:15:30.100Z", "O1"),
+                                   row("C1", "2016-04-12T10:15:30.900Z", "O3")],
+                                  [row("C1", "2016-04-12T03:15:30-07:00", "O2"),
+                                   row("C2", "2016-04-12", "O9")]])
+    [m] = run_transform(cfg, [M])
+    c = m["collisions"]
+    assert (c["rows"], c["keys"], c["losers"]) == (3, 1, 2)
+    assert sorted(c["examples"][0]["orders"]) == ["O1", "O2", "O3"]
+    losers = pq.read_table(store.key_uri(c["losers_file"])).to_pylist()
+    assert sorted(x["OrderID"] for x in losers) == ["O1", "O2"]  # the greatest OrderID (O3) wins
+
+
+def test_hook_changes_and_drops_rows_and_errors_name_it(make_config: Callable[..., Config], tmp_path: Path) -> None:
+    items = [row("C1", "2016-04-12T10:15:30Z", "o1"), row("TEST9", "2016-04-12T10:15:30Z", "o2")]
+    cfg = make_config(extra='[transform]\nhook = "tests.hooks_example:uppercase_orders"\n')
+    store = stage(cfg, tmp_path, [items])
+    run_transform(cfg, [M])
+    assert sorted(r["OrderID"] for r in parquet_rows(store)) == ["O1", "O2"]
+    cfg = make_config(extra='[transform]\nhook = "tests.hooks_example:drop_test_customers"\n')
+    [m] = run_transform(cfg, [M])
+    assert m["written"] == 1 and m["filtered_by"] == {"hook": 1}
+    cfg = make_config(extra='[transform]\nhook = "tests.hooks_example:broken"\n')
+    with pytest.raises(EtlError, match=r"hook tests.hooks_example:broken failed: KeyError"):
+        run_transform(cfg, [M])
+    cfg = make_config(extra='[transform]\nhook = "tests.nope:fn"\n')
+    with pytest.raises(EtlError, match="cannot be loaded"):
+        run_transform(cfg, [M])
+
+
+def test_no_export_means_a_clear_next_step(make_config: Callable[..., Config]) -> None:
+    with pytest.raises(StageNotReady, match="no committed export") as e:
+        run_transform(make_config(), [M])
+    assert "etl export --month 201604" in (e.value.hint or "")
+
+
+def test_parquet_is_one_dataset_across_months(make_config: Callable[..., Config], tmp_path: Path) -> None:
+    cfg = make_config()
+    for month, n in (("201604", 3), ("201605", 4)):
+        stage(cfg, tmp_path, [[row(f"C{i}", f"{month[:4]}-{month[4:]}-02T00:00:00Z", f"O{i}") for i in range(n)]],
+              month)
+    run_transform(cfg, ["201604", "201605"])
+    root = Path(cfg.staging.root) / "transformed"
+    dataset = ds.dataset(root, format="parquet", partitioning="hive")
+    t = dataset.to_table()
+    assert t.num_rows == 7 and sorted(set(t["month"].to_pylist())) == [201604, 201605]
+    schema = pq.read_schema(next(root.rglob("*.parquet")))
+    assert [(f.name, str(f.type)) for f in schema] == [("CustomerID", "string"), ("CreationDateTime", "int64"),
+                                                       ("OrderID", "string"), ("ExpirationTimestamp", "int64")]
+    assert pq.ParquetFile(next(root.rglob("*.parquet"))).metadata.row_group(0).column(0).compression == "ZSTD"
+    con = duckdb.connect()
+    got = con.execute(f"SELECT month, count(*) FROM read_parquet('{root}/*/*.parquet', hive_partitioning=true) "
+                      "GROUP BY month ORDER BY month").fetchall()
+    assert got == [(201604, 3), (201605, 4)]
+
+
+def test_every_dirty_seeded_row_gets_its_reason(moto: str, make_config: Callable[..., Config]) -> None:
+    cfg = make_config(endpoint=moto, root="s3://stage-bucket/b")
+    seed(cfg, [M], 4000, 11)
+    run_export(cfg, [M])
+    [m] = run_transform(cfg, [M])
+    expected: dict[str, int] = {}
+    dirty_keys = {}
+    for r in generate_month(M, 4000, 11):
+        if "_dirty" in r:
+            outcome = DIRTY_KINDS[r["_dirty"]]
+            expected[outcome] = expected.get(outcome, 0) + 1
+            dirty_keys[(r["CustomerID"]["S"], r["DateTime"]["S"])] = outcome
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    got = {}
+    for rj in rejected(store):
+        it = json.loads(rj["line"])["Item"]
+        got[(it["CustomerID"]["S"], it["DateTime"]["S"])] = f"rejected:{rj['reason']}"
+    for key, outcome in dirty_keys.items():
+        if outcome.startswith("rejected"):
+            assert got.get(key) == outcome, key
+    assert set(got) == {k for k, v in dirty_keys.items() if v.startswith("rejected")}  # nothing else rejected
+    assert m["filtered_by"]["empty_OrderID"] == expected["filtered:empty_OrderID"]
+    assert m["items_in"] == 4000 == m["written"] + m["filtered"] + m["rejected"]
