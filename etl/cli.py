@@ -196,6 +196,61 @@ def transform(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], 
 
 
 @cli.command()
+@month_options
+@click.option("--yes", is_flag=True, help="Write without asking (for scripts).")
+@click.option("--dry-run", is_flag=True, help="Plan, read and count everything, but write nothing.")
+@click.option("--include-expired", is_flag=True, default=None,
+              help="Also write items whose ExpirationTimestamp has passed (skipped and counted by default).")
+@click.option("--force", is_flag=True, help="Ignore the part checkpoints and write every part again.")
+@click.pass_obj
+@handle_errors
+def load(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], yes: bool, dry_run: bool,
+         include_expired: bool | None, force: bool) -> None:
+    """Committed Parquet -> the destination table with BatchWriteItem, within the write budget.
+
+    Shows the destination, account, item count, budget and estimated duration, and asks before writing
+    to a production table (--yes skips the question). Each finished part is checkpointed; rerunning
+    the same command resumes."""
+    from etl.load import reset_checkpoints, run_load
+
+    cfg = obj.config()
+    require_staging_root(cfg)
+    ms = _months(months, month_ranges)
+    if force and not dry_run:
+        reset_checkpoints(cfg, ms)
+    results = run_load(cfg, ms, yes=yes, dry_run=dry_run, include_expired=include_expired,
+                       confirm=lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False,
+                       reporter=obj.reporter)
+    for r in results:
+        if r.get("dry_run"):
+            click.echo(f"load {r['month']}: dry run, nothing written")
+        else:
+            click.echo(f"load {r['month']}: {r['written']:,} written, {r['skipped_expired']:,} expired skipped, "
+                       f"{r['deduplicated']:,} deduplicated, {r['quarantined']:,} quarantined, "
+                       f"{r['wcu_consumed']:,} WCU at {r['average_wcu_per_s']} WCU/s")
+
+
+@cli.command()
+@month_options
+@click.pass_obj
+@handle_errors
+def verify(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...]) -> None:
+    """Read every loaded key back (BatchGetItem, within a read budget) and compare values with the Parquet."""
+    from etl.verify import run_verify
+
+    cfg = obj.config()
+    require_staging_root(cfg)
+    results = run_verify(cfg, _months(months, month_ranges), reporter=obj.reporter)
+    bad = [r for r in results if not r["ok"]]
+    for r in results:
+        click.echo(f"verify {r['month']}: {r['checked']:,} checked, {r['missing']:,} missing, "
+                   f"{r['different']:,} different" + ("" if r["ok"] else f" e.g. {r['missing_examples'][:2]}"))
+    if bad:
+        raise EtlError(f"verify found differences in {len(bad)} month(s)",
+                       hint="`etl load --month M --force` writes the month again (puts are idempotent)")
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @month_options
 @click.pass_obj
@@ -252,11 +307,21 @@ def run(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mode: 
     cfg = obj.config()
     require_staging_root(cfg)
     ms = _months(months, month_ranges)
+    from etl.load import run_load
     from etl.transform import run_transform
+    from etl.verify import run_verify
 
     run_export(cfg, ms, mode=mode, reporter=obj.reporter)
     run_transform(cfg, ms, reporter=obj.reporter)
-    obj.reporter.info(f"run: export and transform committed for {len(ms)} month(s)")
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    todo = [m for m in ms if staging.read_manifest(store, m, "load") is None]
+    if todo:
+        run_load(cfg, todo, yes=yes, reporter=obj.reporter,
+                 confirm=lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False)
+    todo = [m for m in ms if staging.read_manifest(store, m, "verify") is None]
+    if todo:
+        run_verify(cfg, todo, reporter=obj.reporter)
+    obj.reporter.info(f"run: every stage committed for {len(ms)} month(s); `etl status` shows them")
 
 
 def main() -> None:

@@ -35,6 +35,9 @@ def month_status(store: staging.Store, month: str, stages: tuple[str, ...] = sta
         if failure and (not manifest or failure.get("failed_at", "") >= manifest.get("committed_at", "")):
             cell = {"state": "failed", "error": failure.get("error"), "rerun": failure.get("rerun"),
                     "at": failure.get("failed_at")}
+        elif manifest and stage == "verify" and not manifest.get("ok"):
+            cell = {"state": "failed", "error": _summary(stage, manifest), "at": manifest.get("committed_at"),
+                    "rerun": f"etl load --month {month} --force"}
         elif manifest:
             cell = {"state": "done", "summary": _summary(stage, manifest), "at": manifest.get("committed_at"),
                     "duration_s": manifest.get("duration_s")}

@@ -17,3 +17,11 @@ def drop_test_customers(table: pa.Table) -> pa.Table:
 
 def broken(table: pa.Table) -> pa.Table:
     raise KeyError("no such column: Discount")
+
+
+def giant_first_order(table: pa.Table) -> pa.Table:
+    """Makes the first row's OrderID 450 KB: an item DynamoDB would refuse."""
+    orders = table["OrderID"].to_pylist()
+    if orders and orders[0] == "O0000000":
+        orders[0] = "X" * 450_000
+    return table.set_column(table.schema.get_field_index("OrderID"), "OrderID", pa.array(orders, pa.string()))
