@@ -307,6 +307,7 @@ def run(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mode: 
     cfg = obj.config()
     require_staging_root(cfg)
     ms = _months(months, month_ranges)
+    from etl import staging
     from etl.load import run_load
     from etl.transform import run_transform
     from etl.verify import run_verify

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 _ISO = (
     r"^\s*(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})"
     r"(?:[T ](?P<h>\d{2}):(?P<mi>\d{2})(?::(?P<s>\d{2})(?:[.,](?P<f>\d{1,9}))?)?)?"
-    r"\s*(?P<z>Z|[+-]\d{2}(?::?\d{2})?)?\s*$"
+    r"\s*(?P<z>Z|[+-]\d{2}(?::?\d{2}(?::?\d{2})?)?)?\s*$"
 )
 _NUM = r"^\s*(?P<i>[+-]?\d{1,19})(?:\.(?P<f>\d*))?\s*$"
 _DAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
@@ -90,10 +90,12 @@ def parse_datetimes(values: pa.Array, zone: str = "UTC", formats: Sequence[str] 
     digits = pc.replace_substring(pc.replace_substring(pc.replace_substring(zs, ":", ""), "+", ""), "-", "")
     zh, _ = _ints(pc.if_else(pc.greater_equal(pc.utf8_length(digits), 2), pc.utf8_slice_codeunits(digits, 0, 2),
                              pa.scalar(None, pa.string())))
-    zm, _ = _ints(pc.if_else(pc.equal(pc.utf8_length(digits), 4), pc.utf8_slice_codeunits(digits, 2, 4),
+    zm, _ = _ints(pc.if_else(pc.greater_equal(pc.utf8_length(digits), 4), pc.utf8_slice_codeunits(digits, 2, 4),
                              pa.scalar(None, pa.string())))
-    ok &= (zh <= 18) & (zm <= 59)
-    offset = sign * (zh * 3600 + zm * 60)
+    zsec, _ = _ints(pc.if_else(pc.equal(pc.utf8_length(digits), 6), pc.utf8_slice_codeunits(digits, 4, 6),
+                               pa.scalar(None, pa.string())))
+    ok &= (zh <= 18) & (zm <= 59) & (zsec <= 59)
+    offset = sign * (zh * 3600 + zm * 60 + zsec)
     epoch = wall - np.where(has_zone, offset, 0)
     local = ok & ~has_zone
     if local.any():

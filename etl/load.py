@@ -12,6 +12,7 @@ checkpoints, so counts reconcile across resumed runs:
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import random
@@ -98,10 +99,8 @@ class Budget:
     def maybe_refresh(self) -> None:
         if self.refresh and time.monotonic() - self._last > REREAD_CAPACITY_S:
             self._last = time.monotonic()
-            try:
+            with contextlib.suppress(Exception):  # keep the old rate if DescribeTable fails
                 self.bucket.set_target(self.refresh())
-            except Exception:  # keep the old rate if DescribeTable fails
-                pass
 
 
 def write_budget(cfg: Config, table_desc: dict[str, Any], ddb: Any) -> Budget:
@@ -419,9 +418,9 @@ def run_load(cfg: Config, months: list[str], *, yes: bool = False, dry_run: bool
     include_expired = cfg.load.include_expired if include_expired is None else include_expired
     plan = plan_load(cfg, store, months, now)
     reporter.info(plan.describe())
-    if not dry_run and plan.parts and cfg.destination.production and not yes:
-        if confirm is None or not confirm(f"write {sum(p.rows for p in plan.parts):,} rows to {plan.table}?"):
-            raise EtlError("not confirmed: nothing was written", hint="pass --yes to write without asking")
+    asking = not dry_run and plan.parts and cfg.destination.production and not yes
+    if asking and (confirm is None or not confirm(f"write {sum(p.rows for p in plan.parts):,} rows to {plan.table}?")):
+        raise EtlError("not confirmed: nothing was written", hint="pass --yes to write without asking")
     started = time.time()
     deadline = time.monotonic() + cfg.load.deadline_seconds if cfg.load.deadline_seconds else None
     writer = BatchWriter(cfg.destination, plan.table, max_connections=cfg.load.concurrency * 2)
@@ -449,16 +448,15 @@ def run_load(cfg: Config, months: list[str], *, yes: bool = False, dry_run: bool
             for fut, p in futs.items():
                 try:
                     fut.result()
-                except BaseException as exc:
+                except BaseException as part_exc:
                     sender.stop.set()
-                    failures.append((p, exc))
+                    failures.append((p, part_exc))
     finally:
         stop_watch.set()
         task.finish()
     if failures:
-        p, exc = failures[0]
         real = [e for _, e in failures if not (isinstance(e, EtlError) and e.message == "load stopped")]
-        exc = real[0] if real else exc
+        exc = real[0] if real else failures[0][1]
         msg = str(exc) if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
         rerun = "etl load " + " ".join(f"--month {m}" for m in months)
         for m in {q.month for q, _ in failures}:

@@ -54,11 +54,12 @@ class BatchWriter:
         self.url = client.meta.endpoint_url.rstrip("/") + "/"
         self.region = client.meta.region_name
         self.table = table
-        self._credentials = aws.session_for(side).get_credentials()
-        if self._credentials is None:
+        credentials = aws.session_for(side).get_credentials()
+        if credentials is None:
             from etl.errors import EtlError
 
             raise EtlError("no AWS credentials found for the destination (credential chain, AWS_PROFILE, role)")
+        self._credentials = credentials
         parsed = urlparse(self.url)
         self.pool = urllib3.connection_from_url(
             self.url, maxsize=max_connections, block=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import textwrap
@@ -162,7 +163,5 @@ def dest_table(ddb_local: str) -> Iterator[Callable[..., str]]:
 
     yield make
     for name in made:
-        try:
+        with contextlib.suppress(Exception):
             ddb_client(ddb_local).delete_table(TableName=name)
-        except Exception:
-            pass
