@@ -273,8 +273,11 @@ class Sender:
             reply: Reply = self.writer.write(pending)
             counters.add(requests=1)
             if reply.outcome == "ok":
-                actual = reply.consumed if reply.consumed is not None else cost
                 done = len(pending) - len(reply.unprocessed)
+                # a put never costs less than our size estimate (indexes only add), so a lower report
+                # (an emulator's) never speeds us up; a higher one (GSIs) slows us down
+                floor = cost * done / len(pending)
+                actual = max(reply.consumed if reply.consumed is not None else cost, floor)
                 bucket.settle(cost, actual)
                 counters.add(written=done, wcu=actual)
                 if not reply.unprocessed:
