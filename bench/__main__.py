@@ -1,0 +1,48 @@
+"""`make bench` / `python -m bench [transform|load|lookup ...] [--quick]`: run the benchmarks side by side
+and rewrite their sections of BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import time
+from pathlib import Path
+
+from bench.common import ROOT
+
+SECTIONS = ("transform", "load", "lookup")
+
+
+def write_section(name: str, body: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nProduced by `make bench` on this machine.\n"
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _m: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench")
+    ap.add_argument("which", nargs="*", default=list(SECTIONS), choices=SECTIONS)
+    ap.add_argument("--quick", action="store_true", help="small data, one run each (a smoke test)")
+    args = ap.parse_args()
+    stamp = f"{time.strftime('%Y-%m-%d')} on {platform.machine()}, Python {platform.python_version()}"
+    for which in args.which:
+        if which == "transform":
+            from bench.transform_run import run
+        elif which == "load":
+            from bench.load_run import run  # type: ignore[no-redef]
+        else:
+            from bench.lookup_run import run  # type: ignore[no-redef]
+        body = run(args.quick)
+        write_section(which, body.replace("{stamp}", stamp))
+        print(body)
+
+
+if __name__ == "__main__":
+    main()

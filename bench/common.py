@@ -1,0 +1,43 @@
+"""Shared benchmark plumbing: run a contender in a fresh process, time it, read its peak RSS."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "bench" / "data"
+
+
+def run_contender(module: str, name: str, args: dict[str, Any], repeat: int = 3) -> dict[str, Any]:
+    """Run `python -m <module> <name> <json args>` `repeat` times; median wall time, max peak RSS."""
+    walls, rss, extra = [], [], {}
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", module, name, json.dumps(args)], capture_output=True, text=True,
+                           cwd=ROOT)
+        wall = time.perf_counter() - t0
+        if r.returncode != 0:
+            raise RuntimeError(f"{name} failed:\n{r.stderr[-3000:]}")
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        walls.append(out.get("seconds", wall))
+        rss.append(out["peak_rss_mb"])
+        extra = out
+    return {**extra, "name": name, "seconds": statistics.median(walls), "runs": walls, "peak_rss_mb": max(rss)}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited from the parent across fork+exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def emit(**fields: Any) -> None:
+    print(json.dumps({**fields, "peak_rss_mb": round(peak_rss_mb(), 1)}))

@@ -1,0 +1,178 @@
+"""Transform benchmark: the same export, the same projection/filter/conversion, four ways.
+
+  ours        etl.transform (pyarrow JSON with an explicit schema, vectorised dates, Parquet)
+  duckdb      read_json -> SELECT ... -> COPY TO parquet
+  obvious     json.loads per line + boto3 TypeDeserializer + pandas -> Parquet
+  awswrangler wr.s3.read_json(lines=True) (against moto's S3 on 127.0.0.1) + pandas + to_parquet
+
+Each contender runs in its own process (`python -m bench.transform NAME ARGS`), 3 times; we report
+the median wall time, MB/s of uncompressed input, rows/s and peak RSS.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import DATA, emit
+
+EXPORT_ID = "01700000000000-bench000"
+
+
+def generate(target_mb: int, files: int) -> dict[str, Any]:
+    """A real-layout export of the seeded value mix, cached under bench/data/."""
+    from etl.ddbjson import export_line
+    from etl.local import generate_month
+    from tests.helpers import b64md5
+
+    folder = DATA / f"export-{target_mb}mb" / "AWSDynamoDB" / EXPORT_ID
+    meta_path = folder.parent.parent / "meta.json"
+    if meta_path.exists():
+        return dict(json.loads(meta_path.read_text()))
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    rows_per_file = int(target_mb * 1_000_000 / files / 190)
+    entries, raw_total, rows_total = [], 0, 0
+    for i in range(files):
+        month = f"2016{i % 12 + 1:02d}"
+        items = generate_month(month, rows_per_file, 100 + i)
+        raw = b"".join(export_line({k: v for k, v in it.items() if k != "_dirty"}) for it in items)
+        data = gzip.compress(raw, compresslevel=6)
+        name = f"bench{i:02d}aaaaaaaaaaaaaaaaaaaa.json.gz"
+        (folder / "data" / name).write_bytes(data)
+        entries.append({"itemCount": len(items), "md5Checksum": b64md5(data), "etag": "x",
+                        "dataFileS3Key": f"p/AWSDynamoDB/{EXPORT_ID}/data/{name}"})
+        raw_total += len(raw)
+        rows_total += len(items)
+    mf = "".join(json.dumps(e) + "\n" for e in entries).encode()
+    (folder / "manifest-files.json").write_bytes(mf)
+    (folder / "manifest-files.md5").write_text(b64md5(mf))
+    summary = json.dumps({"version": "2020-06-30", "itemCount": rows_total, "outputFormat": "DYNAMODB_JSON"}).encode()
+    (folder / "manifest-summary.json").write_bytes(summary)
+    (folder / "manifest-summary.md5").write_text(b64md5(summary))
+    meta = {"folder": str(folder), "uncompressed_bytes": raw_total, "rows": rows_total, "files": files,
+            "gz_bytes": sum(p.stat().st_size for p in (folder / "data").iterdir())}
+    meta_path.write_text(json.dumps(meta))
+    return meta
+
+
+def _files(folder: str) -> list[str]:
+    return sorted(str(p) for p in (Path(folder) / "data").iterdir())
+
+
+# --------------------------------------------------------------------------- contenders
+
+
+def ours(args: dict[str, Any]) -> None:
+    from etl.config import load_config
+    from etl.export import run_export
+    from etl.transform import run_transform
+
+    stage = Path(args["out"]) / "ours"
+    cfg_path = Path(args["out"]) / "ours.toml"
+    cfg_path.write_text(f'domain="shop"\nregion="eu"\n[staging]\nroot="{stage}"\n'
+                        f'[transform]\nconcurrency = {args.get("concurrency", 2)}\n')
+    cfg = load_config(str(cfg_path), env={})
+    run_export(cfg, ["201601"], use_existing=args["folder"], force=True)
+    t0 = time.perf_counter()
+    [m] = run_transform(cfg, ["201601"], force=True)
+    emit(seconds=time.perf_counter() - t0, written=m["written"], rejected=m["rejected"], items_in=m["items_in"])
+
+
+def duckdb_(args: dict[str, Any]) -> None:
+    import duckdb
+
+    out = Path(args["out"]) / "duckdb.parquet"
+    files = _files(args["folder"])
+    con = duckdb.connect()
+    con.execute("SET threads TO 2")
+    t0 = time.perf_counter()
+    attr = "STRUCT(S VARCHAR, N VARCHAR)"
+    cols = f"{{'Item': 'STRUCT(CustomerID {attr}, DateTime {attr}, OrderID {attr})'}}"
+    con.execute(f"""
+        COPY (
+          WITH src AS (
+            SELECT Item.CustomerID.S AS cid, Item.DateTime.S AS dt, Item.OrderID.S AS oid
+            FROM read_json({files!r}, format='newline_delimited', columns={cols}, compression='gzip')
+          ), conv AS (
+            SELECT cid, oid, CAST(floor(epoch(try_cast(dt AS TIMESTAMPTZ))) AS BIGINT) AS ts
+            FROM src WHERE oid IS NOT NULL AND oid <> '' AND cid IS NOT NULL AND cid <> ''
+          )
+          SELECT cid AS CustomerID, ts AS CreationDateTime, oid AS OrderID, ts + 31536000 AS ExpirationTimestamp
+          FROM conv WHERE ts IS NOT NULL
+        ) TO '{out}' (FORMAT parquet, COMPRESSION zstd)
+    """)
+    n = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()
+    emit(seconds=time.perf_counter() - t0, written=n[0] if n else 0)
+
+
+def _to_frame(records: list[dict[str, Any]]) -> Any:
+    import pandas as pd
+
+    df = pd.DataFrame.from_records(records, columns=["CustomerID", "DateTime", "OrderID"])
+    df = df[df["OrderID"].map(lambda v: isinstance(v, str) and v != "")]
+    df = df[df["CustomerID"].map(lambda v: isinstance(v, str) and v != "")]
+    ts = pd.to_datetime(df["DateTime"], utc=True, format="ISO8601", errors="coerce")
+    df = df.assign(CreationDateTime=ts.astype("int64") // 10**9)[ts.notna()]
+    df["ExpirationTimestamp"] = df["CreationDateTime"] + 31536000
+    return df[["CustomerID", "CreationDateTime", "OrderID", "ExpirationTimestamp"]]
+
+
+def obvious(args: dict[str, Any]) -> None:
+    import pandas as pd
+    from boto3.dynamodb.types import TypeDeserializer
+
+    t0 = time.perf_counter()
+    des = TypeDeserializer()
+    frames = []
+    for f in _files(args["folder"]):
+        records = []
+        with gzip.open(f, "rt") as fh:
+            for line in fh:
+                item = json.loads(line)["Item"]
+                records.append({k: des.deserialize(v) for k, v in item.items()})
+        frames.append(_to_frame(records))
+    df = pd.concat(frames)
+    df.to_parquet(Path(args["out"]) / "obvious.parquet", compression="zstd")
+    emit(seconds=time.perf_counter() - t0, written=len(df))
+
+
+def awswrangler_(args: dict[str, Any]) -> None:
+    import os
+
+    import boto3
+    import pandas as pd
+    from moto.server import ThreadedMotoServer
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    import awswrangler as wr
+
+    wr.config.s3_endpoint_url = f"http://127.0.0.1:{port}"
+    s3 = boto3.client("s3", endpoint_url=wr.config.s3_endpoint_url)
+    s3.create_bucket(Bucket="bench")
+    for f in _files(args["folder"]):
+        s3.upload_file(f, "bench", f"export/{Path(f).name}")
+    t0 = time.perf_counter()
+    frames = []
+    for chunk in wr.s3.read_json("s3://bench/export/", lines=True, chunksize=200_000):
+        items = chunk["Item"]
+        records = [{k: (v.get("S") if isinstance(v, dict) else None) for k, v in it.items()} for it in items]
+        frames.append(_to_frame(records))
+    df = pd.concat(frames)
+    df.to_parquet(Path(args["out"]) / "awswrangler.parquet", compression="zstd")
+    emit(seconds=time.perf_counter() - t0, written=len(df))
+    server.stop()
+
+
+CONTENDERS = {"ours": ours, "duckdb": duckdb_, "obvious": obvious, "awswrangler": awswrangler_}
+
+if __name__ == "__main__":
+    CONTENDERS[sys.argv[1]](json.loads(sys.argv[2]))
