@@ -6,8 +6,9 @@ ETL     := $(BIN)/etl
 CONFIG  ?= $(if $(wildcard pipeline.toml),pipeline.toml,demo.toml)
 MONTH   ?=
 MONTHS  ?=
-# the three months before this one: recent enough that their orders are not past the one-year TTL
-DEMO_MONTHS ?= $(shell for i in 3 2 1; do date -u -d "$$(date -u +%Y-%m-15) -$$i month" +%Y%m; done)
+# six months ago, two months ago and last month: recent enough that their orders are not past the
+# one-year TTL, and far enough apart to show a loyalty (last 3 months) and an anniversary customer
+DEMO_MONTHS ?= $(shell for i in 6 2 1; do date -u -d "$$(date -u +%Y-%m-15) -$$i month" +%Y%m; done)
 ARGS    ?=
 MONTH_ARGS := $(foreach m,$(MONTH),--month $(m)) $(foreach r,$(MONTHS),--months $(r))
 STAMP   := $(VENV)/.installed
@@ -47,6 +48,7 @@ demo: $(STAMP)
 	$(ETL) --config demo.toml local seed $(foreach m,$(DEMO_MONTHS),--month $(m)) --rows-per-month 20000
 	$(ETL) --config demo.toml run $(foreach m,$(DEMO_MONTHS),--month $(m)) --yes
 	$(ETL) --config demo.toml status
+	$(ETL) --config demo.toml local lookups $(foreach m,$(DEMO_MONTHS),--month $(m))
 
 test: $(STAMP) $(DDB_LOCAL_STAMP)
 	ETL_DDB_LOCAL_DIR=$(abspath $(DDB_LOCAL_DIR)) $(BIN)/python -m pytest $(ARGS)

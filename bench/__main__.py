@@ -7,7 +7,6 @@ import argparse
 import platform
 import re
 import time
-from pathlib import Path
 
 from bench.common import ROOT
 

@@ -147,6 +147,23 @@ def local_seed(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...],
     local_mod.seed(obj.config(), _months(months, month_ranges), rows_per_month, seed_value, obj.reporter)
 
 
+@local.command("lookups")
+@month_options
+@click.pass_obj
+@handle_errors
+def local_lookups(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...]) -> None:
+    """Demo: ask the checkout question for three seeded customers (loyal, anniversary, none)."""
+    from etl import aws
+    from etl import local as local_mod
+    from etl.promo import discount_for
+
+    cfg = obj.config()
+    ddb = aws.client(cfg.destination, "dynamodb")
+    for label, customer in local_mod.sample_customers(cfg, _months(months, month_ranges)):
+        d = discount_for(customer, None, cfg, ddb)
+        click.echo(f"{label:>24}  {customer}: {d.describe()}")
+
+
 # --------------------------------------------------------------------------- stages
 
 
@@ -248,6 +265,77 @@ def verify(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...]) -> 
     if bad:
         raise EtlError(f"verify found differences in {len(bad)} month(s)",
                        hint="`etl load --month M --force` writes the month again (puts are idempotent)")
+
+
+def _at(value: str | None) -> Any:
+    if value is None:
+        return None
+    from datetime import datetime
+
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise EtlError(f"--at {value!r} is not ISO-8601 (e.g. 2017-05-31T12:00:00+02:00)") from None
+    if at.tzinfo is None:
+        raise EtlError(f"--at {value!r} has no time zone: add Z or an offset such as +02:00")
+    return at
+
+
+@cli.command()
+@click.argument("customer_id")
+@click.option("--at", "at_text", metavar="ISO8601", help="Decide as of this instant (with an offset); default now.")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+@click.pass_obj
+@handle_errors
+def lookup(obj: Ctx, customer_id: str, at_text: str | None, as_json: bool) -> None:
+    """The checkout question, asked once: which discount does CUSTOMER_ID get, and on which order?
+
+    One Query on the index table: this customer's newest unexpired order since the anniversary window
+    started. Loyalty if it falls in the last loyalty_months, anniversary if in the last
+    anniversary_months, else none ([promo] in the config)."""
+    from etl import aws
+    from etl.promo import discount_for
+
+    cfg = obj.config()
+    d = discount_for(customer_id, _at(at_text), cfg, aws.client(cfg.destination, "dynamodb"))
+    if as_json:
+        click.echo(json.dumps({"customer_id": customer_id, "percent": d.percent, "kind": d.kind,
+                               "evidence": d.evidence, "at": d.at.isoformat()}))
+    else:
+        click.echo(f"{customer_id}: {d.describe()}")
+
+
+@cli.group()
+def ttl() -> None:
+    """Time to live on the index table: enable it, preview what will expire."""
+
+
+@ttl.command("enable")
+@click.pass_obj
+@handle_errors
+def ttl_enable(obj: Ctx) -> None:
+    """Turn on TTL for the mapping's ttl attribute (idempotent; shows the status, ENABLING included)."""
+    from etl.ttl import enable
+
+    r = enable(obj.config())
+    verb = "enabled" if r["changed"] else "already"
+    click.echo(f"TTL on {r['table']}: {verb} {r['status']} on {r['attribute']}")
+
+
+@ttl.command("preview")
+@click.option("--at", "at_text", required=True, metavar="DATE", help="An ISO-8601 instant with an offset.")
+@click.pass_obj
+@handle_errors
+def ttl_preview(obj: Ctx, at_text: str) -> None:
+    """Count, per month of the staged Parquet, the rows whose TTL will have passed by DATE (no table scan)."""
+    from etl.ttl import preview
+
+    rows = preview(obj.config(), _at(at_text))
+    if not rows:
+        click.echo("no transformed months staged yet")
+    for r in rows:
+        click.echo(f"{r['month']}: {r['expired_by']:,} of {r['rows']:,} rows expired by {at_text}, "
+                   f"{r['remaining']:,} remain")
 
 
 @cli.command()

@@ -278,3 +278,30 @@ def seed(
                                     "seconds": round(seconds, 2)}
         reporter.info(f"seeded {table}: {len(rows):,} rows ({sum(dirty.values())} dirty) in {seconds:.1f}s")
     return summary
+
+
+def sample_customers(cfg: Config, months: list[str]) -> list[tuple[str, str]]:
+    """From the staged Parquet: a customer whose newest order is in the newest month (loyal), one who
+    ordered only in the oldest month (anniversary, when that month is 3+ months back), and one unknown."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    seen: dict[str, set[str]] = {}
+    for month in months:
+        t = staging.read_manifest(store, month, "transform") or {}
+        for part in t.get("parts", []):
+            with store.open_read(part["output"]) as f:
+                ids = pq.read_table(pa.BufferReader(f.read()), columns=["CustomerID"])["CustomerID"].to_pylist()
+            for cid in ids:
+                seen.setdefault(cid, set()).add(month)
+    newest, oldest = max(months), min(months)
+    loyal = sorted(c for c, ms in seen.items() if newest in ms)
+    anniversary = sorted(c for c, ms in seen.items() if ms == {oldest})
+    out = []
+    if loyal:
+        out.append((f"ordered in {newest}", loyal[0]))
+    if anniversary:
+        out.append((f"ordered only in {oldest}", anniversary[0]))
+    out.append(("never ordered", "C-NOBODY-0000"))
+    return out

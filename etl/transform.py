@@ -94,7 +94,8 @@ def _lines(chunk: bytes | memoryview) -> list[bytes]:
     return [line for line in bytes(chunk).split(b"\n") if line.strip()]
 
 
-def _parse(chunk: bytes | memoryview, schema: pa.Schema, attrs: list[str]) -> tuple[pa.Table, list[bytes], list[tuple[bytes, str]]]:
+def _parse(chunk: bytes | memoryview, schema: pa.Schema, attrs: list[str]
+           ) -> tuple[pa.Table, list[bytes], list[tuple[bytes, str]]]:
     """Parse a chunk; if pyarrow refuses it, find the bad lines one by one and parse the rest.
 
     Returns the table, the raw lines behind its rows (only when the slow path ran, else []), and
