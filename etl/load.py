@@ -66,22 +66,42 @@ def item_sizes(batch: pa.RecordBatch) -> np.ndarray:
     return sizes
 
 
+_NEEDS_ESCAPE = r'["\\\x00-\x1f]'
+
+
 def to_puts(batch: pa.RecordBatch) -> list[bytes]:
-    """Rows -> pre-serialised `{"PutRequest":{"Item":{...}}}` JSON fragments (nulls left out)."""
-    columns = []
+    """Rows -> pre-serialised `{"PutRequest":{"Item":{...}}}` JSON fragments (nulls left out).
+
+    Built for whole columns with Arrow string kernels; rows with a null or a string that JSON must
+    escape take orjson, one by one (same output)."""
+    n = batch.num_rows
+    if n == 0:
+        return []
+    slow = np.zeros(n, dtype=bool)
+    pieces: list[Any] = []
     for name, col in zip(batch.schema.names, batch.columns, strict=True):
-        kind = "S" if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) else "N"
-        values = col.to_pylist()
-        columns.append((name, kind, values))
-    out = []
-    dumps = orjson.dumps
-    for i in range(batch.num_rows):
-        item = {}
-        for name, kind, values in columns:
-            v = values[i]
-            if v is not None:
-                item[name] = {kind: v if kind == "S" else str(v)}
-        out.append(dumps({"PutRequest": {"Item": item}}))
+        key = orjson.dumps(name).decode()
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            slow |= np.asarray(pc.fill_null(pc.match_substring_regex(col, _NEEDS_ESCAPE), True)
+                               .to_numpy(zero_copy_only=False), dtype=bool)
+            pieces += [f'{key}:{{"S":"', col, '"}']
+        else:
+            slow |= np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)
+            pieces += [f'{key}:{{"N":"', pc.cast(col, pa.string()), '"}']
+        pieces.append(",")
+    pieces[-1] = "}}}"
+    joined = pc.binary_join_element_wise('{"PutRequest":{"Item":{', *pieces, "")
+    data = joined.buffers()[2].to_pybytes() if joined.buffers()[2] is not None else b""
+    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)[joined.offset : joined.offset + n + 1]
+    out = [data[offsets[i] : offsets[i + 1]] for i in range(n)]
+    if slow.any():
+        for i in np.flatnonzero(slow):
+            item = {}
+            for name, col in zip(batch.schema.names, batch.columns, strict=True):
+                v = col[i].as_py()
+                if v is not None:
+                    item[name] = {"S": v} if isinstance(v, str) else {"N": str(v)}
+            out[i] = orjson.dumps({"PutRequest": {"Item": item}})
     return out
 
 

@@ -1,5 +1,5 @@
 """The lean BatchWriteItem path: botocore for credentials (refreshing), SigV4 signing and the endpoint;
-a pooled urllib3 connection posting pre-serialised JSON (orjson) for the requests themselves.
+pooled keep-alive connections posting pre-serialised JSON (orjson) for the requests themselves.
 
 Why not `client.batch_write_item`: per request, botocore's serialise/validate/parse pipeline costs more
 CPU than DynamoDB's answer takes to arrive (see BENCHMARKS.md). What botocore does that matters here
@@ -9,13 +9,15 @@ CPU than DynamoDB's answer takes to arrive (see BENCHMARKS.md). What botocore do
 
 from __future__ import annotations
 
-import threading
+import contextlib
+import queue
+import socket
+import ssl
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
 import orjson
-import urllib3
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
@@ -48,6 +50,75 @@ def classify(status: int, code: str) -> str:
     return "fatal"
 
 
+class _Connection:
+    """One keep-alive HTTP/1.1 connection (TLS for https): a request out, a Content-Length (or chunked)
+    response back. http.client's email-based header parsing cost more CPU per request than the rest
+    of the loader together (BENCHMARKS.md); this reads the status line and two headers."""
+
+    def __init__(self, host: str, port: int, tls: bool, timeout: float) -> None:
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+        self.sock = sock
+        self.buf = b""
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def _fill(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("connection closed by the server")
+        self.buf += data
+
+    def request(self, head: bytes, body: bytes) -> tuple[int, bytes, bool]:
+        self.sock.sendall(head + body)
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        end = self.buf.index(b"\r\n\r\n")
+        header_block, self.buf = self.buf[:end], self.buf[end + 4 :]
+        lines = header_block.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length, chunked, keep = -1, False, True
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value.strip())
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+            elif name == b"connection" and value.strip().lower() == b"close":
+                keep = False
+        if chunked:
+            return status, self._chunked(), keep
+        if length < 0:  # read to the end of the connection
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    self._fill()
+            data, self.buf = self.buf, b""
+            return status, data, False
+        while len(self.buf) < length:
+            self._fill()
+        data, self.buf = self.buf[:length], self.buf[length:]
+        return status, data, keep
+
+    def _chunked(self) -> bytes:
+        out = []
+        while True:
+            while b"\r\n" not in self.buf:
+                self._fill()
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            size = int(line.split(b";")[0], 16)
+            while len(self.buf) < size + 2:
+                self._fill()
+            out.append(self.buf[:size])
+            self.buf = self.buf[size + 2 :]
+            if size == 0:
+                return b"".join(out)
+
+
 class BatchWriter:
     def __init__(self, side: AwsSide, table: str, max_connections: int = 16, timeout: float = 30.0) -> None:
         client = aws.client(side, "dynamodb")
@@ -61,11 +132,12 @@ class BatchWriter:
             raise EtlError("no AWS credentials found for the destination (credential chain, AWS_PROFILE, role)")
         self._credentials = credentials
         parsed = urlparse(self.url)
-        self.pool = urllib3.connection_from_url(
-            self.url, maxsize=max_connections, block=True,
-            timeout=urllib3.Timeout(connect=5.0, read=timeout), retries=False,
-        ) if parsed.scheme else None
-        self._local = threading.local()
+        self.host = parsed.hostname or ""
+        self.tls = parsed.scheme == "https"
+        self.port = parsed.port or (443 if self.tls else 80)
+        self.host_header = parsed.netloc
+        self.timeout = timeout
+        self._idle: queue.SimpleQueue[_Connection] = queue.SimpleQueue()
         self._prefix = orjson.dumps(table)
 
     def _sign(self, body: bytes, target: str) -> dict[str, str]:
@@ -82,17 +154,30 @@ class BatchWriter:
                 b'"ReturnConsumedCapacity":"TOTAL"}')
 
     def post(self, target: str, body: bytes) -> tuple[int, bytes]:
-        assert self.pool is not None
         headers = self._sign(body, target)
-        r = self.pool.urlopen("POST", "/", body=body, headers=headers, preload_content=True,
-                              assert_same_host=False)
-        return r.status, r.data
+        head = (f"POST / HTTP/1.1\r\nHost: {self.host_header}\r\nContent-Length: {len(body)}\r\n"
+                + "".join(f"{k}: {v}\r\n" for k, v in headers.items() if k.lower() != "host")
+                + "\r\n").encode()
+        try:
+            conn = self._idle.get_nowait()
+        except queue.Empty:
+            conn = _Connection(self.host, self.port, self.tls, self.timeout)
+        try:
+            status, data, keep = conn.request(head, body)
+        except BaseException:
+            conn.close()
+            raise
+        if keep:
+            self._idle.put(conn)
+        else:
+            conn.close()
+        return status, data
 
     def write(self, puts: list[bytes]) -> Reply:
         """One BatchWriteItem. Connection-level failures surface as outcome 'retry'."""
         try:
             status, data = self.post("BatchWriteItem", self.body(puts))
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except (OSError, ValueError, IndexError) as exc:  # refused, reset, timed out, garbled
             return Reply("retry", [], None, 0, type(exc).__name__, str(exc))
         try:
             parsed = orjson.loads(data) if data else {}
