@@ -15,6 +15,7 @@ The result is floor(instant) in seconds; a value that matches nothing is null (t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -55,17 +56,80 @@ def _is_leap(y: np.ndarray) -> np.ndarray:
 
 
 def _local_to_utc(seconds: np.ndarray, mask: np.ndarray, zone: str) -> np.ndarray:
-    """Wall-clock seconds in `zone` -> UTC seconds (DST gaps/overlaps: the earliest instant)."""
+    """Wall-clock seconds in `zone` -> UTC seconds (an overlap takes the earlier instant, a gap the first
+    instant after it, as Python and java.time do)."""
     if zone in ("UTC", "Etc/UTC", "GMT") or not mask.any():
         return seconds
     naive = pa.array(seconds, pa.timestamp("s"))
-    aware = pc.assume_timezone(naive, zone, ambiguous="earliest", nonexistent="earliest")
+    aware = pc.assume_timezone(naive, zone, ambiguous="earliest", nonexistent="latest")
     return np.asarray(pc.cast(aware, pa.int64()).to_numpy(zero_copy_only=False))
+
+
+_SUFFIX = re.compile(r"^(?:[.,]\d{1,9})?(Z|[+-]\d{2}(?::?\d{2}(?::?\d{2})?)?)$")
+_MAX_SUFFIXES = 100_000
+
+
+def _suffix_offset(suffix: str | None) -> int | None:
+    """Offset in seconds of a `.fff+HH:MM`-style tail; None when it is not one (or has no zone)."""
+    m = _SUFFIX.match(suffix or "")
+    if not m:
+        return None
+    z = m.group(1)
+    if z == "Z":
+        return 0
+    digits = z[1:].replace(":", "")
+    sec = int(digits[:2]) * 3600 + (int(digits[2:4]) * 60 if len(digits) >= 4 else 0) + (
+        int(digits[4:6]) if len(digits) == 6 else 0)
+    if int(digits[:2]) > 18 or (len(digits) >= 4 and int(digits[2:4]) > 59) or (len(digits) == 6 and int(digits[4:6]) > 59):
+        return None
+    return -sec if z[0] == "-" else sec
+
+
+def _fast_path(values: pa.Array) -> pa.Array:
+    """The common shape `yyyy-MM-ddTHH:mm:ss[.fff](Z|+HH:MM)`: strptime on the first 19 characters
+    (kept only when it formats back to the same text, so 30 Feb or hour 24 fall through), and the tail's
+    offset computed once per distinct tail. Null where the shape does not fit."""
+    head = pc.utf8_slice_codeunits(values, 0, 19)
+    shape = pc.fill_null(pc.match_substring_regex(head, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$"), False)
+    head = pc.if_else(shape, head, pa.scalar("1970-01-01T00:00:00"))
+    ts = pc.strptime(head, format="%Y-%m-%dT%H:%M:%S", unit="s", error_is_null=True)
+    # strptime rolls 30 Feb over to 1 Mar and second 60 to the next minute: insist on the same day and second
+    day = pc.cast(pc.utf8_slice_codeunits(head, 8, 10), pa.int64())
+    sec = pc.cast(pc.utf8_slice_codeunits(head, 17, 19), pa.int64())
+    strict = pc.and_(shape, pc.and_(pc.equal(pc.day(ts), day), pc.equal(pc.second(ts), sec)))
+    tails = pc.dictionary_encode(pc.utf8_slice_codeunits(values, 19))
+    if len(tails.dictionary) > _MAX_SUFFIXES:
+        return pa.nulls(len(values), pa.int64())
+    offsets = pa.array([_suffix_offset(x) for x in tails.dictionary.to_pylist()], pa.int64())
+    offset = pc.take(offsets, tails.indices)
+    secs = pc.subtract(pc.cast(ts, pa.int64()), offset)
+    return pc.if_else(pc.fill_null(strict, False), secs, pa.scalar(None, pa.int64()))
 
 
 def parse_datetimes(values: pa.Array, zone: str = "UTC", formats: Sequence[str] = ()) -> pa.Array:
     """Strings -> int64 epoch seconds (null where nothing matched)."""
     values = pc.cast(values, pa.string())
+    if len(values) == 0:
+        return pa.array([], pa.int64())
+    fast = _fast_path(values)
+    todo = pc.and_(pc.is_null(fast), pc.is_valid(values))
+    if not pc.any(todo).as_py():
+        return fast
+    idx = pc.indices_nonzero(todo)
+    slow = _parse_general(values.take(idx), zone, formats)
+    out = fast.to_numpy(zero_copy_only=False)
+    mask = np.asarray(pc.is_null(fast).to_numpy(zero_copy_only=False), dtype=bool)
+    slow_vals = np.asarray(pc.fill_null(slow, 0).to_numpy(zero_copy_only=False))
+    slow_ok = np.asarray(pc.is_valid(slow).to_numpy(zero_copy_only=False), dtype=bool)
+    positions = np.asarray(idx.to_numpy(zero_copy_only=False))
+    out = np.where(mask, 0, np.nan_to_num(out, nan=0)).astype(np.int64) if out.dtype != np.int64 else out
+    out[positions[slow_ok]] = slow_vals[slow_ok]
+    mask[positions[slow_ok]] = False
+    return pa.array(out, pa.int64(), mask=mask)
+
+
+def _parse_general(values: pa.Array, zone: str, formats: Sequence[str]) -> pa.Array:
+    """Every accepted shape, by one regular expression (and the configured patterns after it)."""
     n = len(values)
     if n == 0:
         return pa.array([], pa.int64())
@@ -117,7 +181,7 @@ def _with_formats(values: pa.Array, result: pa.Array, ok: np.ndarray, zone: str,
         sub = values.take(pa.array(idx))
         ts = pc.strptime(sub, format=fmt, unit="s", error_is_null=True)
         if "%z" not in fmt and zone not in ("UTC", "GMT") and not fmt.endswith(("GMT", "UTC", "Z")):
-            ts = pc.assume_timezone(ts, zone, ambiguous="earliest", nonexistent="earliest")
+            ts = pc.assume_timezone(ts, zone, ambiguous="earliest", nonexistent="latest")
         secs = pc.cast(ts, pa.int64())
         got = pc.is_valid(secs).to_numpy(zero_copy_only=False)
         vals = pc.fill_null(secs, 0).to_numpy(zero_copy_only=False)

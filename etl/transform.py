@@ -39,7 +39,7 @@ from etl.engine import run_months
 from etl.errors import EtlError, StageNotReady
 from etl.progress import QUIET, Reporter, Task
 
-CHUNK = 16 * 1024 * 1024
+CHUNK = 8 * 1024 * 1024
 REASONS = ("malformed_line", "type_mismatch", "missing_attribute", "bad_datetime", "bad_int")
 COLLISIONS = "transform-collisions.parquet"
 # Only S and N are declared: every other type ({"BOOL": ..}, {"L": [..]}, ...) parses as a valid struct with
@@ -431,6 +431,27 @@ def _read_columns(store: staging.Store, key: str, columns: list[str]) -> pa.Tabl
         return pq.read_table(pa.BufferReader(f.read()), columns=columns)
 
 
+def _duplicate_rows(pk: pa.ChunkedArray, sk: pa.ChunkedArray) -> np.ndarray:
+    """Positions of rows whose (pk, sk) occurs more than once: one int64 per key, sorted in numpy."""
+    codes = np.asarray(pc.dictionary_encode(pk.combine_chunks()).indices.to_numpy(zero_copy_only=False), np.int64)
+    sks = np.asarray(pc.fill_null(sk.combine_chunks(), 0).to_numpy(zero_copy_only=False), np.int64)
+    if len(sks) == 0:
+        return np.array([], dtype=np.int64)
+    lo, span = int(sks.min()), int(sks.max()) - int(sks.min()) + 1
+    if span < 2**31 and len(codes) < 2**31:
+        key = codes * span + (sks - lo)
+        order = np.argsort(key, kind="stable")
+        ks = key[order]
+        same = ks[1:] == ks[:-1]
+    else:  # a key span too wide to pack: compare both columns
+        order = np.lexsort((sks, codes))
+        same = (codes[order][1:] == codes[order][:-1]) & (sks[order][1:] == sks[order][:-1])
+    dup = np.zeros(len(order), dtype=bool)
+    dup[1:] |= same
+    dup[:-1] |= same
+    return np.sort(order[dup])
+
+
 def find_collisions(cfg: Config, store: staging.Store, month: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Rows of the month that land on one destination key; the losers go to a small Parquet file.
 
@@ -451,12 +472,11 @@ def find_collisions(cfg: Config, store: staging.Store, month: str, parts: list[d
                 skv = np.asarray(pc.fill_null(t[sk], 0).to_numpy())
                 t = t.filter(pa.array(np.abs(skv) % k == bucket))
             tables.append(t)
-        keys = pa.concat_tables(tables)
-        counts = keys.group_by([pk, sk]).aggregate([([], "count_all")])
-        dup = counts.filter(pc.greater(counts["count_all"], 1)).select([pk, sk])
-        if dup.num_rows:
-            found.append(keys.join(dup, [pk, sk], join_type="inner"))
-        del keys, counts, tables
+        keys = pa.concat_tables(tables).combine_chunks()
+        dup_rows = _duplicate_rows(keys[pk], keys[sk])
+        if len(dup_rows):
+            found.append(keys.take(pa.array(dup_rows)))
+        del keys, tables
     if not found:
         store.delete(staging.state_key(month, COLLISIONS))
         return {"rows": 0, "keys": 0, "losers": 0, "examples": []}
