@@ -78,10 +78,10 @@ def _suffix_offset(suffix: str | None) -> int | None:
     if z == "Z":
         return 0
     digits = z[1:].replace(":", "")
-    sec = int(digits[:2]) * 3600 + (int(digits[2:4]) * 60 if len(digits) >= 4 else 0) + (
-        int(digits[4:6]) if len(digits) == 6 else 0)
-    if int(digits[:2]) > 18 or (len(digits) >= 4 and int(digits[2:4]) > 59) or (len(digits) == 6 and int(digits[4:6]) > 59):
+    h, m, sec = int(digits[:2]), int(digits[2:4] or 0), int(digits[4:6] or 0)
+    if h > 18 or m > 59 or sec > 59:
         return None
+    sec += h * 3600 + m * 60
     return -sec if z[0] == "-" else sec
 
 
