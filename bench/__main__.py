@@ -27,11 +27,14 @@ def write_section(name: str, body: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench")
-    ap.add_argument("which", nargs="*", default=list(SECTIONS), choices=SECTIONS)
+    ap.add_argument("which", nargs="*", metavar="{transform,load,lookup}", help="which benchmarks (default: all)")
     ap.add_argument("--quick", action="store_true", help="small data, one run each (a smoke test)")
     args = ap.parse_args()
+    unknown = set(args.which) - set(SECTIONS)
+    if unknown:
+        ap.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     stamp = f"{time.strftime('%Y-%m-%d')} on {platform.machine()}, Python {platform.python_version()}"
-    for which in args.which:
+    for which in args.which or SECTIONS:
         if which == "transform":
             from bench.transform_run import run
         elif which == "load":

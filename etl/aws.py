@@ -46,8 +46,15 @@ def session_for(side: AwsSide) -> boto3.Session:
             )
         if side.role_arn:
             base = session._session  # botocore session behind the boto3 one
+
+            def sts_creator(service: str, **kwargs: Any) -> Any:
+                # the role is assumed where the side's endpoint says (an emulator stays an emulator)
+                if side.endpoint_url:
+                    kwargs.setdefault("endpoint_url", side.endpoint_url)
+                return base.create_client(service, **kwargs)
+
             fetcher = AssumeRoleCredentialFetcher(
-                client_creator=base.create_client,
+                client_creator=sts_creator,
                 source_credentials=base.get_credentials(),
                 role_arn=side.role_arn,
                 extra_args={"RoleSessionName": "etl-backfill"},

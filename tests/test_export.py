@@ -178,3 +178,37 @@ def test_use_existing_from_s3(moto: str, make_config: Callable[..., Config], tmp
     [m] = run_export(cfg, [MONTH], use_existing=f"s3://stage-bucket/old/AWSDynamoDB/{folder.name}/")
     assert m["verified"] and m["item_count"] == 4
     assert m["files"][0]["uri"].startswith(f"s3://stage-bucket/old/AWSDynamoDB/{folder.name}/data/")
+
+
+def test_role_per_side_is_assumed_through_the_sides_endpoint(moto: str, make_config: Callable[..., Config]) -> None:
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=moto, region_name="us-east-1")
+    role = iam.create_role(RoleName="backfill-export", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    cfg = make_config(endpoint=moto, root="s3://stage-bucket/backfill")
+    seed(cfg, [MONTH], 20)
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, role_arn=role))
+    calls: list[str] = []
+    session = aws.session_for(cfg.source)
+    creds = session.get_credentials()
+    assert creds is not None and creds.method == "assume-role"
+    frozen = creds.get_frozen_credentials()  # triggers AssumeRole against moto's STS, not AWS's
+    calls.append(frozen.access_key)
+    assert frozen.access_key != "testing"
+    [m] = run_export(cfg, [MONTH])
+    assert m["status"] == "done"
+
+
+def test_export_warns_when_earlier_than_the_forward_writer(s3cfg: Config) -> None:
+    import dataclasses
+    import io
+
+    from etl.progress import Reporter
+
+    cfg = dataclasses.replace(s3cfg, export=dataclasses.replace(s3cfg.export, forward_writes_since="2099-01-01T00:00:00Z"))
+    out = io.StringIO()
+    run_export(cfg, [MONTH], reporter=Reporter("json", stream=out))
+    warnings = [json.loads(x) for x in out.getvalue().splitlines() if '"warning"' in x]
+    assert any("before forward_writes_since" in w["message"] for w in warnings)
