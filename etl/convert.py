@@ -97,7 +97,8 @@ def _fast_path(values: pa.Array) -> pa.Array:
     day = pc.cast(pc.utf8_slice_codeunits(head, 8, 10), pa.int64())
     sec = pc.cast(pc.utf8_slice_codeunits(head, 17, 19), pa.int64())
     strict = pc.and_(shape, pc.and_(pc.equal(pc.day(ts), day), pc.equal(pc.second(ts), sec)))
-    tails = pc.dictionary_encode(pc.utf8_slice_codeunits(values, 19))
+    # drop the fraction first, so the distinct tails are the few zones, not zones x milliseconds
+    tails = pc.dictionary_encode(pc.replace_substring_regex(pc.utf8_slice_codeunits(values, 19), r"^[.,]\d{1,9}", ""))
     if len(tails.dictionary) > _MAX_SUFFIXES:
         return pa.nulls(len(values), pa.int64())
     offsets = pa.array([_suffix_offset(x) for x in tails.dictionary.to_pylist()], pa.int64())
