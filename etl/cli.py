@@ -397,17 +397,18 @@ def run(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mode: 
     ms = _months(months, month_ranges)
     from etl import staging
     from etl.load import run_load
+    from etl.status import current
     from etl.transform import run_transform
     from etl.verify import run_verify
 
     run_export(cfg, ms, mode=mode, reporter=obj.reporter)
     run_transform(cfg, ms, reporter=obj.reporter)
     store = staging.open_store(cfg.staging.root, cfg.staging)
-    todo = [m for m in ms if staging.read_manifest(store, m, "load") is None]
+    todo = [m for m in ms if not current(store, m, "load")]
     if todo:
         run_load(cfg, todo, yes=yes, reporter=obj.reporter,
                  confirm=lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False)
-    todo = [m for m in ms if staging.read_manifest(store, m, "verify") is None]
+    todo = [m for m in ms if not current(store, m, "verify")]
     if todo:
         run_verify(cfg, todo, reporter=obj.reporter)
     obj.reporter.info(f"run: every stage committed for {len(ms)} month(s); `etl status` shows them")

@@ -134,10 +134,19 @@ class Config:
     path: str = "<defaults>"  # where the config came from (not a TOML key)
 
     def source_table(self, month: str) -> str:
+        self._names_needed("source.table_template", self.source.table_template)
         return self.source.table_template.format(domain=self.domain, region=self.region, month=month)
 
     def destination_table(self) -> str:
+        self._names_needed("destination.table_template", self.destination.table_template)
         return self.destination.table_template.format(domain=self.domain, region=self.region)
+
+    def _names_needed(self, key: str, template: str) -> None:
+        for name in ("domain", "region"):
+            if "{" + name + "}" in template and not getattr(self, name):
+                raise _fail(name, self.path, getattr(self, name),
+                            f"a non-empty name ({key} uses {{{name}}}); set it at the top of the config "
+                            f"or with ETL_{name.upper()}")
 
     def hash_of(self, *sections: str) -> str:
         """A short hash of the sections that shape a stage's output (recorded in its manifest)."""
@@ -308,10 +317,6 @@ def validate(cfg: Config) -> None:
         if bad or not needed <= fields:
             raise _fail(key, w, template, "a table name using only {domain}, {region} and {month}"
                         + (" and containing {month}" if needed else ""))
-        if "domain" in fields and not cfg.domain:
-            raise _fail("domain", w, cfg.domain, f"a non-empty name ({key} uses {{domain}})")
-        if "region" in fields and not cfg.region:
-            raise _fail("region", w, cfg.region, f"a non-empty name ({key} uses {{region}})")
     if cfg.staging.root and cfg.staging.root.startswith("s3://"):
         if not re.match(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$", cfg.staging.root):
             raise _fail("staging.root", w, cfg.staging.root, "s3://bucket/prefix or a local directory")

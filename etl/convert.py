@@ -78,10 +78,10 @@ def _suffix_offset(suffix: str | None) -> int | None:
     if z == "Z":
         return 0
     digits = z[1:].replace(":", "")
-    h, m, sec = int(digits[:2]), int(digits[2:4] or 0), int(digits[4:6] or 0)
-    if h > 18 or m > 59 or sec > 59:
+    hours, minutes, sec = int(digits[:2]), int(digits[2:4] or 0), int(digits[4:6] or 0)
+    if hours > 18 or minutes > 59 or sec > 59:
         return None
-    sec += h * 3600 + m * 60
+    sec += hours * 3600 + minutes * 60
     return -sec if z[0] == "-" else sec
 
 

@@ -159,6 +159,7 @@ class Part:
     part: int
     key: str
     rows: int
+    transform_run: str
 
 
 @dataclass
@@ -219,6 +220,15 @@ def _schema(cfg: Config) -> pa.Schema:
     return output_schema(cfg)
 
 
+def _checkpoint(store: staging.Store, month: str, part: int, transform_run: str) -> dict[str, Any] | None:
+    """A part's checkpoint, if it exists and belongs to the month's current transform."""
+    key = staging.checkpoint_key(month, part)
+    if not store.exists(key):
+        return None
+    cp = dict(store.read_json(key))
+    return cp if cp.get("transform_run") == transform_run else None
+
+
 def plan_load(cfg: Config, store: staging.Store, months: list[str], now: int | None = None) -> Plan:
     ddb = aws.client(cfg.destination, "dynamodb")
     desc = _check_destination(cfg, ddb)
@@ -232,12 +242,13 @@ def plan_load(cfg: Config, store: staging.Store, months: list[str], now: int | N
         if t is None:
             missing.append(month)
             continue
+        run = str(t.get("run_id", ""))
         for p in t["parts"]:
             items += p["rows"]
-            if store.exists(staging.checkpoint_key(month, p["part"])):
+            if _checkpoint(store, month, p["part"], run) is not None:
                 done += 1
-            else:
-                parts.append(Part(month, p["part"], p["output"], p["rows"]))
+            else:  # not loaded, or loaded from an older transform of the month: (re)load it
+                parts.append(Part(month, p["part"], p["output"], p["rows"], run))
     if missing:
         raise StageNotReady(f"no committed transform for month(s) {', '.join(missing)}",
                             hint=f"run `etl transform --month {missing[0]}` first")
@@ -412,7 +423,8 @@ def load_part(cfg: Config, store: staging.Store, part: Part, sender: Sender, poo
                     gzip.compress(b"\n".join(quarantine) + b"\n"))
     result = {"part": part.part, "rows": part.rows, "written": c.written, "skipped_expired": c.skipped_expired,
               "deduplicated": c.deduplicated, "quarantined": c.quarantined, "wcu": round(c.wcu, 1),
-              "requests": c.requests, "retries": c.retries, "throttles": c.throttles, "at": staging.utcnow_iso()}
+              "requests": c.requests, "retries": c.retries, "throttles": c.throttles, "at": staging.utcnow_iso(),
+              "transform_run": part.transform_run}
     total = c.written + c.skipped_expired + c.deduplicated + c.quarantined
     if total != part.rows:
         raise EtlError(f"load {part.month} part {part.part}: counts do not reconcile ({result})")
@@ -491,10 +503,12 @@ def run_load(cfg: Config, months: list[str], *, yes: bool = False, dry_run: bool
     results = []
     for month in months:
         t = staging.read_manifest(store, month, "transform") or {}
-        cps = [store.read_json(staging.checkpoint_key(month, p["part"])) for p in t.get("parts", [])]
-        sums = {k: sum(cp[k] for cp in cps) for k in ("written", "skipped_expired", "deduplicated", "quarantined",
+        cps = [_checkpoint(store, month, p["part"], str(t.get("run_id", ""))) for p in t.get("parts", [])]
+        if any(cp is None for cp in cps):
+            raise EtlError(f"load {month}: a part has no checkpoint of the current transform after the run")
+        sums = {k: sum(cp[k] for cp in cps if cp) for k in ("written", "skipped_expired", "deduplicated", "quarantined",
                                                       "rows", "requests", "retries", "throttles")}
-        wcu = round(sum(cp["wcu"] for cp in cps), 1)
+        wcu = round(sum(cp["wcu"] for cp in cps if cp), 1)
         if sums["written"] + sums["skipped_expired"] + sums["deduplicated"] + sums["quarantined"] != t["written"]:
             raise EtlError(f"load {month}: counts do not reconcile with the Parquet rows: {sums} vs {t['written']}")
         duration = round(time.time() - started, 3)
@@ -504,6 +518,7 @@ def run_load(cfg: Config, months: list[str], *, yes: bool = False, dry_run: bool
             "budget": plan.budget.describe, "table": plan.table, "region": plan.region,
             "include_expired": include_expired, "expired_before": plan.now,
             "reconciles": "written + skipped_expired + deduplicated + quarantined = rows in the Parquet",
-            "transform_committed_at": t.get("committed_at"), "config_hash": cfg.hash_of("load", "destination"),
+            "upstream_run": t.get("run_id"), "transform_run": t.get("run_id"),
+            "config_hash": cfg.hash_of("load", "destination"),
         }))
     return results

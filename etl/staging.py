@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,6 +316,7 @@ def commit_manifest(store: Store, month: str, stage: str, body: dict[str, Any]) 
         "stage": stage,
         "month": month,
         "status": "done",
+        "run_id": uuid.uuid4().hex,  # what later stages' checkpoints and manifests refer to
         "tool_version": __version__,
         "committed_at": utcnow_iso(),
         **body,

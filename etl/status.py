@@ -26,7 +26,7 @@ def _summary(stage: str, m: dict[str, Any]) -> str:
 
 def month_status(store: staging.Store, month: str, stages: tuple[str, ...] = staging.STAGES) -> dict[str, Any]:
     row: dict[str, Any] = {"month": month, "stages": {}}
-    previous_commit: str | None = None
+    previous: dict[str, Any] | None = None
     for stage in stages:
         manifest = staging.read_manifest(store, month, stage)
         failed_key = staging.failed_key(month, stage)
@@ -41,17 +41,16 @@ def month_status(store: staging.Store, month: str, stages: tuple[str, ...] = sta
         elif manifest:
             cell = {"state": "done", "summary": _summary(stage, manifest), "at": manifest.get("committed_at"),
                     "duration_s": manifest.get("duration_s")}
-            if previous_commit and manifest.get("committed_at", "") < previous_commit:
+            if previous is not None and manifest.get("upstream_run") != previous.get("run_id"):
                 cell["state"] = "stale"
-                cell["summary"] += " (older than the previous stage: rerun with --force)"
+                cell["summary"] += " (made from an older run of the previous stage)"
         elif stage == "export" and store.exists(staging.state_key(month, "export.pending.json")):
             pending = store.read_json(staging.state_key(month, "export.pending.json"))
             cell = {"state": "running", "summary": f"export {pending.get('export_arn', 'starting')}",
                     "at": pending.get("started_at")}
         else:
             cell = {"state": "-"}
-        if manifest:
-            previous_commit = manifest.get("committed_at")
+        previous = manifest
         row["stages"][stage] = cell
     row["next"] = next_command(row, stages)
     return row
@@ -64,10 +63,22 @@ def next_command(row: dict[str, Any], stages: tuple[str, ...]) -> str | None:
         if cell["state"] == "failed":
             return str(cell.get("rerun") or f"{NEXT[stage]} --month {month}")
         if cell["state"] == "stale":
-            return f"{NEXT[stage]} --month {month} --force"
+            return f"{NEXT[stage]} --month {month}"
         if cell["state"] in ("-", "running"):
             return f"{NEXT[stage]} --month {month}"
     return None
+
+
+def current(store: staging.Store, month: str, stage: str) -> bool:
+    """The stage is committed and made from the previous stage's current output."""
+    manifest = staging.read_manifest(store, month, stage)
+    if manifest is None:
+        return False
+    i = staging.STAGES.index(stage)
+    if i == 0:
+        return True
+    upstream = staging.read_manifest(store, month, staging.STAGES[i - 1])
+    return upstream is not None and manifest.get("upstream_run") == upstream.get("run_id")
 
 
 def collect(store: staging.Store, months: list[str] | None = None,

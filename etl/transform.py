@@ -533,7 +533,7 @@ def transform_month(cfg: Config, store: staging.Store, month: str, pool: ThreadP
     done = staging.read_manifest(store, month, "transform")
     cfg_hash = cfg.hash_of("transform")
     if done and not force:
-        if done.get("export_committed_at") == export.get("committed_at") and done.get("config_hash") == cfg_hash:
+        if done.get("upstream_run") == export.get("run_id") and done.get("config_hash") == cfg_hash:
             reporter.info(f"transform {month}: already committed, skipped; --force redoes it")
             return {**done, "skipped": True}
         reporter.info(f"transform {month}: the export or the mapping changed since the last transform; redoing it")
@@ -571,7 +571,7 @@ def transform_month(cfg: Config, store: staging.Store, month: str, pool: ThreadP
         "inputs": [{"uri": f["uri"], "size": f.get("size"), "etag": f.get("etag")} for f in files],
         "parts": parts,
         "schema": {f.name: str(f.type) for f in output_schema(cfg)},
-        "export_committed_at": export.get("committed_at"),
+        "upstream_run": export.get("run_id"),
         "duration_s": round(time.time() - started, 3),
         "config_hash": cfg_hash,
     })

@@ -104,7 +104,7 @@ def verify_month(cfg: Config, store: staging.Store, month: str, ddb: Any, bucket
     return staging.commit_manifest(store, month, "verify", {
         "ok": ok, "checked": len(rows), "missing": n_missing, "different": n_different,
         "missing_examples": missing, "different_examples": different, "table": table,
-        "load_committed_at": load.get("committed_at"), "duration_s": round(time.time() - started, 3),
+        "upstream_run": load.get("run_id"), "duration_s": round(time.time() - started, 3),
     })
 
 

@@ -88,3 +88,25 @@ def test_seed_is_deterministic_and_has_dirty_rows() -> None:
     assert any(d.endswith("Z") for d in dts) and any(len(d) == 10 for d in dts)
     assert any(len(d) == 25 for d in dts)  # without millis: 2016-04-12T10:15:30-07:00
     assert len({(r["CustomerID"]["S"], r["DateTime"]["S"]) for r in a}) == len(a)  # unique source keys
+
+
+def test_status_marks_a_stage_made_from_an_older_upstream_as_stale(make_config: Callable[..., Config],
+                                                                   tmp_path: Path) -> None:
+    from etl.export import run_export
+    from etl.transform import run_transform
+    from tests.helpers import item, write_real_export
+
+    cfg = make_config()
+    folder = write_real_export(tmp_path / "ext", [[item(i) for i in range(3)]])
+    run_export(cfg, ["201604"], use_existing=str(folder))
+    run_transform(cfg, ["201604"])
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    [row] = collect(store)
+    assert row["stages"]["transform"]["state"] == "done" and row["next"] == "etl load --month 201604"
+    run_export(cfg, ["201604"], use_existing=str(folder), force=True)  # a new export of the month
+    [row] = collect(store)
+    assert row["stages"]["transform"]["state"] == "stale"
+    assert row["next"] == "etl transform --month 201604"
+    [again] = run_transform(cfg, ["201604"])  # notices the new export by itself
+    assert not again.get("skipped")
+    assert collect(store)[0]["stages"]["transform"]["state"] == "done"

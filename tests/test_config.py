@@ -94,3 +94,10 @@ def test_month_ranges_are_inclusive_and_cross_years() -> None:
     assert resolve_months(["201604,201601", "201604"], ["201512-201601"]) == ["201512", "201601", "201604"]
     with pytest.raises(EtlError, match="comes after"):
         month_range("201605-201601")
+
+
+def test_table_names_need_domain_and_region_only_when_used(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "[local]\nport = 5999\n"), env={})  # enough for `etl local up`
+    assert cfg.local.port == 5999
+    with pytest.raises(ConfigError, match=r"domain = '' .* ETL_DOMAIN"):
+        cfg.source_table("201604")

@@ -207,7 +207,8 @@ def test_export_warns_when_earlier_than_the_forward_writer(s3cfg: Config) -> Non
 
     from etl.progress import Reporter
 
-    cfg = dataclasses.replace(s3cfg, export=dataclasses.replace(s3cfg.export, forward_writes_since="2099-01-01T00:00:00Z"))
+    late = dataclasses.replace(s3cfg.export, forward_writes_since="2099-01-01T00:00:00Z")
+    cfg = dataclasses.replace(s3cfg, export=late)
     out = io.StringIO()
     run_export(cfg, [MONTH], reporter=Reporter("json", stream=out))
     warnings = [json.loads(x) for x in out.getvalue().splitlines() if '"warning"' in x]

@@ -184,15 +184,30 @@ def test_resume_skips_finished_parts(ddb_local: str, dest_table: Callable[..., s
     table = dest_table()
     p = proxy()
     cfg = make_config(dest_endpoint=p.url, dest_table=table, extra=FAST)
-    staged(cfg, tmp_path, [orders(100, i * 100) for i in range(4)])
+    t = staged(cfg, tmp_path, [orders(100, i * 100) for i in range(4)])
     store = staging.open_store(cfg.staging.root, cfg.staging)
     for part in (0, 2):  # two parts finished in an earlier run
         store.write_json(staging.checkpoint_key(M, part), {"part": part, "rows": 100, "written": 100,
                          "skipped_expired": 0, "deduplicated": 0, "quarantined": 0, "wcu": 100.0,
-                         "requests": 4, "retries": 0, "throttles": 0})
+                         "requests": 4, "retries": 0, "throttles": 0, "transform_run": t["run_id"]})
     [m] = run_load(cfg, [M], now=NOW)
     assert m["written"] == 400  # the manifest sums every checkpoint
     assert sum(s["items"] for s in p.seen) == 200  # only the two unfinished parts were sent
+
+
+def test_checkpoints_of_an_older_transform_are_not_trusted(ddb_local: str, dest_table: Callable[..., str],
+                                                            make_config: Callable[..., Config], tmp_path: Path,
+                                                            proxy: Callable[..., FaultProxy]) -> None:
+    table = dest_table()
+    p = proxy()
+    cfg = make_config(dest_endpoint=p.url, dest_table=table, extra=FAST)
+    staged(cfg, tmp_path, [orders(100, i * 100) for i in range(3)])
+    run_load(cfg, [M], now=NOW)
+    sent = sum(s["items"] for s in p.seen)
+    [t2] = run_transform(cfg, [M], force=True)  # the month is transformed again: parts may differ
+    [m] = run_load(cfg, [M], now=NOW)
+    assert sum(s["items"] for s in p.seen) - sent == 300  # every part loaded again
+    assert m["written"] == 300 and m["transform_run"] == t2["run_id"]
 
 
 def test_sigkill_mid_load_then_rerun_leaves_the_table_exact(ddb_local: str, dest_table: Callable[..., str],
