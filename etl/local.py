@@ -231,7 +231,7 @@ def seed(
     rows_per_month: int,
     seed_value: int = 7,
     reporter: Reporter = QUIET,
-    destination_wcu: int = 1000,
+    destination_wcu: int = 4000,
 ) -> dict[str, Any]:
     """Create the monthly source tables (PITR on), the staging bucket and the destination table; fill
     each month with synthetic rows. Rerunning replaces the months' rows (same seed, same rows)."""

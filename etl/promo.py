@@ -32,13 +32,12 @@ class Decision:
     anniversary_since: datetime
 
     def describe(self) -> str:
+        since = self.anniversary_since.isoformat(timespec="seconds")
         if self.evidence is None:
-            return (f"{self.kind}: {self.percent}% (no unexpired order since "
-                    f"{self.anniversary_since.isoformat()})")
+            return f"{self.kind}: {self.percent}% (no unexpired order since {since})"
         created = datetime.fromtimestamp(self.evidence["CreationDateTime"], UTC).isoformat()
         return (f"{self.kind}: {self.percent}% (order {self.evidence['OrderID']} at {created}; "
-                f"loyalty since {self.loyalty_since.isoformat()}, anniversary since "
-                f"{self.anniversary_since.isoformat()})")
+                f"loyalty since {self.loyalty_since.isoformat(timespec='seconds')}, anniversary since {since})")
 
 
 def months_before(at: datetime, months: int) -> datetime:
