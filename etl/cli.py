@@ -338,6 +338,44 @@ def ttl_preview(obj: Ctx, at_text: str) -> None:
                    f"{r['remaining']:,} remain")
 
 
+@cli.group()
+def catalog() -> None:
+    """The staged Parquet in the Glue catalog, for Athena."""
+
+
+@catalog.command("register")
+@click.option("--database", default="dynamodb_backfill", show_default=True)
+@click.option("--table", "table_name", default="anniversary_promo_staged", show_default=True)
+@click.pass_obj
+@handle_errors
+def catalog_register(obj: Ctx, database: str, table_name: str) -> None:
+    """Create (or update) one Glue table over transformed/, partitioned by month, and add a partition for
+    every month with a committed transform (idempotent)."""
+    from etl.catalog import register
+
+    r = register(obj.config(), database, table_name)
+    click.echo(f"{r['database']}.{r['table']} at {r['location']}: {'created' if r['created'] else 'updated'}, "
+               f"{len(r['partitions_added'])} partition(s) added, {len(r['partitions'])} in all")
+
+
+@cli.command("iam-policy")
+@month_options
+@click.option("--side", type=click.Choice(["source", "staging", "destination", "all"]), default="all",
+              show_default=True)
+@click.option("--account", default="*", show_default=True, help="Account id for the table ARNs.")
+@click.pass_obj
+@handle_errors
+def iam_policy(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], side: str, account: str) -> None:
+    """Print least-privilege IAM policy documents for each side (attach each to that side's role).
+
+    With --month/--months the source policy names exactly those monthly tables; without, the template
+    with a wildcard for the month. The lookup's Query/PutItem statement is for the live service's role."""
+    from etl.iam import policies
+
+    docs = policies(obj.config(), resolve_months(months, month_ranges) or None, account)
+    click.echo(json.dumps(docs if side == "all" else docs[side], indent=2))
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @month_options
