@@ -261,7 +261,8 @@ def verify(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...]) -> 
     bad = [r for r in results if not r["ok"]]
     for r in results:
         click.echo(f"verify {r['month']}: {r['checked']:,} checked, {r['missing']:,} missing, "
-                   f"{r['different']:,} different" + ("" if r["ok"] else f" e.g. {r['missing_examples'][:2]}"))
+                   f"{r['different']:,} different"
+                   + ("" if r["ok"] else f" (examples in _state/month={r['month']}/verify.json)"))
     if bad:
         raise EtlError(f"verify found differences in {len(bad)} month(s)",
                        hint="`etl load --month M --force` writes the month again (puts are idempotent)")
