@@ -458,7 +458,7 @@ def run_load(cfg: Config, months: list[str], *, yes: bool = False, dry_run: bool
         raise EtlError("not confirmed: nothing was written", hint="pass --yes to write without asking")
     started = time.time()
     deadline = time.monotonic() + cfg.load.deadline_seconds if cfg.load.deadline_seconds else None
-    writer = BatchWriter(cfg.destination, plan.table, max_connections=cfg.load.concurrency * 2)
+    writer = BatchWriter(cfg.destination, plan.table)
     sender = Sender(writer, plan.budget, deadline)
     total = sum(p.rows for p in plan.parts)
     task = reporter.task("load", total, "items")

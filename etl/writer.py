@@ -10,6 +10,7 @@ CPU than DynamoDB's answer takes to arrive (see BENCHMARKS.md). What botocore do
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import socket
 import ssl
@@ -59,7 +60,9 @@ class _Connection:
         sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls:
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            # the CA bundle botocore would use when one is configured (corporate proxies), else the system's
+            context = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or None)
+            sock = context.wrap_socket(sock, server_hostname=host)
         self.sock = sock
         self.buf = b""
 
@@ -120,7 +123,9 @@ class _Connection:
 
 
 class BatchWriter:
-    def __init__(self, side: AwsSide, table: str, max_connections: int = 16, timeout: float = 30.0) -> None:
+    """Connections are opened on demand and reused: at most one per sending thread."""
+
+    def __init__(self, side: AwsSide, table: str, timeout: float = 30.0) -> None:
         client = aws.client(side, "dynamodb")
         self.url = client.meta.endpoint_url.rstrip("/") + "/"
         self.region = client.meta.region_name
