@@ -228,14 +228,12 @@ def load(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], yes: 
     Shows the destination, account, item count, budget and estimated duration, and asks before writing
     to a production table (--yes skips the question). Each finished part is checkpointed; rerunning
     the same command resumes."""
-    from etl.load import reset_checkpoints, run_load
+    from etl.load import run_load
 
     cfg = obj.config()
     require_staging_root(cfg)
     ms = _months(months, month_ranges)
-    if force and not dry_run:
-        reset_checkpoints(cfg, ms)
-    results = run_load(cfg, ms, yes=yes, dry_run=dry_run, include_expired=include_expired,
+    results = run_load(cfg, ms, yes=yes, dry_run=dry_run, include_expired=include_expired, force=force,
                        confirm=lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False,
                        reporter=obj.reporter)
     for r in results:

@@ -446,12 +446,15 @@ def reset_checkpoints(cfg: Config, months: list[str]) -> int:
 
 def run_load(cfg: Config, months: list[str], *, yes: bool = False, dry_run: bool = False,
              include_expired: bool | None = None, confirm: Callable[[str], bool] | None = None,
-             reporter: Reporter = QUIET, now: int | None = None) -> list[dict[str, Any]]:
+             reporter: Reporter = QUIET, now: int | None = None, force: bool = False) -> list[dict[str, Any]]:
     if not months:
         raise EtlError("no month given to load", hint="pass --month YYYYMM or --months FIRST-LAST")
     store = staging.open_store(cfg.staging.root, cfg.staging)
     include_expired = cfg.load.include_expired if include_expired is None else include_expired
-    plan = plan_load(cfg, store, months, now)
+    plan = plan_load(cfg, store, months, now)  # checks the destination and the budget first
+    if force and not dry_run:  # only now forget the checkpoints: every part is written again
+        reset_checkpoints(cfg, months)
+        plan = plan_load(cfg, store, months, now)
     reporter.info(plan.describe())
     asking = not dry_run and plan.parts and cfg.destination.production and not yes
     if asking and (confirm is None or not confirm(f"write {sum(p.rows for p in plan.parts):,} rows to {plan.table}?")):

@@ -22,10 +22,13 @@ class Task:
         self._lock = threading.Lock()
         self._rich_id: Any = None
 
-    def advance(self, n: float = 1, **fields: Any) -> None:
+    def advance(self, n: float = 1, add: dict[str, float] | None = None, **fields: Any) -> None:
+        """Count `n` more done; `add` sums into fields shared by every worker (e.g. MB read)."""
         with self._lock:
             self.done += n
             self.fields.update(fields)
+            for k, v in (add or {}).items():
+                self.fields[k] = round(self.fields.get(k, 0) + v, 1)
         self.reporter._update(self)
 
     def update(self, **fields: Any) -> None:

@@ -372,8 +372,8 @@ def transform_file(cfg: Config, store: staging.Store, month: str, part: int, uri
                 pending.append(r.table)
                 pending_rows += r.table.num_rows
                 flush()
-            if task is not None:
-                task.advance(r.items_in, MB=round(counts.get("bytes", 0) / 1e6))
+            if task is not None:  # items of the known total, and uncompressed MB read by every task together
+                task.advance(r.items_in, add={"MB": len(chunk) / 1e6})
 
         try:
             carry = b""
