@@ -100,6 +100,7 @@ class LoadConfig:
     include_expired: bool = False
     concurrency: int = 4
     deadline_seconds: float | None = None
+    max_backoff_seconds: float = 20.0  # cap of the exponential backoff (full jitter) between retries
     read_capacity_fraction: float | None = 0.5  # verify's BatchGetItem budget
     max_rcu: float | None = None
 
@@ -369,6 +370,7 @@ def validate(cfg: Config) -> None:
             f"config: set either load.write_capacity_fraction or load.max_wcu in {w}, not both"
         )
     _fraction("load.read_capacity_fraction", ld.read_capacity_fraction, w)
+    _positive("load.max_backoff_seconds", ld.max_backoff_seconds, w)
     _positive("load.max_rcu", ld.max_rcu, w)
     if not 1 <= cfg.local.port <= 65535:
         raise _fail("local.port", w, cfg.local.port, "a TCP port 1-65535")

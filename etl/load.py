@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -358,6 +358,12 @@ def load_part(cfg: Config, store: staging.Store, part: Part, sender: Sender, poo
     batch_sizes: list[int] = []
     batch_keys: set[tuple[Any, Any]] = set()
     batch_bytes = 0
+    loser_rows = np.fromiter(losers, dtype=np.int64) if losers else None
+
+    def settled(fut: Future[None]) -> None:
+        inflight.release()
+        if fut.exception() is not None:
+            sender.stop.set()  # one batch failed for good: stop sending the rest, keep the checkpoints
 
     def flush() -> None:
         nonlocal batch_puts, batch_sizes, batch_keys, batch_bytes
@@ -365,60 +371,68 @@ def load_part(cfg: Config, store: staging.Store, part: Part, sender: Sender, poo
             if dry_run:
                 c.add(written=len(batch_puts))
             else:
+                if sender.stop.is_set():
+                    raise EtlError("load stopped")
                 inflight.acquire()
                 fut = pool.submit(sender.send, batch_puts, batch_sizes, c)
-                fut.add_done_callback(lambda _f: inflight.release())
+                fut.add_done_callback(settled)
                 futures.append(fut)
             task.advance(len(batch_puts))
         batch_puts, batch_sizes, batch_keys, batch_bytes = [], [], set(), 0
 
-    for rb in pf.iter_batches(batch_size=10_000):
-        n = rb.num_rows
-        keep = np.ones(n, dtype=bool)
-        if losers:
-            idx = [i - row0 for i in range(row0, row0 + n) if i in losers]
-            keep[idx] = False
-        dedup = int((~keep).sum())
-        expired = 0
-        if ttl_col and not include_expired:
-            ttl = np.asarray(pc.fill_null(rb.column(ttl_col), np.iinfo(np.int64).max).to_numpy(zero_copy_only=False))
-            exp_mask = keep & (ttl <= now)
-            expired = int(exp_mask.sum())
-            keep &= ~exp_mask
-        row0 += n
-        c.add(deduplicated=dedup, skipped_expired=expired)
-        task.advance(dedup + expired)
-        sel = rb.filter(pa.array(keep))
-        if sel.num_rows == 0:
-            continue
-        sizes = item_sizes(sel)
-        puts = to_puts(sel)
-        pks = sel.column(pk).to_pylist()
-        sks = sel.column(sk).to_pylist()
-        for i, put in enumerate(puts):
-            size = int(sizes[i])
-            if size > MAX_ITEM_BYTES:
-                quarantine.append(orjson.dumps({"reason": "item_too_large", "message": f"{size} bytes > 400 KB",
-                                                "key": {pk: pks[i], sk: sks[i]}}))
-                c.add(quarantined=1)
-                task.advance(1)
+    try:
+        for rb in pf.iter_batches(batch_size=10_000):
+            n = rb.num_rows
+            keep = np.ones(n, dtype=bool)
+            if loser_rows is not None:
+                keep &= ~np.isin(np.arange(row0, row0 + n), loser_rows)
+            dedup = int((~keep).sum())
+            expired = 0
+            if ttl_col and not include_expired:
+                never = np.iinfo(np.int64).max
+                ttl = np.asarray(pc.fill_null(rb.column(ttl_col), never).to_numpy(zero_copy_only=False))
+                exp_mask = keep & (ttl <= now)
+                expired = int(exp_mask.sum())
+                keep &= ~exp_mask
+            row0 += n
+            c.add(deduplicated=dedup, skipped_expired=expired)
+            task.advance(dedup + expired)
+            sel = rb.filter(pa.array(keep))
+            if sel.num_rows == 0:
                 continue
-            key = (pks[i], sks[i])
-            if key in batch_keys or len(batch_puts) == MAX_BATCH or batch_bytes + len(put) > MAX_REQUEST_BYTES - 4096:
-                flush()
-            batch_puts.append(put)
-            batch_sizes.append(size)
-            batch_keys.add(key)
-            batch_bytes += len(put)
-    flush()
-    done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-    for fut in futures:
-        if fut.done() and fut.exception() is not None:
-            sender.stop.set()
-            wait(futures)
-            raise fut.exception()  # type: ignore[misc]
+            sizes = item_sizes(sel)
+            puts = to_puts(sel)
+            pks = sel.column(pk).to_pylist()
+            sks = sel.column(sk).to_pylist()
+            for i, put in enumerate(puts):
+                size = int(sizes[i])
+                if size > MAX_ITEM_BYTES:
+                    quarantine.append(orjson.dumps({"reason": "item_too_large", "message": f"{size} bytes > 400 KB",
+                                                    "key": {pk: pks[i], sk: sks[i]}}))
+                    c.add(quarantined=1)
+                    task.advance(1)
+                    continue
+                key = (pks[i], sks[i])
+                full = len(batch_puts) == MAX_BATCH or batch_bytes + len(put) > MAX_REQUEST_BYTES - 4096
+                if key in batch_keys or full:
+                    flush()
+                batch_puts.append(put)
+                batch_sizes.append(size)
+                batch_keys.add(key)
+                batch_bytes += len(put)
+        flush()
+        stopped_early = False
+    except EtlError:
+        if not sender.stop.is_set():
+            raise
+        stopped_early = True
     wait(futures)
-    if quarantine:
+    failed = next((f.exception() for f in futures if f.exception() is not None), None)
+    if failed is not None:
+        raise failed  # the batch's own error, not "stopped"
+    if stopped_early:  # another part failed: this one is unfinished, so no checkpoint
+        raise EtlError("load stopped")
+    if quarantine and not dry_run:
         store.write(f"rejected/{staging.month_dir(part.month)}/load-part-{part.part:05d}.jsonl.gz",
                     gzip.compress(b"\n".join(quarantine) + b"\n"))
     result = {"part": part.part, "rows": part.rows, "written": c.written, "skipped_expired": c.skipped_expired,
@@ -462,7 +476,7 @@ def run_load(cfg: Config, months: list[str], *, yes: bool = False, dry_run: bool
     started = time.time()
     deadline = time.monotonic() + cfg.load.deadline_seconds if cfg.load.deadline_seconds else None
     writer = BatchWriter(cfg.destination, plan.table)
-    sender = Sender(writer, plan.budget, deadline)
+    sender = Sender(writer, plan.budget, deadline, max_delay=cfg.load.max_backoff_seconds)
     total = sum(p.rows for p in plan.parts)
     task = reporter.task("load", total, "items")
     inflight = threading.Semaphore(cfg.load.concurrency * 2)

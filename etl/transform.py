@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from isal import igzip
 
 from etl import convert, staging
-from etl.config import ColumnSpec, Config
+from etl.config import Config
 from etl.engine import run_months
 from etl.errors import EtlError, StageNotReady
 from etl.progress import QUIET, Reporter, Task
@@ -601,4 +601,4 @@ def run_transform(cfg: Config, months: list[str], *, force: bool = False,
                           max(1, len(months)), reporter)
 
 
-__all__ = ["run_transform", "transform_month", "transform_file", "convert_chunk", "ColumnSpec", "REASONS"]
+__all__ = ["run_transform", "transform_month", "transform_file", "convert_chunk", "REASONS"]

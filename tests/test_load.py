@@ -108,7 +108,7 @@ def test_faults_are_retried_until_every_item_is_acknowledged(ddb_local: str, des
                                                              proxy: Callable[..., FaultProxy]) -> None:
     p = proxy(ok=0.45, partial=0.2, throttle=0.15, error500=0.1, drop=0.1)
     table = dest_table()
-    cfg = make_config(dest_endpoint=p.url, dest_table=table, extra=FAST)
+    cfg = make_config(dest_endpoint=p.url, dest_table=table, extra=FAST + "max_backoff_seconds = 0.5\n")
     staged(cfg, tmp_path, [orders(1500), orders(1000, 1500)])
     [m] = run_load(cfg, [M], now=NOW)
     assert m["written"] == 2500 and m["retries"] > 0 and m["throttles"] > 0
