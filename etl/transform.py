@@ -104,14 +104,14 @@ def _lines(chunk: bytes | memoryview) -> list[bytes]:
     return [line for line in bytes(chunk).split(b"\n") if line.strip()]
 
 
-def _parse(chunk: bytes | memoryview, schema: pa.Schema, attrs: list[str]
+def _parse(chunk: bytes | memoryview, schema: pa.Schema, attrs: list[str], threads: bool = True
            ) -> tuple[pa.Table, list[bytes], list[tuple[bytes, str]]]:
     """Parse a chunk; if pyarrow refuses it, find the bad lines one by one and parse the rest.
 
     Returns the table, the raw lines behind its rows (only when the slow path ran, else []), and
     malformed lines with their message."""
     opts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-    ropts = pj.ReadOptions(use_threads=True, block_size=1 << 20)
+    ropts = pj.ReadOptions(use_threads=threads, block_size=1 << 20)
     try:
         return pj.read_json(pa.BufferReader(pa.py_buffer(chunk)), read_options=ropts, parse_options=opts), [], []
     except pa.ArrowInvalid:
@@ -193,14 +193,15 @@ def _row_lines(chunk: bytes | memoryview, rows: np.ndarray, n: int) -> list[byte
     return [bytes(chunk[starts[i] : ends[i]]) for i in rows]
 
 
-def convert_chunk(chunk: bytes | memoryview, cfg: Config, schema: pa.Schema, out_schema: pa.Schema) -> ChunkResult:
+def convert_chunk(chunk: bytes | memoryview, cfg: Config, schema: pa.Schema, out_schema: pa.Schema,
+                  parse_threads: bool = True) -> ChunkResult:
     """Classify and convert one chunk of lines, whole columns at a time.
 
     Pass 1 (every row, cheap validity checks): malformed, type_mismatch, filtered, missing_attribute.
     Pass 2 (only the rows still standing): the conversions (dates, ints), which can fail per row."""
     attrs = source_attributes(cfg)
     t = cfg.transform
-    table, raw, malformed = _parse(chunk, schema, attrs)
+    table, raw, malformed = _parse(chunk, schema, attrs, parse_threads)
     result = ChunkResult(table=out_schema.empty_table())
     result.rejected.extend(("malformed_line", msg, line) for line, msg in malformed)
     n = table.num_rows
@@ -328,7 +329,10 @@ def _open_data(uri: str, cfg: Config) -> Iterator[Any]:
 
 
 def transform_file(cfg: Config, store: staging.Store, month: str, part: int, uri: str,
-                   hook: Callable[[pa.Table], pa.Table] | None, task: Task | None = None) -> dict[str, Any]:
+                   hook: Callable[[pa.Table], pa.Table] | None, task: Task | None = None,
+                   parse_threads: bool = True) -> dict[str, Any]:
+    """One export data file -> one Parquet part (+ its quarantine file). `parse_threads`: let pyarrow
+    parse a chunk on several threads (worth it only when files alone cannot keep the cores busy)."""
     schema = parse_schema(cfg)
     out_schema = output_schema(cfg)
     counts: dict[str, Any] = {"items_in": 0, "written": 0, "filtered": 0, "rejected": 0,
@@ -353,7 +357,7 @@ def transform_file(cfg: Config, store: staging.Store, month: str, part: int, uri
 
         def handle(chunk: bytes | memoryview) -> None:
             nonlocal pending_rows
-            r = convert_chunk(chunk, cfg, schema, out_schema)
+            r = convert_chunk(chunk, cfg, schema, out_schema, parse_threads)
             if hook is not None and r.table.num_rows:
                 r.table = _apply_hook(hook, cfg, r.table, out_schema, counts)
             counts["items_in"] += r.items_in
@@ -557,7 +561,11 @@ def transform_month(cfg: Config, store: staging.Store, month: str, pool: ThreadP
     files = sorted(export["files"], key=lambda f: f["uri"])
     total = export.get("item_count") or export.get("describe_item_count")
     task = reporter.task(f"transform {month}", total, "items")
-    futures = [pool.submit(transform_file, cfg, store, month, i, f["uri"], hook, task) for i, f in enumerate(files)]
+    # files in parallel keep the cores busy by themselves; a month of fewer files than workers parses
+    # each chunk on threads instead (both at once is slower: GIL hand-offs)
+    threads = len(files) < cfg.transform.concurrency
+    futures = [pool.submit(transform_file, cfg, store, month, i, f["uri"], hook, task, threads)
+               for i, f in enumerate(files)]
     parts = [f.result() for f in futures]
     task.finish()
     totals = {k: sum(p[k] for p in parts) for k in ("items_in", "written", "filtered", "rejected")}
