@@ -166,11 +166,6 @@ def _jsonable(value: Any) -> Any:
 # --------------------------------------------------------------------------- building and checking
 
 
-class _Where:
-    def __init__(self, file: str) -> None:
-        self.file = file
-
-
 def _fail(key: str, where: str, value: Any, valid: str) -> ConfigError:
     return ConfigError(f"config: {key} = {value!r} (from {where}) is not valid: expected {valid}")
 

@@ -35,7 +35,7 @@ from etl.config import Config
 from etl.errors import EtlError, StageNotReady
 from etl.progress import QUIET, Reporter, Task
 from etl.ratelimit import TokenBucket
-from etl.transform import COLLISIONS
+from etl.transform import COLLISIONS, output_schema
 from etl.writer import BatchWriter, Reply
 
 MAX_ITEM_BYTES = 400 * 1024
@@ -207,17 +207,11 @@ def _check_destination(cfg: Config, ddb: Any) -> dict[str, Any]:
     if keys != want:
         raise EtlError(f"destination {table} has key {keys}, but the config expects {want}; refusing to write",
                        hint="fix [destination] partition_key / sort_key, or point at the right table")
-    schema = {f.name: ("S" if f.type == pa.string() else "N") for f in _schema(cfg)}
+    schema = {f.name: ("S" if f.type == pa.string() else "N") for f in output_schema(cfg)}
     for k in want.values():
         if types.get(k) != schema.get(k):
             raise EtlError(f"destination key {k} is type {types.get(k)}, the transform writes {schema.get(k)}")
     return d
-
-
-def _schema(cfg: Config) -> pa.Schema:
-    from etl.transform import output_schema
-
-    return output_schema(cfg)
 
 
 def _checkpoint(store: staging.Store, month: str, part: int, transform_run: str) -> dict[str, Any] | None:

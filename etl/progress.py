@@ -102,7 +102,6 @@ class Reporter:
                         TextColumn("{task.fields[extra]}"),
                         TimeElapsedColumn(),
                         TimeRemainingColumn(),
-                        console=None if self.stream is sys.stderr else None,
                         transient=False,
                     )
                     self._progress.start()
