@@ -457,20 +457,38 @@ def _read_columns(store: staging.Store, key: str, columns: list[str]) -> pa.Tabl
 
 
 def _duplicate_rows(pk: pa.ChunkedArray, sk: pa.ChunkedArray) -> np.ndarray:
-    """Positions of rows whose (pk, sk) occurs more than once: one int64 per key, sorted in numpy."""
-    codes = np.asarray(pc.dictionary_encode(pk.combine_chunks()).indices.to_numpy(zero_copy_only=False), np.int64)
-    sks = np.asarray(pc.fill_null(sk.combine_chunks(), 0).to_numpy(zero_copy_only=False), np.int64)
-    if len(sks) == 0:
-        return np.array([], dtype=np.int64)
-    lo, span = int(sks.min()), int(sks.max()) - int(sks.min()) + 1
+    """Positions (ascending) of rows whose (pk, sk) occurs more than once.
+
+    Two steps, so the common case stays cheap: sort the int64 sort keys alone (numpy's quicksort; the
+    order among equal keys does not matter, only the set of positions), keep the rows whose sort key
+    repeats, and only for those dictionary-encode the partition key and compare both."""
+    empty = np.array([], dtype=np.int64)
+    sk = sk.combine_chunks()
+    sks = np.asarray((pc.fill_null(sk, 0) if sk.null_count else sk).to_numpy(zero_copy_only=False), np.int64)
+    cand = _repeated(sks)
+    if len(cand) == 0:
+        return empty
+    sub = pk.combine_chunks().take(pa.array(cand))
+    codes = np.asarray(pc.dictionary_encode(sub).indices.to_numpy(zero_copy_only=False), np.int64)
+    csk = sks[cand]
+    lo, span = int(csk.min()), int(csk.max()) - int(csk.min()) + 1
     if span < 2**31 and len(codes) < 2**31:
-        key = codes * span + (sks - lo)
-        order = np.argsort(key, kind="stable")
-        ks = key[order]
-        same = ks[1:] == ks[:-1]
-    else:  # a key span too wide to pack: compare both columns
-        order = np.lexsort((sks, codes))
-        same = (codes[order][1:] == codes[order][:-1]) & (sks[order][1:] == sks[order][:-1])
+        return cand[_repeated(codes * span + (csk - lo))]
+    order = np.lexsort((csk, codes))  # a key span too wide to pack: compare both columns
+    same = (codes[order][1:] == codes[order][:-1]) & (csk[order][1:] == csk[order][:-1])
+    dup = np.zeros(len(order), dtype=bool)
+    dup[1:] |= same
+    dup[:-1] |= same
+    return cand[np.sort(order[dup])]
+
+
+def _repeated(values: np.ndarray) -> np.ndarray:
+    """Positions (ascending) of the values that occur more than once."""
+    if len(values) < 2:
+        return np.array([], dtype=np.int64)
+    order = np.argsort(values)
+    v = values[order]
+    same = v[1:] == v[:-1]
     dup = np.zeros(len(order), dtype=bool)
     dup[1:] |= same
     dup[:-1] |= same
@@ -488,55 +506,60 @@ def find_collisions(cfg: Config, store: staging.Store, month: str, parts: list[d
     k = max(1, math.ceil(total / COLLISION_BUCKET_ROWS))
     found: list[pa.Table] = []
     for bucket in range(k):
-        tables = []
+        tables, part_of, row_of = [], [], []
         for p in parts:
             t = _read_columns(store, p["output"], [pk, sk])
-            rows = pa.array(np.arange(t.num_rows, dtype=np.int64))
-            t = t.append_column("_part", pa.array(np.full(t.num_rows, p["part"], np.int32))).append_column("_row", rows)
+            rows = np.arange(t.num_rows, dtype=np.int64)
             if k > 1:
                 skv = np.asarray(pc.fill_null(t[sk], 0).to_numpy())
-                t = t.filter(pa.array(np.abs(skv) % k == bucket))
+                rows = np.flatnonzero(np.abs(skv) % k == bucket)
+                t = t.take(pa.array(rows))
             tables.append(t)
+            part_of.append(np.full(len(rows), p["part"], np.int32))
+            row_of.append(rows)
         keys = pa.concat_tables(tables).combine_chunks()
-        dup_rows = _duplicate_rows(keys[pk], keys[sk])
-        if len(dup_rows):
-            found.append(keys.take(pa.array(dup_rows)))
+        dup = _duplicate_rows(keys[pk], keys[sk])
+        if len(dup):
+            at = pa.array(dup)
+            found.append(pa.table({pk: keys[pk].take(at), sk: keys[sk].take(at),
+                                   "_part": pa.array(np.concatenate(part_of)[dup]),
+                                   "_row": pa.array(np.concatenate(row_of)[dup])}))
         del keys, tables
     if not found:
         store.delete(staging.state_key(month, COLLISIONS))
         return {"rows": 0, "keys": 0, "losers": 0, "examples": []}
-    rows = pa.concat_tables(found)
-    if order_col:  # fetch the OrderIDs of just these rows
-        by_part: dict[int, list[int]] = {}
-        for part, row in zip(rows["_part"].to_pylist(), rows["_row"].to_pylist(), strict=True):
-            by_part.setdefault(part, []).append(row)
-        orders: dict[tuple[int, int], Any] = {}
-        for p in parts:
-            want = by_part.get(p["part"])
-            if want:
-                vals = _read_columns(store, p["output"], [order_col])[order_col].take(pa.array(want)).to_pylist()
-                orders.update({(p["part"], r): v for r, v in zip(want, vals, strict=True)})
-        rows = rows.append_column(order_col, pa.array(
-            [orders[(a, b)] for a, b in zip(rows["_part"].to_pylist(), rows["_row"].to_pylist(), strict=True)],
-            pa.string()))
+    rows = pa.concat_tables(found).sort_by([("_part", "ascending"), ("_row", "ascending")])
+    if order_col:  # fetch the OrderIDs of just these rows, part by part
+        part_of_row = rows["_part"].to_numpy()
+        row_in_part = rows["_row"].to_numpy()
+        pieces = []
+        for p in sorted(parts, key=lambda p: p["part"]):
+            lo, hi = np.searchsorted(part_of_row, p["part"], "left"), np.searchsorted(part_of_row, p["part"], "right")
+            if hi > lo:
+                col = _read_columns(store, p["output"], [order_col])[order_col]
+                pieces.append(col.take(pa.array(row_in_part[lo:hi])).combine_chunks())
+        rows = rows.append_column(order_col, pa.chunked_array(pieces, pa.string()))
     sort = [(pk, "ascending"), (sk, "ascending")]
     if order_col:
         sort.append((order_col, "descending"))
     sort += [("_part", "ascending"), ("_row", "ascending")]
-    rows = rows.sort_by(sort)
-    listed = rows.to_pylist()
-    first = np.ones(len(listed), dtype=bool)
-    groups: dict[tuple[Any, Any], list[Any]] = {}
-    for i, r in enumerate(listed):
-        key = (r[pk], r[sk])
-        first[i] = key not in groups
-        groups.setdefault(key, []).append(r.get(order_col))
+    rows = rows.sort_by(sort).combine_chunks()
+    first = np.ones(rows.num_rows, dtype=bool)
+    if rows.num_rows > 1:
+        pkc, skc = rows[pk].chunk(0), rows[sk].chunk(0)
+        first[1:] = ~_np(pc.and_(pc.equal(pkc[1:], pkc[:-1]), pc.equal(skc[1:], skc[:-1])))
+    starts = np.flatnonzero(first)
+    ends = [*starts[1:6].tolist(), rows.num_rows]
+    examples = []
+    for lo, hi in zip(starts[:5].tolist(), ends, strict=False):
+        group = rows.slice(lo, hi - lo)
+        examples.append({pk: group[pk][0].as_py(), sk: group[sk][0].as_py(),
+                         "orders": group[order_col].to_pylist() if order_col else None})
     losers = rows.filter(pa.array(~first))
     buf = io.BytesIO()
     pq.write_table(losers, buf, compression="zstd")
     store.write(staging.state_key(month, COLLISIONS), buf.getvalue())
-    examples = [{pk: key[0], sk: key[1], "orders": v if order_col else None} for key, v in list(groups.items())[:5]]
-    return {"rows": rows.num_rows, "keys": len(groups), "losers": losers.num_rows,
+    return {"rows": rows.num_rows, "keys": len(starts), "losers": losers.num_rows,
             "losers_file": staging.state_key(month, COLLISIONS),
             "winner_rule": "greatest OrderID, then first in file order", "examples": examples}
 

@@ -1,18 +1,23 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from etl import staging
+from etl import staging, transform
 from etl.config import Config
 from etl.ddbjson import decode
 from etl.errors import EtlError, StageNotReady
@@ -171,6 +176,49 @@ def test_key_collisions_are_counted_and_losers_listed(make_config: Callable[...,
     assert sorted(c["examples"][0]["orders"]) == ["O1", "O2", "O3"]
     losers = pq.read_table(store.key_uri(c["losers_file"])).to_pylist()
     assert sorted(x["OrderID"] for x in losers) == ["O1", "O2"]  # the greatest OrderID (O3) wins
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(st.lists(st.tuples(st.sampled_from(["C1", "C2", "C10", "c1"]), st.integers(-3, 3),
+                                          st.sampled_from(["O1", "O2", "O9", "O10"])), max_size=30),
+                      min_size=1, max_size=4),
+       bucket_rows=st.sampled_from([3, 10, 1_000_000]))
+def test_collisions_match_a_plain_python_count(make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch,
+                                               parts: list[list[tuple[str, int, str]]], bucket_rows: int) -> None:
+    """Any rows split over any parts, in one bucket or many: the same colliding rows and losers as counting
+    (CustomerID, CreationDateTime) in Python, and the winner is the greatest OrderID, then the first row."""
+    monkeypatch.setattr(transform, "COLLISION_BUCKET_ROWS", bucket_rows)
+    with tempfile.TemporaryDirectory() as d:
+        cfg = make_config(root=d)
+        store = staging.open_store(cfg.staging.root, cfg.staging)
+        listed = []
+        for i, rows in enumerate(parts):
+            key = staging.transformed_key(M, i)
+            t = pa.table({"CustomerID": [r[0] for r in rows], "CreationDateTime": [r[1] for r in rows],
+                          "OrderID": [r[2] for r in rows], "ExpirationTimestamp": [r[1] + 1 for r in rows]},
+                         schema=transform.output_schema(cfg))
+            buf = io.BytesIO()
+            pq.write_table(t, buf)
+            store.write(key, buf.getvalue())
+            listed.append({"part": i, "output": key, "rows": len(rows)})
+        c = transform.find_collisions(cfg, store, M, listed)
+        groups: dict[tuple[str, int], list[tuple[str, int, int]]] = {}
+        for i, rows in enumerate(parts):
+            for j, (cid, ts, oid) in enumerate(rows):
+                groups.setdefault((cid, ts), []).append((oid, i, j))
+        shared = {k: v for k, v in groups.items() if len(v) > 1}
+        assert (c["rows"], c["keys"]) == (sum(map(len, shared.values())), len(shared))
+        want = set()
+        for v in shared.values():
+            best = max(v, key=lambda x: (x[0], -x[1], -x[2]))
+            want |= {(i, j) for _, i, j in v if (i, j) != best[1:]}
+        got = set()
+        if c["keys"]:
+            losers = pq.read_table(store.key_uri(c["losers_file"])).to_pylist()
+            got = {(r["_part"], r["_row"]) for r in losers}
+            ex = c["examples"][0]
+            assert sorted(ex["orders"]) == sorted(o for o, _, _ in shared[(ex["CustomerID"], ex["CreationDateTime"])])
+        assert got == want
 
 
 def test_hook_changes_and_drops_rows_and_errors_name_it(make_config: Callable[..., Config], tmp_path: Path) -> None:
