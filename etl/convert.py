@@ -85,31 +85,63 @@ def _suffix_offset(suffix: str | None) -> int | None:
     return -sec if z[0] == "-" else sec
 
 
+_HEAD = 19  # len("yyyy-MM-ddTHH:mm:ss")
+_HEAD_DIGITS = np.array([0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18])
+_HEAD_SEPS = np.array([4, 7, 10, 13, 16])
+_HEAD_SEP_CHARS = np.frombuffer(b"--T::", dtype=np.uint8)
+
+
+def _head_seconds(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The leading `yyyy-MM-ddTHH:mm:ss` of each value as wall-clock seconds, and where it is one.
+
+    Read straight from the bytes: every head is made 19 bytes long (a placeholder where it is not), so
+    the data buffer is an n x 19 matrix of characters; digits and separators are checked in place and
+    the fields validated like the general path does (30 Feb, hour 24 or second 60 do not fit)."""
+    head = pc.utf8_slice_codeunits(values, 0, _HEAD)
+    fits = pc.fill_null(pc.equal(pc.binary_length(head), _HEAD), False)
+    head = pc.if_else(fits, head, pa.scalar("1970-01-01T00:00:00"))
+    n = len(head)
+    offsets = np.frombuffer(head.buffers()[1], dtype=np.int32, count=n + 1, offset=head.offset * 4)
+    chars = np.frombuffer(head.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[0] + n * _HEAD].reshape(n, _HEAD)
+    d = chars[:, _HEAD_DIGITS].astype(np.int64) - 48
+    ok = np.asarray(fits.to_numpy(zero_copy_only=False), dtype=bool)
+    ok &= ((d >= 0) & (d <= 9)).all(axis=1) & (chars[:, _HEAD_SEPS] == _HEAD_SEP_CHARS).all(axis=1)
+    y = d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3]
+    mo, day = d[:, 4] * 10 + d[:, 5], d[:, 6] * 10 + d[:, 7]
+    h, mi, s = d[:, 8] * 10 + d[:, 9], d[:, 10] * 10 + d[:, 11], d[:, 12] * 10 + d[:, 13]
+    mo_ok = (mo >= 1) & (mo <= 12)
+    mo = np.where(mo_ok, mo, 1)
+    dim = _DAYS[mo] + ((mo == 2) & _is_leap(y))
+    ok &= mo_ok & (day >= 1) & (day <= dim) & (h <= 23) & (mi <= 59) & (s <= 59)
+    return days_from_civil(y, mo, np.where(ok, day, 1)) * 86400 + h * 3600 + mi * 60 + s, ok
+
+
 def _fast_path(values: pa.Array) -> pa.Array:
-    """The common shape `yyyy-MM-ddTHH:mm:ss[.fff](Z|+HH:MM)`: strptime on the first 19 characters
-    (kept only when it formats back to the same text, so 30 Feb or hour 24 fall through), and the tail's
-    offset computed once per distinct tail. Null where the shape does not fit."""
-    head = pc.utf8_slice_codeunits(values, 0, 19)
-    shape = pc.fill_null(pc.match_substring_regex(head, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$"), False)
-    head = pc.if_else(shape, head, pa.scalar("1970-01-01T00:00:00"))
-    ts = pc.strptime(head, format="%Y-%m-%dT%H:%M:%S", unit="s", error_is_null=True)
-    # strptime rolls 30 Feb over to 1 Mar and second 60 to the next minute: insist on the same day and second
-    day = pc.cast(pc.utf8_slice_codeunits(head, 8, 10), pa.int64())
-    sec = pc.cast(pc.utf8_slice_codeunits(head, 17, 19), pa.int64())
-    strict = pc.and_(shape, pc.and_(pc.equal(pc.day(ts), day), pc.equal(pc.second(ts), sec)))
+    """The common shape `yyyy-MM-ddTHH:mm:ss[.fff](Z|+HH:MM)`: the head read from its bytes
+    (`_head_seconds`), the tail's offset computed once per distinct tail. Null where the shape does not
+    fit (the general path then decides)."""
+    secs, ok = _head_seconds(values)
     # drop the fraction first, so the distinct tails are the few zones, not zones x milliseconds
-    tails = pc.dictionary_encode(pc.replace_substring_regex(pc.utf8_slice_codeunits(values, 19), r"^[.,]\d{1,9}", ""))
+    tails = pc.dictionary_encode(pc.replace_substring_regex(pc.utf8_slice_codeunits(values, _HEAD), r"^[.,]\d{1,9}", ""))
     if len(tails.dictionary) > _MAX_SUFFIXES:
         return pa.nulls(len(values), pa.int64())
-    offsets = pa.array([_suffix_offset(x) for x in tails.dictionary.to_pylist()], pa.int64())
-    offset = pc.take(offsets, tails.indices)
-    secs = pc.subtract(pc.cast(ts, pa.int64()), offset)
-    return pc.if_else(pc.fill_null(strict, False), secs, pa.scalar(None, pa.int64()))
+    offsets = np.array([_suffix_offset(x) if x is not None else None for x in tails.dictionary.to_pylist()], dtype=object)
+    known = np.array([o is not None for o in offsets], dtype=bool)
+    table = np.array([o if o is not None else 0 for o in offsets], dtype=np.int64)
+    idx = np.asarray(pc.fill_null(tails.indices, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    if len(table):
+        ok &= known[idx] & np.asarray(pc.is_valid(tails.indices).to_numpy(zero_copy_only=False), dtype=bool)
+        secs = secs - table[idx]
+    else:
+        ok[:] = False
+    return pa.array(secs, pa.int64(), mask=~ok)
 
 
 def parse_datetimes(values: pa.Array, zone: str = "UTC", formats: Sequence[str] = ()) -> pa.Array:
     """Strings -> int64 epoch seconds (null where nothing matched)."""
     values = pc.cast(values, pa.string())
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
     if len(values) == 0:
         return pa.array([], pa.int64())
     fast = _fast_path(values)
