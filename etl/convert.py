@@ -122,12 +122,13 @@ def _fast_path(values: pa.Array) -> pa.Array:
     fit (the general path then decides)."""
     secs, ok = _head_seconds(values)
     # drop the fraction first, so the distinct tails are the few zones, not zones x milliseconds
-    tails = pc.dictionary_encode(pc.replace_substring_regex(pc.utf8_slice_codeunits(values, _HEAD), r"^[.,]\d{1,9}", ""))
+    tail = pc.replace_substring_regex(pc.utf8_slice_codeunits(values, _HEAD), r"^[.,]\d{1,9}", "")
+    tails = pc.dictionary_encode(tail)
     if len(tails.dictionary) > _MAX_SUFFIXES:
         return pa.nulls(len(values), pa.int64())
-    offsets = np.array([_suffix_offset(x) if x is not None else None for x in tails.dictionary.to_pylist()], dtype=object)
+    offsets = [_suffix_offset(x) for x in tails.dictionary.to_pylist()]
     known = np.array([o is not None for o in offsets], dtype=bool)
-    table = np.array([o if o is not None else 0 for o in offsets], dtype=np.int64)
+    table = np.array([o or 0 for o in offsets], dtype=np.int64)
     idx = np.asarray(pc.fill_null(tails.indices, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
     if len(table):
         ok &= known[idx] & np.asarray(pc.is_valid(tails.indices).to_numpy(zero_copy_only=False), dtype=bool)
