@@ -158,15 +158,8 @@ def _np(a: pa.Array) -> np.ndarray:
     return np.asarray(pc.cast(pc.fill_null(a, False), pa.uint8()).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _present_types(attr: pa.Array, idx: int, line: bytes | None = None) -> str:
-    """The DynamoDB type(s) a rejected value has, read from its raw line when it is neither S nor N."""
-    present = [t for t in ("S", "N") if attr.type.get_field_index(t) >= 0 and attr.field(t)[idx].is_valid]
-    if present:
-        return "/".join(present)
-    return "another type"
-
-
 def _actual_type(line: bytes, source: str) -> str:
+    """The DynamoDB type of a rejected value that is neither S nor N, read from its raw line."""
     try:
         value = orjson.loads(line)["Item"][source]
         return "/".join(value) if isinstance(value, dict) else type(value).__name__
@@ -174,17 +167,23 @@ def _actual_type(line: bytes, source: str) -> str:
         return "another type"
 
 
-def _message(kind: str, source: str, attr: pa.Array, i: int, expected: str, line: bytes) -> str:
+def _messages(kind: str, source: str, attr: pa.Array, rows: np.ndarray, expected: str,
+              lines: list[bytes]) -> list[str]:
+    """Messages for rejected rows sharing one reason and attribute, a column at a time."""
     if kind == "missing_attribute":
-        return f"{source} is missing"
+        return [f"{source} is missing"] * len(rows)
+    at = pa.array(rows, pa.int64())
+    kinds = [k for k in ("S", "N") if attr.type.get_field_index(k) >= 0]
     if kind == "type_mismatch":
-        got = _present_types(attr, i)
-        return f"{source}: expected {expected}, got {_actual_type(line, source) if got == 'another type' else got}"
-    value = next((attr.field(k)[i].as_py() for k in ("S", "N")
-                  if attr.type.get_field_index(k) >= 0 and attr.field(k)[i].is_valid), None)
+        has = [pc.is_valid(attr.field(k).take(at)).to_pylist() for k in kinds]
+        return [f"{source}: expected {expected}, got "
+                + ("/".join(k for k, h in zip(kinds, has, strict=True) if h[j]) or _actual_type(line, source))
+                for j, line in enumerate(lines)]
+    values = pc.coalesce(*[attr.field(k).take(at) for k in kinds]).to_pylist()
     if kind == "bad_int":
-        return f"{source}: {value!r} is not an integer"
-    return f"{source}: {value!r} is not a date-time (ISO-8601, yyyy-MM-dd, epoch or a configured pattern)"
+        return [f"{source}: {v!r} is not an integer" for v in values]
+    return [f"{source}: {v!r} is not a date-time (ISO-8601, yyyy-MM-dd, epoch or a configured pattern)"
+            for v in values]
 
 
 def _row_lines(chunk: bytes | memoryview, rows: np.ndarray, n: int) -> list[bytes]:
@@ -198,8 +197,8 @@ def _row_lines(chunk: bytes | memoryview, rows: np.ndarray, n: int) -> list[byte
     if int(nonblank.sum()) != n:  # whitespace-only lines somewhere: take the slow, exact way
         lines = _lines(chunk)
         return [lines[i] for i in rows]
-    starts, ends = starts[nonblank], ends[nonblank]
-    return [bytes(chunk[starts[i] : ends[i]]) for i in rows]
+    view = memoryview(chunk)
+    return [bytes(view[a:b]) for a, b in zip(starts[nonblank][rows].tolist(), ends[nonblank][rows].tolist(), strict=True)]
 
 
 def convert_chunk(chunk: bytes | memoryview, cfg: Config, schema: pa.Schema, out_schema: pa.Schema,
@@ -292,14 +291,16 @@ def convert_chunk(chunk: bytes | memoryview, cfg: Config, schema: pa.Schema, out
     rejected_rows = np.flatnonzero(reason >= 0)
     if len(rejected_rows):
         lines = [raw[i] for i in rejected_rows] if raw else _row_lines(chunk, rejected_rows, n)
-        for i, line in zip(rejected_rows, lines, strict=True):
-            kind = REASONS[reason[i]]
-            if kind == "malformed_line":
-                message = "no Item object"
-            else:
-                source, attr, expected = why[reason_info[i]]
-                message = _message(kind, source, attr, int(i), expected, line)
-            result.rejected.append((kind, message, line))
+        kinds = [REASONS[c] for c in reason[rejected_rows].tolist()]
+        messages = ["no Item object"] * len(rejected_rows)
+        infos = reason_info[rejected_rows]
+        for w in np.unique(infos[infos >= 0]).tolist():
+            at = np.flatnonzero(infos == w)
+            source, attr, expected = why[w]
+            texts = _messages(kinds[at[0]], source, attr, rejected_rows[at], expected, [lines[j] for j in at.tolist()])
+            for j, text in zip(at.tolist(), texts, strict=True):
+                messages[j] = text
+        result.rejected.extend(zip(kinds, messages, lines, strict=True))
     codes, counts = np.unique(filter_code[filtered], return_counts=True)
     result.filtered = {filter_names[c]: int(k) for c, k in zip(codes, counts, strict=True)}
     keep_in_cand = pa.array(reason[cand] < 0)
@@ -504,28 +505,33 @@ def _repeated(values: np.ndarray) -> np.ndarray:
     return np.sort(order[dup])
 
 
-def find_collisions(cfg: Config, store: staging.Store, month: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
+def find_collisions(cfg: Config, store: staging.Store, month: str, parts: list[dict[str, Any]],
+                    pool: ThreadPoolExecutor | None = None) -> dict[str, Any]:
     """Rows of the month that land on one destination key; the losers go to a small Parquet file.
 
     Memory stays bounded: keys are processed in buckets of CreationDateTime modulo K (equal keys share
-    a bucket), about COLLISION_BUCKET_ROWS rows each, re-reading only the key columns per bucket."""
+    a bucket), about COLLISION_BUCKET_ROWS rows each, re-reading only the key columns per bucket. The
+    parts are read on `pool` when given (the transform's workers are idle by then)."""
+    run: Callable[..., Iterator[Any]] = pool.map if pool is not None else map  # type: ignore[assignment]
     pk, sk = cfg.destination.partition_key, cfg.destination.sort_key
     order_col = "OrderID" if any(c.name == "OrderID" for c in cfg.transform.columns) else None
     total = sum(p["rows"] for p in parts)
     k = max(1, math.ceil(total / COLLISION_BUCKET_ROWS))
     found: list[pa.Table] = []
+    if total == 0:
+        k = 0
     for bucket in range(k):
-        tables, part_of, row_of = [], [], []
-        for p in parts:
+
+        def keys_of(p: dict[str, Any], bucket: int = bucket) -> tuple[pa.Table, np.ndarray, np.ndarray]:
             t = _read_columns(store, p["output"], [pk, sk])
             rows = np.arange(t.num_rows, dtype=np.int64)
             if k > 1:
                 skv = np.asarray(pc.fill_null(t[sk], 0).to_numpy())
                 rows = np.flatnonzero(np.abs(skv) % k == bucket)
                 t = t.take(pa.array(rows))
-            tables.append(t)
-            part_of.append(np.full(len(rows), p["part"], np.int32))
-            row_of.append(rows)
+            return t, np.full(len(rows), p["part"], np.int32), rows
+
+        tables, part_of, row_of = (list(x) for x in zip(*run(keys_of, parts), strict=True))
         keys = pa.concat_tables(tables).combine_chunks()
         dup = _duplicate_rows(keys[pk], keys[sk])
         if len(dup):
@@ -541,12 +547,15 @@ def find_collisions(cfg: Config, store: staging.Store, month: str, parts: list[d
     if order_col:  # fetch the OrderIDs of just these rows, part by part
         part_of_row = rows["_part"].to_numpy()
         row_in_part = rows["_row"].to_numpy()
-        pieces = []
-        for p in sorted(parts, key=lambda p: p["part"]):
+
+        def orders_of(p: dict[str, Any]) -> pa.Array | None:
             lo, hi = np.searchsorted(part_of_row, p["part"], "left"), np.searchsorted(part_of_row, p["part"], "right")
-            if hi > lo:
-                col = _read_columns(store, p["output"], [order_col])[order_col]
-                pieces.append(col.take(pa.array(row_in_part[lo:hi])).combine_chunks())
+            if hi == lo:
+                return None
+            col = _read_columns(store, p["output"], [order_col])[order_col]
+            return col.take(pa.array(row_in_part[lo:hi])).combine_chunks()
+
+        pieces = [x for x in run(orders_of, sorted(parts, key=lambda p: p["part"])) if x is not None]
         rows = rows.append_column(order_col, pa.chunked_array(pieces, pa.string()))
     sort = [(pk, "ascending"), (sk, "ascending")]
     if order_col:
@@ -613,7 +622,7 @@ def transform_month(cfg: Config, store: staging.Store, month: str, pool: ThreadP
             f"transform {month}: read {totals['items_in']} items, but the export says {total}",
             hint=f"the export looks incomplete: `etl export --month {month} --force`",
         )
-    collisions = find_collisions(cfg, store, month, parts)
+    collisions = find_collisions(cfg, store, month, parts, pool)
     if collisions["keys"]:
         reporter.warn(f"transform {month}: {collisions['rows']} rows share {collisions['keys']} destination keys; "
                       f"{collisions['losers']} will not be loaded ({collisions['winner_rule']} wins)")
