@@ -198,7 +198,8 @@ def _row_lines(chunk: bytes | memoryview, rows: np.ndarray, n: int) -> list[byte
         lines = _lines(chunk)
         return [lines[i] for i in rows]
     view = memoryview(chunk)
-    return [bytes(view[a:b]) for a, b in zip(starts[nonblank][rows].tolist(), ends[nonblank][rows].tolist(), strict=True)]
+    firsts, lasts = starts[nonblank][rows].tolist(), ends[nonblank][rows].tolist()
+    return [bytes(view[a:b]) for a, b in zip(firsts, lasts, strict=True)]
 
 
 def convert_chunk(chunk: bytes | memoryview, cfg: Config, schema: pa.Schema, out_schema: pa.Schema,
