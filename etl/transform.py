@@ -513,7 +513,7 @@ def find_collisions(cfg: Config, store: staging.Store, month: str, parts: list[d
     Memory stays bounded: keys are processed in buckets of CreationDateTime modulo K (equal keys share
     a bucket), about COLLISION_BUCKET_ROWS rows each, re-reading only the key columns per bucket. The
     parts are read on `pool` when given (the transform's workers are idle by then)."""
-    run: Callable[..., Iterator[Any]] = pool.map if pool is not None else map  # type: ignore[assignment]
+    run: Callable[..., Iterator[Any]] = pool.map if pool is not None else map
     pk, sk = cfg.destination.partition_key, cfg.destination.sort_key
     order_col = "OrderID" if any(c.name == "OrderID" for c in cfg.transform.columns) else None
     total = sum(p["rows"] for p in parts)
