@@ -408,13 +408,18 @@ def transform_file(cfg: Config, store: staging.Store, month: str, part: int, uri
                     if carry.strip():
                         handle(carry + b"\n")
                     break
-                data = carry + block
-                cut = data.rfind(b"\n")
-                if cut < 0:
-                    carry = data
+                first = block.find(b"\n")
+                if first < 0:
+                    carry += block
                     continue
-                carry = data[cut + 1 :]
-                handle(memoryview(data)[: cut + 1])
+                start = 0
+                if carry:  # finish the line the last block cut on its own: the big block is never copied
+                    handle(carry + block[: first + 1])
+                    start = first + 1
+                cut = block.rfind(b"\n")
+                if cut >= start:
+                    handle(memoryview(block)[start : cut + 1])
+                carry = block[cut + 1 :]
             flush(final=True)
         finally:
             writer.close()
