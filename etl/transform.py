@@ -273,24 +273,26 @@ def convert_chunk(chunk: bytes | memoryview, cfg: Config, schema: pa.Schema, out
     for col in t.columns:
         if col.converter == "ttl":
             continue
-        a = item.field(col.source).take(idx)
+        a = item.field(col.source)  # take only the S/N children needed, never the whole struct
         if col.converter == "string":
-            values[col.name] = a.field("S")
+            values[col.name] = a.field("S").take(idx)
             continue
         if col.converter == "int":
-            conv = convert.parse_epoch_numbers(a.field("N"))
-            whole = pc.fill_null(pc.match_substring_regex(a.field("N"), r"^\s*[+-]?\d+\s*$"), False)
+            n_val = a.field("N").take(idx)
+            conv = convert.parse_epoch_numbers(n_val)
+            whole = pc.fill_null(pc.match_substring_regex(n_val, r"^\s*[+-]?\d+\s*$"), False)
             conv = pc.if_else(whole, conv, pa.scalar(None, pa.int64()))
             kind = "bad_int"
         else:
-            from_s = convert.parse_datetimes(a.field("S"), t.date_zone, t.date_formats)
-            conv = pc.coalesce(from_s, convert.parse_epoch_numbers(a.field("N"), t.epoch_unit))
+            conv = convert.parse_datetimes(a.field("S").take(idx), t.date_zone, t.date_formats)
+            n_val = a.field("N")
+            if n_val.null_count < len(n_val):  # epoch numbers only where some row has one
+                conv = pc.coalesce(conv, convert.parse_epoch_numbers(n_val.take(idx), t.epoch_unit))
             kind = "bad_datetime"
         values[col.name] = conv
-        present = _np(pc.is_valid(a))
         bad = np.zeros(n, dtype=bool)
-        bad[cand[present & ~_np(pc.is_valid(conv))]] = True
-        mark(bad, kind, col.source, item.field(col.source), checks[col.source])
+        bad[cand[present_of[col.source][cand] & ~_np(pc.is_valid(conv))]] = True
+        mark(bad, kind, col.source, a, checks[col.source])
     rejected_rows = np.flatnonzero(reason >= 0)
     if len(rejected_rows):
         lines = [raw[i] for i in rejected_rows] if raw else _row_lines(chunk, rejected_rows, n)
