@@ -114,40 +114,51 @@ def _lines(chunk: bytes | memoryview) -> list[bytes]:
 
 def _parse(chunk: bytes | memoryview, schema: pa.Schema, attrs: list[str], threads: bool = True
            ) -> tuple[pa.Table, list[bytes], list[tuple[bytes, str]]]:
-    """Parse a chunk; if pyarrow refuses it, find the bad lines one by one and parse the rest.
+    """Parse a chunk; if pyarrow refuses it, halve it (on line boundaries) until every line it refuses is
+    alone, and parse the rest in the largest pieces that go through.
 
     Returns the table, the raw lines behind its rows (only when the slow path ran, else []), and
-    malformed lines with their message."""
+    malformed lines with their message. One bad line in an 8 MB chunk costs about three parses of it
+    (halving), not one parse per line."""
     opts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     ropts = pj.ReadOptions(use_threads=threads, block_size=1 << 20)
     try:
         return pj.read_json(pa.BufferReader(pa.py_buffer(chunk)), read_options=ropts, parse_options=opts), [], []
     except pa.ArrowInvalid:
         pass
+    lines = _lines(chunk)
+    tables: list[pa.Table] = []
     good: list[bytes] = []
     bad: list[tuple[bytes, str]] = []
-    for line in _lines(chunk):
+    todo = [(0, len(lines))]  # line ranges, taken in file order
+    while todo:
+        lo, hi = todo.pop()
         try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            bad.append((line, f"not JSON: {exc}"))
-            continue
-        if not isinstance(obj, dict) or not isinstance(obj.get("Item"), dict):
-            bad.append((line, "no Item object"))
-            continue
-        wrong = [a for a in attrs if a in obj["Item"] and not isinstance(obj["Item"][a], dict)]
-        if wrong:
-            bad.append((line, f"attribute {wrong[0]} is not DynamoDB JSON (a {{type: value}} object)"))
-            continue
-        try:
-            pj.read_json(io.BytesIO(line), read_options=ropts, parse_options=opts)
+            tables.append(pj.read_json(io.BytesIO(b"\n".join(lines[lo:hi])), read_options=ropts, parse_options=opts))
+            good.extend(lines[lo:hi])
         except pa.ArrowInvalid as exc:
-            bad.append((line, f"not DynamoDB JSON: {exc}"))
-            continue
-        good.append(line)
-    if not good:
+            if hi - lo == 1:
+                bad.append((lines[lo], _refused(lines[lo], attrs, exc)))
+            else:
+                mid = (lo + hi) // 2
+                todo += [(mid, hi), (lo, mid)]
+    if not tables:
         return pa.table({"Item": pa.array([], schema.field("Item").type)}), [], bad
-    return pj.read_json(io.BytesIO(b"\n".join(good)), read_options=ropts, parse_options=opts), good, bad
+    return pa.concat_tables(tables), good, bad
+
+
+def _refused(line: bytes, attrs: list[str], exc: Exception) -> str:
+    """Why pyarrow refused a line, said the way a user can act on."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as err:
+        return f"not JSON: {err}"
+    if not isinstance(obj, dict) or not isinstance(obj.get("Item"), dict):
+        return "no Item object"
+    wrong = [a for a in attrs if a in obj["Item"] and not isinstance(obj["Item"][a], dict)]
+    if wrong:
+        return f"attribute {wrong[0]} is not DynamoDB JSON (a {{type: value}} object)"
+    return f"not DynamoDB JSON: {exc}"
 
 
 def _np(a: pa.Array | pa.ChunkedArray) -> np.ndarray:

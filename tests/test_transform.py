@@ -113,6 +113,46 @@ def test_malformed_lines_are_quarantined_not_fatal(make_config: Callable[..., Co
     assert sorted(r["CustomerID"] for r in parquet_rows(store)) == ["C1", "C2"]
 
 
+_LINE_KINDS = [
+    b'{"Item":{"CustomerID":{"S":"C1"},"DateTime":{"S":"2016-04-12T10:15:30.5+02:00"},"OrderID":{"S":"O1"}}}',
+    b'{"Item":{"CustomerID":{"S":"C2"},"DateTime":{"S":"2016-04-12"},"OrderID":{"S":"O2"},"X":{"L":[]}}}',
+    b'{"Item":{"CustomerID":{"S":"C3"},"DateTime":{"N":"1460456130"},"OrderID":{"S":"O3"}}}',
+    b'{"Item":{"CustomerID":{"S":"C4"},"DateTime":{"S":"2016-04-12T10:15:30Z"}}}',          # not an order
+    b'{"Item":{"CustomerID":{"S":"C5"},"DateTime":{"S":"2016-04-12T10:15:30Z"},"OrderID":{"S":""}}}',
+    b'{"Item":{"CustomerID":{"S":"C6"},"DateTime":{"S":"yesterday"},"OrderID":{"S":"O6"}}}',
+    b'{"Item":{"CustomerID":{"S":"C7"},"DateTime":{"S":"2016-04-12"},"OrderID":{"N":"7"}}}',
+    b'{"Item":{"CustomerID":{"S":"C8"},"DateTime":{"S":"2016-04-12"},"OrderID":{"BOOL":true}}}',
+    b'{"Item":{"CustomerID":{"S":"C9"},"OrderID":{"S":"O9"}}}',                               # no DateTime
+    b'{"Item":{"CustomerID":"plain","DateTime":{"S":"2016-04-12"},"OrderID":{"S":"O10"}}}',
+    b'{"Item":{"CustomerID":{"S":123},"DateTime":{"S":"2016-04-12"},"OrderID":{"S":"O11"}}}',
+    b'{"Item":{"CustomerID":{"S":"C12"},"DateTime":{"S":"2016-04-12"},"OrderID":{"S":["x"]}}}',
+    b'{"Item": 5}', b'{"Item": null}', b'{"NotItem": {}}', b'not json at all', b'{"Item": {"CustomerID": ',
+    b'{"Item":{"CustomerID":{"S":"C13"},"CustomerID":{"S":"C14"},"DateTime":{"S":"2016-04-12"},"OrderID":{"S":"O"}}}',
+    b"", b"   ",
+]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kinds=st.lists(st.integers(0, len(_LINE_KINDS) - 1), min_size=1, max_size=80))
+def test_a_chunk_gives_what_its_lines_give_one_by_one(make_config: Callable[..., Config], kinds: list[int]) -> None:
+    """Whatever mix of good, dirty and malformed lines a chunk holds, one parse of the chunk (or its halving
+    around lines pyarrow refuses) gives the rows, quarantine records and counts of its lines taken alone."""
+    cfg = make_config()
+    schema, out_schema = transform.parse_schema(cfg), transform.output_schema(cfg)
+    lines = [_LINE_KINDS[k] for k in kinds]
+    whole = transform.convert_chunk(b"\n".join(lines) + b"\n", cfg, schema, out_schema, False)
+    alone = [transform.convert_chunk(line + b"\n", cfg, schema, out_schema, False) for line in lines]
+    assert whole.items_in == sum(r.items_in for r in alone) == sum(1 for line in lines if line.strip())
+    assert whole.table.to_pylist() == [row for r in alone for row in r.table.to_pylist()]
+    assert sorted(whole.rejected) == sorted(x for r in alone for x in r.rejected)
+    filtered: dict[str, int] = {}
+    for r in alone:
+        for k, v in r.filtered.items():
+            filtered[k] = filtered.get(k, 0) + v
+    assert whole.filtered == filtered
+    assert whole.items_in == whole.table.num_rows + len(whole.rejected) + sum(whole.filtered.values())
+
+
 def _rewrite(folder: Path, data: Path, raw: bytes, count: int) -> None:
     """Replace a data file and fix the manifests so the export stays valid."""
     from tests.helpers import b64md5
