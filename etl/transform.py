@@ -165,6 +165,8 @@ def _np(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A boolean Arrow array as numpy, nulls as False: its bits unpacked (10x cheaper than a cast)."""
     if isinstance(a, pa.ChunkedArray):
         a = a.combine_chunks()
+    if len(a) == 0:
+        return np.zeros(0, dtype=bool)
     if a.null_count:
         a = pc.fill_null(a, False)
     bits = np.unpackbits(np.frombuffer(a.buffers()[1], dtype=np.uint8), bitorder="little")
