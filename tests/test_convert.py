@@ -80,9 +80,18 @@ def test_rfc1123_via_configured_pattern() -> None:
 
 @pytest.mark.parametrize("bad", ["not-a-date", "2016-04-32T10:00:00Z", "2016-02-30", "2015-02-29",
                                  "2016/04/05 10:00", "2016-04-12T24:00:00Z", "2016-04-12T10:15:30+25:00",
-                                 "2016-04-12T10:15:30.1234567890Z", ""])
+                                 "2016-04-12T10:15:30.1234567890Z", "", "2016-02-30T10:00:00Z",
+                                 "2016-04-12T10:15:60Z", "2016-13-01T00:00:00Z", "2016-04-12T10:60:00Z",
+                                 "2O16-04-12T10:15:30Z", "2016-04-12T10:15:30Zjunk", "+2016-04-12T10:15:30Z",
+                                 "\uff12016-04-12T10:15:30Z", "2016-04-12T10:15:30.Z"])
 def test_invalid_strings_are_null_not_guessed(bad: str) -> None:
     assert parse_datetimes(pa.array([bad])).to_pylist() == [None]
+
+
+def test_a_sliced_mixed_array_keeps_each_value_in_its_row() -> None:
+    values = pa.array(["x", "2016-04-12T10:15:30Z", "bad", "2016-04-12T10:15:30.5-01:00", None, "2016-04-12",
+                       "2016-02-30T10:00:00Z", "2016-04-12 10:15:30+0100"]).slice(1)
+    assert parse_datetimes(values).to_pylist() == [1460456130, None, 1460459730, None, 1460419200, None, 1460452530]
 
 
 def test_leap_day_and_time_of_day_are_kept() -> None:
