@@ -421,9 +421,11 @@ def load_part(cfg: Config, store: staging.Store, part: Part, sender: Sender, poo
             raise
         stopped_early = True
     wait(futures)
-    failed = next((f.exception() for f in futures if f.exception() is not None), None)
+    errors = [e for e in (f.exception() for f in futures) if e is not None]
+    # the batch's own error, not the "stopped" of the batches that only heard about it
+    failed = next((e for e in errors if not _stopped(e)), errors[0] if errors else None)
     if failed is not None:
-        raise failed  # the batch's own error, not "stopped"
+        raise failed
     if stopped_early:  # another part failed: this one is unfinished, so no checkpoint
         raise EtlError("load stopped")
     if quarantine and not dry_run:
@@ -439,6 +441,10 @@ def load_part(cfg: Config, store: staging.Store, part: Part, sender: Sender, poo
     if not dry_run:
         store.write_json(staging.checkpoint_key(part.month, part.part), result)
     return result
+
+
+def _stopped(exc: BaseException) -> bool:
+    return isinstance(exc, EtlError) and exc.message == "load stopped"
 
 
 def reset_checkpoints(cfg: Config, months: list[str]) -> int:
@@ -501,7 +507,7 @@ def run_load(cfg: Config, months: list[str], *, yes: bool = False, dry_run: bool
         stop_watch.set()
         task.finish()
     if failures:
-        real = [e for _, e in failures if not (isinstance(e, EtlError) and e.message == "load stopped")]
+        real = [e for _, e in failures if not _stopped(e)]
         exc = real[0] if real else failures[0][1]
         msg = str(exc) if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
         rerun = "etl load " + " ".join(f"--month {m}" for m in months)

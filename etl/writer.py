@@ -9,14 +9,16 @@ CPU than DynamoDB's answer takes to arrive (see BENCHMARKS.md). What botocore do
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import queue
 import socket
 import ssl
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import orjson
 from botocore.auth import SigV4Auth
@@ -24,6 +26,7 @@ from botocore.awsrequest import AWSRequest
 
 from etl import aws
 from etl.config import AwsSide
+from etl.errors import EtlError
 
 THROTTLE_CODES = {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded",
                   "TransactionInProgressException"}
@@ -51,19 +54,65 @@ def classify(status: int, code: str) -> str:
     return "fatal"
 
 
+@dataclass(frozen=True)
+class Proxy:
+    host: str
+    port: int
+    authorization: str | None  # a Proxy-Authorization value; never logged
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def proxy_for(url: str) -> Proxy | None:
+    """The proxy botocore would use for `url`: HTTPS_PROXY / HTTP_PROXY (by the endpoint's scheme) unless
+    NO_PROXY matches the host, as urllib (and botocore) read them."""
+    parsed = urlparse(url)
+    configured = urllib.request.getproxies().get(parsed.scheme)
+    if not configured or urllib.request.proxy_bypass(parsed.hostname or ""):
+        return None
+    proxy = urlparse(configured if "://" in configured else f"http://{configured}")
+    if proxy.scheme != "http" or not proxy.hostname:
+        raise EtlError(f"{parsed.scheme.upper()}_PROXY: the loader reaches proxies over http://host:port only "
+                       f"(got a {proxy.scheme}:// URL)", hint="give the proxy as http://host:port")
+    auth = None
+    if proxy.username:
+        pair = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}".encode()
+        auth = "Basic " + base64.b64encode(pair).decode()
+    return Proxy(proxy.hostname, proxy.port or 80, auth)
+
+
 class _Connection:
     """One keep-alive HTTP/1.1 connection (TLS for https): a request out, a Content-Length (or chunked)
     response back. http.client's email-based header parsing cost more CPU per request than the rest
-    of the loader together (BENCHMARKS.md); this reads the status line and two headers."""
+    of the loader together (BENCHMARKS.md); this reads the status line and two headers. Through a
+    proxy: https is tunnelled with CONNECT; http requests go to the proxy in absolute form."""
 
-    def __init__(self, host: str, port: int, tls: bool, timeout: float) -> None:
-        sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, host: str, port: int, tls: bool, timeout: float, proxy: Proxy | None = None) -> None:
+        sock = socket.create_connection((proxy.host, proxy.port) if proxy else (host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.buf = b""
+        if proxy is not None and tls:
+            self._tunnel(host, port, proxy)
         if tls:
             # the CA bundle botocore would use when one is configured (corporate proxies), else the system's
             context = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or None)
-            sock = context.wrap_socket(sock, server_hostname=host)
-        self.sock = sock
+            self.sock = context.wrap_socket(sock, server_hostname=host)
+
+    def _tunnel(self, host: str, port: int, proxy: Proxy) -> None:
+        auth = f"Proxy-Authorization: {proxy.authorization}\r\n" if proxy.authorization else ""
+        self.sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}\r\n".encode())
+        while b"\r\n\r\n" not in self.buf:
+            if len(self.buf) > 65536:
+                break
+            self._fill()
+        status_line = self.buf.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or parts[1] != "200":
+            self.close()
+            raise EtlError(f"the proxy {proxy} refused to open a tunnel to {host}:{port}: {status_line!r}",
+                           hint="check HTTPS_PROXY (and its credentials) or add the endpoint to NO_PROXY")
         self.buf = b""
 
     def close(self) -> None:
@@ -132,8 +181,6 @@ class BatchWriter:
         self.table = table
         credentials = aws.session_for(side).get_credentials()
         if credentials is None:
-            from etl.errors import EtlError
-
             raise EtlError("no AWS credentials found for the destination (credential chain, AWS_PROFILE, role)")
         self._credentials = credentials
         parsed = urlparse(self.url)
@@ -142,6 +189,11 @@ class BatchWriter:
         self.port = parsed.port or (443 if self.tls else 80)
         self.host_header = parsed.netloc
         self.timeout = timeout
+        self.proxy = proxy_for(self.url)
+        # plain http through a proxy: the request line carries the absolute URL (RFC 9112, 3.2.2)
+        self._target = self.url if self.proxy is not None and not self.tls else "/"
+        self._proxy_auth = (f"Proxy-Authorization: {self.proxy.authorization}\r\n"
+                            if self.proxy is not None and self.proxy.authorization and not self.tls else "")
         self._idle: queue.SimpleQueue[_Connection] = queue.SimpleQueue()
         self._prefix = orjson.dumps(table)
 
@@ -160,13 +212,14 @@ class BatchWriter:
 
     def post(self, target: str, body: bytes) -> tuple[int, bytes]:
         headers = self._sign(body, target)
-        head = (f"POST / HTTP/1.1\r\nHost: {self.host_header}\r\nContent-Length: {len(body)}\r\n"
+        head = (f"POST {self._target} HTTP/1.1\r\nHost: {self.host_header}\r\nContent-Length: {len(body)}\r\n"
+                + self._proxy_auth
                 + "".join(f"{k}: {v}\r\n" for k, v in headers.items() if k.lower() != "host")
                 + "\r\n").encode()
         try:
             conn = self._idle.get_nowait()
         except queue.Empty:
-            conn = _Connection(self.host, self.port, self.tls, self.timeout)
+            conn = _Connection(self.host, self.port, self.tls, self.timeout, self.proxy)
         try:
             status, data, keep = conn.request(head, body)
         except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 from collections.abc import Callable, Iterator
@@ -9,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from etl import staging
@@ -18,9 +20,11 @@ from etl.export import run_export
 from etl.load import run_load
 from etl.transform import run_transform
 from etl.verify import run_verify
+from etl.writer import BatchWriter, proxy_for
 from tests.conftest import ddb_client
 from tests.faultproxy import FaultProxy
 from tests.helpers import write_real_export
+from tests.httpproxy import ForwardProxy, TlsFront
 
 M = "201604"
 NOW = int(datetime(2016, 6, 1, tzinfo=UTC).timestamp())  # the 2016 rows are not expired yet
@@ -250,6 +254,22 @@ def test_sigkill_mid_load_then_rerun_leaves_the_table_exact(ddb_local: str, dest
     assert len(table_items(ddb_local, table)) == 2400
 
 
+def test_the_first_real_error_is_reported_not_the_stops_it_caused(ddb_local: str, dest_table: Callable[..., str],
+                                                                  make_config: Callable[..., Config],
+                                                                  tmp_path: Path,
+                                                                  proxy: Callable[..., FaultProxy]) -> None:
+    """Many batches retrying when the deadline passes: the ones that only saw the stop must not hide it."""
+    p = proxy(ok=0.2, throttle=0.8)
+    table = dest_table()
+    cfg = make_config(dest_endpoint=p.url, dest_table=table,
+                      extra="[load]\nmax_wcu = 100000\ndeadline_seconds = 1.5\nconcurrency = 8\n"
+                            "max_backoff_seconds = 0.05\n")
+    staged(cfg, tmp_path, [orders(400, i * 400) for i in range(4)])
+    with pytest.raises(EtlError) as e:
+        run_load(cfg, [M], now=NOW)
+    assert "deadline" in str(e.value) and "load stopped: load stopped" not in str(e.value)
+
+
 def test_deadline_stops_with_checkpoints_and_the_resume_command(ddb_local: str, dest_table: Callable[..., str],
                                                                 make_config: Callable[..., Config],
                                                                 tmp_path: Path) -> None:
@@ -262,3 +282,73 @@ def test_deadline_stops_with_checkpoints_and_the_resume_command(ddb_local: str, 
     assert "etl load --month 201604" in (e.value.hint or "")
     store = staging.open_store(cfg.staging.root, cfg.staging)
     assert 0 < len(store.list(staging.state_key(M, "load/"))) < 8
+
+
+# --------------------------------------------------------------------------- through a proxy
+
+
+def _proxy_env(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
+BOUNDED = FAST + "deadline_seconds = 60\n"  # a writer that ignored the proxy would retry until this
+
+
+def test_https_goes_through_the_proxy_tunnel_with_its_credentials(ddb_local: str, dest_table: Callable[..., str],
+                                                                  make_config: Callable[..., Config], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The endpoint (https://localhost:1) is reachable only through the proxy, as behind a corporate one;
+    the proxy wants credentials; the CA bundle is the one AWS_CA_BUNDLE names."""
+    front = TlsFront(ddb_local, tmp_path)
+    port = int(front.url.rsplit(":", 1)[1])
+    proxy = ForwardProxy(credentials="Basic " + base64.b64encode(b"loader:p@ss").decode(), routes={"localhost:1": port})
+    table = dest_table()
+    try:
+        _proxy_env(monkeypatch, HTTPS_PROXY=f"http://loader:p%40ss@127.0.0.1:{proxy.port}",
+                   AWS_CA_BUNDLE=str(front.cert))
+        cfg = make_config(dest_endpoint="https://localhost:1", dest_table=table, extra=BOUNDED)
+        staged(cfg, tmp_path, [orders(300)])
+        [m] = run_load(cfg, [M], now=NOW)
+        assert m["written"] == 300 and len(table_items(ddb_local, table)) == 300
+        tunnels = [s for s in proxy.seen if s[0] == "CONNECT"]
+        assert tunnels and all(target == "localhost:1" and sent for _, target, sent in tunnels)
+        # wrong credentials: the writer says the proxy refused, once, instead of retrying for ever
+        _proxy_env(monkeypatch, HTTPS_PROXY=f"http://loader:wrong@127.0.0.1:{proxy.port}",
+                   AWS_CA_BUNDLE=str(front.cert))
+        writer = BatchWriter(cfg.destination, table)
+        with pytest.raises(EtlError, match=r"proxy 127.0.0.1:\d+ refused to open a tunnel to localhost:1: .*407"):
+            writer.write([orjson.dumps({"PutRequest": {"Item": {"CustomerID": {"S": "x"},
+                                                                "CreationDateTime": {"N": "1"}}}})])
+    finally:
+        proxy.close()
+        front.close()
+
+
+def test_http_goes_to_the_proxy_in_absolute_form_and_no_proxy_bypasses_it(
+        ddb_local: str, dest_table: Callable[..., str], make_config: Callable[..., Config], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ddb_port = int(ddb_local.rsplit(":", 1)[1])
+    proxy = ForwardProxy(routes={"127.0.0.1:1": ddb_port})
+    table = dest_table()
+    try:
+        _proxy_env(monkeypatch, HTTP_PROXY=proxy.url)
+        cfg = make_config(dest_endpoint="http://127.0.0.1:1", dest_table=table, extra=BOUNDED)
+        staged(cfg, tmp_path, [orders(200)])
+        [m] = run_load(cfg, [M], now=NOW)
+        assert m["written"] == 200
+        _proxy_env(monkeypatch)
+        assert len(table_items(ddb_local, table)) == 200
+        assert ("POST", "http://127.0.0.1:1/", False) in proxy.seen
+        _proxy_env(monkeypatch, HTTP_PROXY=proxy.url, NO_PROXY="127.0.0.1")
+        assert proxy_for(ddb_local) is None
+        _proxy_env(monkeypatch, HTTPS_PROXY="https://proxy.example:443")
+        with pytest.raises(EtlError, match="http://host:port only"):
+            proxy_for("https://dynamodb.eu-west-1.amazonaws.com")
+        _proxy_env(monkeypatch, HTTPS_PROXY="proxy.example:3128")
+        assert str(proxy_for("https://dynamodb.eu-west-1.amazonaws.com")) == "proxy.example:3128"
+    finally:
+        proxy.close()
