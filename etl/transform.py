@@ -508,20 +508,19 @@ def _duplicate_rows(pk: pa.ChunkedArray, sk: pa.ChunkedArray) -> np.ndarray:
     if span < 2**31 and len(codes) < 2**31:
         return cand[_repeated(codes * span + (csk - lo))]
     order = np.lexsort((csk, codes))  # a key span too wide to pack: compare both columns
-    same = (codes[order][1:] == codes[order][:-1]) & (csk[order][1:] == csk[order][:-1])
-    dup = np.zeros(len(order), dtype=bool)
-    dup[1:] |= same
-    dup[:-1] |= same
-    return cand[np.sort(order[dup])]
+    return cand[_in_runs(order, (codes[order][1:] == codes[order][:-1]) & (csk[order][1:] == csk[order][:-1]))]
 
 
 def _repeated(values: np.ndarray) -> np.ndarray:
     """Positions (ascending) of the values that occur more than once."""
-    if len(values) < 2:
-        return np.array([], dtype=np.int64)
     order = np.argsort(values)
     v = values[order]
-    same = v[1:] == v[:-1]
+    return _in_runs(order, v[1:] == v[:-1])
+
+
+def _in_runs(order: np.ndarray, same: np.ndarray) -> np.ndarray:
+    """Given a sorting `order` and `same[i]` = sorted item i+1 equals item i: the positions (ascending)
+    that have an equal neighbour."""
     dup = np.zeros(len(order), dtype=bool)
     dup[1:] |= same
     dup[:-1] |= same
@@ -539,10 +538,8 @@ def find_collisions(cfg: Config, store: staging.Store, month: str, parts: list[d
     pk, sk = cfg.destination.partition_key, cfg.destination.sort_key
     order_col = "OrderID" if any(c.name == "OrderID" for c in cfg.transform.columns) else None
     total = sum(p["rows"] for p in parts)
-    k = max(1, math.ceil(total / COLLISION_BUCKET_ROWS))
+    k = math.ceil(total / COLLISION_BUCKET_ROWS)  # buckets; none for a month without rows
     found: list[pa.Table] = []
-    if total == 0:
-        k = 0
     for bucket in range(k):
 
         def keys_of(p: dict[str, Any], bucket: int = bucket) -> tuple[pa.Table, np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -19,7 +20,8 @@ from urllib.parse import urlparse
 
 class FaultProxy:
     def __init__(self, upstream: str, weights: dict[str, float] | None = None, seed: int = 1,
-                 key: tuple[str, str] = ("CustomerID", "CreationDateTime")) -> None:
+                 key: tuple[str, str] = ("CustomerID", "CreationDateTime"), tls: ssl.SSLContext | None = None) -> None:
+        """`tls`: serve https with this context (on https://localhost:PORT), e.g. a TLS front for tests."""
         self.upstream = urlparse(upstream)
         self.weights = weights or {"ok": 1.0}
         self.rng = random.Random(seed)
@@ -42,6 +44,9 @@ class FaultProxy:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+            self.url = f"https://localhost:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 

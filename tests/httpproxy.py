@@ -3,7 +3,7 @@
 `ForwardProxy` does what a corporate proxy does: `CONNECT host:port` opens a tunnel; a request in
 absolute form (`POST http://host:port/ ...`) is passed to its origin. It records every request it was
 asked (method, target, whether credentials came) and can demand credentials (407 without them).
-`TlsFront` terminates TLS with a self-signed certificate for localhost/127.0.0.1 in front of a plain
+`tls_front` terminates TLS with a self-signed certificate for localhost/127.0.0.1 in front of a plain
 HTTP server (DynamoDB Local), so an https endpoint can be tested end to end.
 """
 
@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import http.client
 import ipaddress
 import socket
 import ssl
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
+
+from tests.faultproxy import FaultProxy
 
 
 def _pipe(a: socket.socket, b: socket.socket) -> None:
@@ -139,44 +138,10 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-class TlsFront:
-    """HTTPS in front of a plain HTTP server: each request is read whole, sent on with http.client and
-    its answer written back (so no TLS socket is ever read and written from two threads at once)."""
-
-    def __init__(self, upstream: str, folder: Path) -> None:
-        origin = urlparse(upstream)
-        self.cert, key = self_signed(folder)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.cert, key)
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                conn = http.client.HTTPConnection(origin.hostname, origin.port, timeout=30)
-                conn.request("POST", self.path, body=body, headers={
-                    k: v for k, v in self.headers.items() if k.lower() not in ("content-length", "connection")})
-                answer = conn.getresponse()
-                data = answer.read()
-                self.send_response(answer.status)
-                for k, v in answer.getheaders():
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                conn.close()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.url = f"https://localhost:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def tls_front(upstream: str, folder: Path) -> tuple[FaultProxy, Path]:
+    """HTTPS (a self-signed certificate, returned for AWS_CA_BUNDLE) in front of a plain HTTP server: a
+    FaultProxy that only forwards, so no TLS socket is ever read and written from two threads at once."""
+    cert, key = self_signed(folder)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return FaultProxy(upstream, tls=context), cert

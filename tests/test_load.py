@@ -24,7 +24,7 @@ from etl.writer import BatchWriter, proxy_for
 from tests.conftest import ddb_client
 from tests.faultproxy import FaultProxy
 from tests.helpers import write_real_export
-from tests.httpproxy import ForwardProxy, TlsFront
+from tests.httpproxy import ForwardProxy, tls_front
 
 M = "201604"
 NOW = int(datetime(2016, 6, 1, tzinfo=UTC).timestamp())  # the 2016 rows are not expired yet
@@ -303,13 +303,13 @@ def test_https_goes_through_the_proxy_tunnel_with_its_credentials(ddb_local: str
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The endpoint (https://localhost:1) is reachable only through the proxy, as behind a corporate one;
     the proxy wants credentials; the CA bundle is the one AWS_CA_BUNDLE names."""
-    front = TlsFront(ddb_local, tmp_path)
+    front, cert = tls_front(ddb_local, tmp_path)
     port = int(front.url.rsplit(":", 1)[1])
     proxy = ForwardProxy(credentials="Basic " + base64.b64encode(b"loader:p@ss").decode(), routes={"localhost:1": port})
     table = dest_table()
     try:
         _proxy_env(monkeypatch, HTTPS_PROXY=f"http://loader:p%40ss@127.0.0.1:{proxy.port}",
-                   AWS_CA_BUNDLE=str(front.cert))
+                   AWS_CA_BUNDLE=str(cert))
         cfg = make_config(dest_endpoint="https://localhost:1", dest_table=table, extra=BOUNDED)
         staged(cfg, tmp_path, [orders(300)])
         [m] = run_load(cfg, [M], now=NOW)
@@ -318,7 +318,7 @@ def test_https_goes_through_the_proxy_tunnel_with_its_credentials(ddb_local: str
         assert tunnels and all(target == "localhost:1" and sent for _, target, sent in tunnels)
         # wrong credentials: the writer says the proxy refused, once, instead of retrying for ever
         _proxy_env(monkeypatch, HTTPS_PROXY=f"http://loader:wrong@127.0.0.1:{proxy.port}",
-                   AWS_CA_BUNDLE=str(front.cert))
+                   AWS_CA_BUNDLE=str(cert))
         writer = BatchWriter(cfg.destination, table)
         with pytest.raises(EtlError, match=r"proxy 127.0.0.1:\d+ refused to open a tunnel to localhost:1: .*407"):
             writer.write([orjson.dumps({"PutRequest": {"Item": {"CustomerID": {"S": "x"},
