@@ -1,8 +1,8 @@
 """Stage 2: export data files -> projected, converted Parquet; rows that fail go to quarantine.
 
 Plan: one task per export data file (part NNNNN = its index). A task streams the gzip file in
-chunks, parses each chunk with pyarrow's JSON reader against an explicit schema of only the mapped
-attributes, converts whole columns at once (`etl.convert`), and writes
+chunks, parses each chunk with arrow-rs's JSON decoder (arro3-io) against an explicit schema of only
+the mapped attributes, converts whole columns at once (`etl.convert`), and writes
 `transformed/month=M/part-NNNNN.parquet` plus `rejected/month=M/part-NNNNN.jsonl.gz`.
 Commit: per-part counts, `items_in = written + filtered + rejected` (checked), key collisions, and the
 manifest last.
@@ -20,6 +20,7 @@ import importlib
 import io
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,8 +31,8 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pj
 import pyarrow.parquet as pq
+from arro3 import io as aio
 from isal import igzip
 
 from etl import convert, staging
@@ -108,57 +109,113 @@ class ChunkResult:
     rejected: list[tuple[str, str, bytes]] = field(default_factory=list)  # (reason, message, raw line)
 
 
+_BLANK = b" \t\r"  # JSON whitespace besides the newline: a line of only these is blank (skipped)
+_CONTROL = re.compile(rb"[\x00-\x1f]")  # raw control bytes: legal in JSON only as whitespace between tokens
+
+
 def _lines(chunk: bytes | memoryview) -> list[bytes]:
-    return [line for line in bytes(chunk).split(b"\n") if line.strip()]
+    return [line for line in bytes(chunk).split(b"\n") if line.strip(_BLANK)]
 
 
-def _parse(chunk: bytes | memoryview, schema: pa.Schema, attrs: list[str], threads: bool = True
-           ) -> tuple[pa.Table, list[bytes], list[tuple[bytes, str]]]:
-    """Parse a chunk; if pyarrow refuses it, halve it (on line boundaries) until every line it refuses is
-    alone, and parse the rest in the largest pieces that go through.
+def _decode(data: bytes | memoryview, schema: pa.Schema) -> pa.Table:
+    """arrow-rs's JSON decoder (arro3-io) against the explicit schema; raises pa.ArrowInvalid.
 
-    Returns the table, the raw lines behind its rows (only when the slow path ran, else []), and
-    malformed lines with their message. One bad line in an 8 MB chunk costs about three parses of it
-    (halving), not one parse per line."""
-    opts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-    ropts = pj.ReadOptions(use_threads=threads, block_size=1 << 20)
-    try:
-        return pj.read_json(pa.BufferReader(pa.py_buffer(chunk)), read_options=ropts, parse_options=opts), [], []
-    except pa.ArrowInvalid:
-        pass
-    lines = _lines(chunk)
+    It checks what pyarrow's reader checks for the mapped attributes (a value of the wrong JSON type
+    refuses the line), nesting, colons, escapes and UTF-8, releases the GIL, and parses twice as fast
+    (BENCHMARKS.md). It reads commas as separators and does not check number syntax (neither matters in
+    DynamoDB JSON, which has no bare numbers); raw control bytes are caught by `_parse`."""
+    return pa.table(aio.read_json(pa.BufferReader(pa.py_buffer(data)), schema))
+
+
+@dataclass
+class Parsed:
+    table: pa.Table
+    lines: list[bytes] | None  # the raw line behind each row (slow path), or None: row i is line i (`ends`)
+    ends: np.ndarray | None  # fast path: the position of each line's newline
+    malformed: list[tuple[bytes, str]]  # (raw line, why)
+
+    def raw_lines(self, chunk: bytes | memoryview, rows: np.ndarray) -> list[bytes]:
+        if self.lines is not None:
+            return [self.lines[i] for i in rows.tolist()]
+        assert self.ends is not None
+        view = memoryview(chunk)
+        ends = self.ends[rows]
+        starts = np.where(rows > 0, self.ends[np.maximum(rows - 1, 0)] + 1, 0)
+        return [bytes(view[a:b]) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+
+
+def _parse(chunk: bytes | memoryview, schema: pa.Schema, attrs: list[str]) -> Parsed:
+    """Parse a chunk of lines into rows of the explicit schema, one row per line, or say why a line is not one.
+
+    Fast path (the whole chunk in one call) when the chunk is plainly one object per line: every line
+    starts with `{` and ends with `}`, no control byte but the newlines, and the decoder gives exactly one
+    row per line. Otherwise, line by line: blank lines are skipped, a line with a raw control byte must be
+    strict JSON (orjson), and the rest is decoded in halves until every refused line stands alone, so one
+    bad line in an 8 MB chunk costs a few decodes of it, not one per line."""
+    buf = np.frombuffer(chunk, dtype=np.uint8)
+    ends = np.flatnonzero(buf == 10)
+    if (len(ends) and ends[-1] == len(buf) - 1 and buf[0] == 123 and np.count_nonzero(buf < 32) == len(ends)
+            and bool((buf[ends - 1] == 125).all()) and bool((buf[ends[:-1] + 1] == 123).all())):
+        try:
+            table = _decode(chunk, schema)
+            if table.num_rows == len(ends):
+                return Parsed(table, None, ends, [])
+        except pa.ArrowInvalid:
+            pass
+    bad: list[tuple[bytes, str]] = []
+    lines: list[bytes] = []
+    for line in _lines(chunk):
+        if _CONTROL.search(line):  # the decoder would take a raw tab or CR inside a string: orjson checks
+            try:
+                orjson.loads(line)
+            except orjson.JSONDecodeError as err:
+                bad.append((line, f"not JSON: {err}"))
+                continue
+        lines.append(line)
     tables: list[pa.Table] = []
     good: list[bytes] = []
-    bad: list[tuple[bytes, str]] = []
     todo = [(0, len(lines))]  # line ranges, taken in file order
     while todo:
         lo, hi = todo.pop()
+        if hi == lo:
+            continue
         try:
-            tables.append(pj.read_json(io.BytesIO(b"\n".join(lines[lo:hi])), read_options=ropts, parse_options=opts))
-            good.extend(lines[lo:hi])
+            t = _decode(b"\n".join(lines[lo:hi]), schema)
+            if t.num_rows == hi - lo:
+                tables.append(t)
+                good.extend(lines[lo:hi])
+                continue
+            if hi - lo == 1:
+                bad.append((lines[lo], "more than one JSON value on the line"))
+                continue
         except pa.ArrowInvalid as exc:
             if hi - lo == 1:
                 bad.append((lines[lo], _refused(lines[lo], attrs, exc)))
-            else:
-                mid = (lo + hi) // 2
-                todo += [(mid, hi), (lo, mid)]
+                continue
+        mid = (lo + hi) // 2
+        todo += [(mid, hi), (lo, mid)]
     if not tables:
-        return pa.table({"Item": pa.array([], schema.field("Item").type)}), [], bad
-    return pa.concat_tables(tables), good, bad
+        return Parsed(pa.table({"Item": pa.array([], schema.field("Item").type)}), [], None, bad)
+    return Parsed(pa.concat_tables(tables), good, None, bad)
 
 
 def _refused(line: bytes, attrs: list[str], exc: Exception) -> str:
-    """Why pyarrow refused a line, said the way a user can act on."""
+    """Why the decoder refused a line, said the way a user can act on."""
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as err:
         return f"not JSON: {err}"
     if not isinstance(obj, dict) or not isinstance(obj.get("Item"), dict):
         return "no Item object"
-    wrong = [a for a in attrs if a in obj["Item"] and not isinstance(obj["Item"][a], dict)]
+    item = obj["Item"]
+    wrong = [a for a in attrs if a in item and not isinstance(item[a], dict)]
     if wrong:
         return f"attribute {wrong[0]} is not DynamoDB JSON (a {{type: value}} object)"
-    return f"not DynamoDB JSON: {exc}"
+    for a in attrs:
+        for kind, value in item.get(a, {}).items():
+            if kind in ("S", "N") and not isinstance(value, str):
+                return f"attribute {a}: its {kind} value is a JSON {type(value).__name__}, not a string"
+    return "not DynamoDB JSON: " + str(exc).split("Json error: ", 1)[-1]
 
 
 def _np(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -201,35 +258,19 @@ def _messages(kind: str, source: str, attr: pa.Array, rows: np.ndarray, expected
             for v in values]
 
 
-def _row_lines(chunk: bytes | memoryview, rows: np.ndarray, n: int) -> list[bytes]:
-    """The raw lines behind parsed rows `rows` (pyarrow skips blank lines; so do we)."""
-    buf = np.frombuffer(chunk, dtype=np.uint8)
-    ends = np.flatnonzero(buf == 10)
-    if len(ends) == 0 or ends[-1] != len(buf) - 1:
-        ends = np.append(ends, len(buf))
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    nonblank = ends > starts
-    if int(nonblank.sum()) != n:  # whitespace-only lines somewhere: take the slow, exact way
-        lines = _lines(chunk)
-        return [lines[i] for i in rows]
-    view = memoryview(chunk)
-    firsts, lasts = starts[nonblank][rows].tolist(), ends[nonblank][rows].tolist()
-    return [bytes(view[a:b]) for a, b in zip(firsts, lasts, strict=True)]
-
-
-def convert_chunk(chunk: bytes | memoryview, cfg: Config, schema: pa.Schema, out_schema: pa.Schema,
-                  parse_threads: bool = True) -> ChunkResult:
+def convert_chunk(chunk: bytes | memoryview, cfg: Config, schema: pa.Schema, out_schema: pa.Schema) -> ChunkResult:
     """Classify and convert one chunk of lines, whole columns at a time.
 
     Pass 1 (every row, cheap validity checks): malformed, type_mismatch, filtered, missing_attribute.
     Pass 2 (only the rows still standing): the conversions (dates, ints), which can fail per row."""
     attrs = source_attributes(cfg)
     t = cfg.transform
-    table, raw, malformed = _parse(chunk, schema, attrs, parse_threads)
+    parsed = _parse(chunk, schema, attrs)
+    table = parsed.table
     result = ChunkResult(table=pa.Table.from_batches([], out_schema))
-    result.rejected.extend(("malformed_line", msg, line) for line, msg in malformed)
+    result.rejected.extend(("malformed_line", msg, line) for line, msg in parsed.malformed)
     n = table.num_rows
-    result.items_in = n + len(malformed)
+    result.items_in = n + len(parsed.malformed)
     if n == 0:
         return result
     item = table.column("Item").combine_chunks()
@@ -308,7 +349,7 @@ def convert_chunk(chunk: bytes | memoryview, cfg: Config, schema: pa.Schema, out
         mark(bad, kind, col.source, a, checks[col.source])
     rejected_rows = np.flatnonzero(reason >= 0)
     if len(rejected_rows):
-        lines = [raw[i] for i in rejected_rows] if raw else _row_lines(chunk, rejected_rows, n)
+        lines = parsed.raw_lines(chunk, rejected_rows)
         kinds = [REASONS[c] for c in reason[rejected_rows].tolist()]
         messages = ["no Item object"] * len(rejected_rows)
         infos = reason_info[rejected_rows]
@@ -357,10 +398,8 @@ def _open_data(uri: str, cfg: Config) -> Iterator[Any]:
 
 
 def transform_file(cfg: Config, store: staging.Store, month: str, part: int, uri: str,
-                   hook: Callable[[pa.Table], pa.Table] | None, task: Task | None = None,
-                   parse_threads: bool = True) -> dict[str, Any]:
-    """One export data file -> one Parquet part (+ its quarantine file). `parse_threads`: let pyarrow
-    parse a chunk on several threads (worth it only when files alone cannot keep the cores busy)."""
+                   hook: Callable[[pa.Table], pa.Table] | None, task: Task | None = None) -> dict[str, Any]:
+    """One export data file -> one Parquet part (+ its quarantine file)."""
     schema = parse_schema(cfg)
     out_schema = output_schema(cfg)
     counts: dict[str, Any] = {"items_in": 0, "written": 0, "filtered": 0, "rejected": 0,
@@ -385,7 +424,7 @@ def transform_file(cfg: Config, store: staging.Store, month: str, part: int, uri
 
         def handle(chunk: bytes | memoryview) -> None:
             nonlocal pending_rows
-            r = convert_chunk(chunk, cfg, schema, out_schema, parse_threads)
+            r = convert_chunk(chunk, cfg, schema, out_schema)
             if hook is not None and r.table.num_rows:
                 r.table = _apply_hook(hook, cfg, r.table, out_schema, counts)
             counts["items_in"] += r.items_in
@@ -622,10 +661,7 @@ def transform_month(cfg: Config, store: staging.Store, month: str, pool: ThreadP
     files = sorted(export["files"], key=lambda f: f["uri"])
     total = export.get("item_count") or export.get("describe_item_count")
     task = reporter.task(f"transform {month}", total, "items")
-    # files in parallel keep the cores busy by themselves; a month of fewer files than workers parses
-    # each chunk on threads instead (both at once is slower: GIL hand-offs)
-    threads = len(files) < cfg.transform.concurrency
-    futures = [pool.submit(transform_file, cfg, store, month, i, f["uri"], hook, task, threads)
+    futures = [pool.submit(transform_file, cfg, store, month, i, f["uri"], hook, task)
                for i, f in enumerate(files)]
     parts = [f.result() for f in futures]
     task.finish()

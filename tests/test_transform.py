@@ -129,6 +129,14 @@ _LINE_KINDS = [
     b'{"Item": 5}', b'{"Item": null}', b'{"NotItem": {}}', b'not json at all', b'{"Item": {"CustomerID": ',
     b'{"Item":{"CustomerID":{"S":"C13"},"CustomerID":{"S":"C14"},"DateTime":{"S":"2016-04-12"},"OrderID":{"S":"O"}}}',
     b"", b"   ",
+    b"null", b"[1]", b'"text"',                                                                  # not objects
+    b'{"Item":{"CustomerID":{"S":"C15\tx"},"DateTime":{"S":"2016-04-12"},"OrderID":{"S":"O15"}}}',  # raw tab
+    b'{"Item":{"CustomerID":{"S":"C16"},"DateTime":{"S":"2016-04-12"},"OrderID":{"S":"O16"}}}\r',  # CRLF
+    b'  {"Item":{"CustomerID":{"S":"C17"},"DateTime":{"S":"2016-04-12"},"OrderID":{"S":"O17"}}}\t',
+    b'{"Item":{"CustomerID":{"S":"C18"},"OrderID":{"S":"O18"}}} {"Item":{}}',                  # two values
+    b'{"Item":{"CustomerID":{"S":"C19"},"X":{"S":"a\x01b"},"DateTime":{"S":"2016-04-12"},"OrderID":{"S":"O19"}}}',
+    b'{"Item":{"CustomerID":{"S":"C\\u00e9\\ud83d\\ude00"},"DateTime":{"S":"2016-04-12"},"OrderID":{"S":"O20"}}}',
+    b'{"Item":{"CustomerID":{"S":"C21"},"DateTime":{"S":"2016-04-12"},"OrderID":{"S":"\xff"}}}',  # not UTF-8
 ]
 
 
@@ -136,12 +144,12 @@ _LINE_KINDS = [
 @given(kinds=st.lists(st.integers(0, len(_LINE_KINDS) - 1), min_size=1, max_size=80))
 def test_a_chunk_gives_what_its_lines_give_one_by_one(make_config: Callable[..., Config], kinds: list[int]) -> None:
     """Whatever mix of good, dirty and malformed lines a chunk holds, one parse of the chunk (or its halving
-    around lines pyarrow refuses) gives the rows, quarantine records and counts of its lines taken alone."""
+    around lines the decoder refuses) gives the rows, quarantine records and counts of its lines taken alone."""
     cfg = make_config()
     schema, out_schema = transform.parse_schema(cfg), transform.output_schema(cfg)
     lines = [_LINE_KINDS[k] for k in kinds]
-    whole = transform.convert_chunk(b"\n".join(lines) + b"\n", cfg, schema, out_schema, False)
-    alone = [transform.convert_chunk(line + b"\n", cfg, schema, out_schema, False) for line in lines]
+    whole = transform.convert_chunk(b"\n".join(lines) + b"\n", cfg, schema, out_schema)
+    alone = [transform.convert_chunk(line + b"\n", cfg, schema, out_schema) for line in lines]
     assert whole.items_in == sum(r.items_in for r in alone) == sum(1 for line in lines if line.strip())
     assert whole.table.to_pylist() == [row for r in alone for row in r.table.to_pylist()]
     assert sorted(whole.rejected) == sorted(x for r in alone for x in r.rejected)
@@ -151,6 +159,36 @@ def test_a_chunk_gives_what_its_lines_give_one_by_one(make_config: Callable[...,
             filtered[k] = filtered.get(k, 0) + v
     assert whole.filtered == filtered
     assert whole.items_in == whole.table.num_rows + len(whole.rejected) + sum(whole.filtered.values())
+
+
+def test_what_each_odd_line_becomes(make_config: Callable[..., Config]) -> None:
+    """The outcome of lines at the edges of JSON, in one chunk: pyarrow's reader crashed the process on a
+    `null` line; raw control bytes inside strings (which arrow-rs's decoder would take) are refused."""
+    cfg = make_config()
+    schema, out_schema = transform.parse_schema(cfg), transform.output_schema(cfg)
+    ok = b'{"Item":{"CustomerID":{"S":"C%d"},"DateTime":{"S":"2016-04-12T10:15:30Z"},"OrderID":{"S":"O%d"}}}'
+    tab = b'{"Item":{"CustomerID":{"S":"C\tX"},"DateTime":{"S":"2016-04-12"},"OrderID":{"S":"O2"}}}'
+    two = ok % (5, 5) + b" " + ok % (6, 6)
+    number = b'{"Item":{"CustomerID":{"S":"C9"},"DateTime":{"S":"2016-04-12"},"OrderID":{"S":123}}}'
+    form_feed = b'{"Item":\x0c{"CustomerID":{"S":"C10"}}}'  # not JSON whitespace
+    chunk = b"\n".join([
+        ok % (1, 1), b"null", tab, b"",
+        ok % (3, 3) + b"\r",  # CRLF line ending: whitespace
+        b"\t" + ok % (4, 4),  # a tab between tokens: whitespace
+        two,
+        b'{"Item":{"CustomerID":{"S":"C7"},"CustomerID":{"S":"C8"},"DateTime":{"S":"2016-04-12"},"OrderID":{"S":"O8"}}}',
+        number, form_feed,
+    ]) + b"\n"
+    r = transform.convert_chunk(chunk, cfg, schema, out_schema)
+    assert r.table.column("CustomerID").to_pylist() == ["C1", "C3", "C4", "C8"]  # a repeated key: the last wins
+    got = {line: (reason, message) for reason, message, line in r.rejected}
+    assert {line: reason for line, (reason, _) in got.items()} == dict.fromkeys([b"null", tab, two, number, form_feed],
+                                                                                 "malformed_line")
+    assert got[b"null"][1] == "no Item object"
+    assert got[two][1] == "more than one JSON value on the line"
+    assert got[number][1] == "attribute OrderID: its S value is a JSON int, not a string"
+    assert got[tab][1].startswith("not JSON: ") and got[form_feed][1].startswith("not JSON: ")
+    assert r.items_in == 9 == r.table.num_rows + len(r.rejected) + sum(r.filtered.values())
 
 
 def _rewrite(folder: Path, data: Path, raw: bytes, count: int) -> None:
