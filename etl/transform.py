@@ -528,20 +528,17 @@ def _read_columns(store: staging.Store, key: str, columns: list[str]) -> pa.Tabl
         return pq.read_table(pa.BufferReader(f.read()), columns=columns)
 
 
-def _duplicate_rows(pk: pa.ChunkedArray, sk: pa.ChunkedArray) -> np.ndarray:
-    """Positions (ascending) of rows whose (pk, sk) occurs more than once.
+def _duplicate_rows(pks: list[pa.Array], sks: np.ndarray) -> np.ndarray:
+    """Positions (ascending) of rows whose (pk, sk) occurs more than once; the rows are the parts' `pks`
+    one after another, `sks` their sort keys (int64, nulls as 0).
 
-    Two steps, so the common case stays cheap: sort the int64 sort keys alone (numpy's quicksort; the
-    order among equal keys does not matter, only the set of positions), keep the rows whose sort key
+    Two steps, so the common case stays cheap: sort the int64 sort keys alone, keep the rows whose sort key
     repeats, and only for those dictionary-encode the partition key and compare both."""
     empty = np.array([], dtype=np.int64)
-    sk = sk.combine_chunks()
-    sks = np.asarray((pc.fill_null(sk, 0) if sk.null_count else sk).to_numpy(zero_copy_only=False), np.int64)
     cand = _repeated(sks)
     if len(cand) == 0:
         return empty
-    sub = pk.combine_chunks().take(pa.array(cand))
-    codes = np.asarray(pc.dictionary_encode(sub).indices.to_numpy(zero_copy_only=False), np.int64)
+    codes = np.asarray(pc.dictionary_encode(_take(pks, cand)).indices.to_numpy(zero_copy_only=False), np.int64)
     csk = sks[cand]
     lo, span = int(csk.min()), int(csk.max()) - int(csk.min()) + 1
     if span < 2**31 and len(codes) < 2**31:
@@ -550,10 +547,32 @@ def _duplicate_rows(pk: pa.ChunkedArray, sk: pa.ChunkedArray) -> np.ndarray:
     return cand[_in_runs(order, (codes[order][1:] == codes[order][:-1]) & (csk[order][1:] == csk[order][:-1]))]
 
 
+def _take(arrays: list[pa.Array], positions: np.ndarray) -> pa.Array:
+    """Rows `positions` (ascending) of the arrays one after another, without joining them first."""
+    bounds = np.cumsum([0] + [len(a) for a in arrays])
+    cuts = np.searchsorted(positions, bounds)
+    pieces = [a.take(pa.array(positions[cuts[i]:cuts[i + 1]] - bounds[i]))
+              for i, a in enumerate(arrays) if cuts[i + 1] > cuts[i]]
+    return pa.concat_arrays(pieces) if pieces else arrays[0].slice(0, 0)
+
+
 def _repeated(values: np.ndarray) -> np.ndarray:
-    """Positions (ascending) of the values that occur more than once."""
-    order = np.argsort(values)
-    v = values[order]
+    """Positions (ascending) of the values that occur more than once.
+
+    The position rides in the low bits of each value, so a plain sort (numpy's SIMD quicksort) stands in
+    for an argsort and a gather (16 -> 7 ms per 860k keys, measured alone); an argsort when the values
+    span too widely to pack."""
+    n = len(values)
+    if n < 2:
+        return np.array([], dtype=np.int64)
+    lo = int(values.min())
+    bits = (n - 1).bit_length()
+    if int(values.max()) - lo < 2 ** (62 - bits):
+        packed = np.sort(((values - lo) << bits) | np.arange(n, dtype=np.int64))
+        v, order = packed >> bits, packed & ((1 << bits) - 1)
+    else:
+        order = np.argsort(values)
+        v = values[order]
     return _in_runs(order, v[1:] == v[:-1])
 
 
@@ -571,51 +590,40 @@ def find_collisions(cfg: Config, store: staging.Store, month: str, parts: list[d
     """Rows of the month that land on one destination key; the losers go to a small Parquet file.
 
     Memory stays bounded: keys are processed in buckets of CreationDateTime modulo K (equal keys share
-    a bucket), about COLLISION_BUCKET_ROWS rows each, re-reading only the key columns per bucket. The
-    parts are read on `pool` when given (the transform's workers are idle by then)."""
+    a bucket), about COLLISION_BUCKET_ROWS rows each, re-reading only the key columns (and OrderID) per
+    bucket. The parts are read on `pool` when given (the transform's workers are idle by then)."""
     run: Callable[..., Iterator[Any]] = pool.map if pool is not None else map
     pk, sk = cfg.destination.partition_key, cfg.destination.sort_key
     order_col = "OrderID" if any(c.name == "OrderID" for c in cfg.transform.columns) else None
+    columns = [pk, sk, *([order_col] if order_col else [])]
     total = sum(p["rows"] for p in parts)
     k = math.ceil(total / COLLISION_BUCKET_ROWS)  # buckets; none for a month without rows
     found: list[pa.Table] = []
     for bucket in range(k):
 
-        def keys_of(p: dict[str, Any], bucket: int = bucket) -> tuple[pa.Table, np.ndarray, np.ndarray]:
-            t = _read_columns(store, p["output"], [pk, sk])
+        def keys_of(p: dict[str, Any], bucket: int = bucket) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
+            t = _read_columns(store, p["output"], columns).combine_chunks()
+            skc = t[sk]
+            skv = np.asarray((pc.fill_null(skc, 0) if skc.null_count else skc).to_numpy(), np.int64)
             rows = np.arange(t.num_rows, dtype=np.int64)
             if k > 1:
-                skv = np.asarray(pc.fill_null(t[sk], 0).to_numpy())
                 rows = np.flatnonzero(np.abs(skv) % k == bucket)
-                t = t.take(pa.array(rows))
-            return t, np.full(len(rows), p["part"], np.int32), rows
+                t, skv = t.take(pa.array(rows)), skv[rows]
+            return t, skv, np.full(len(rows), p["part"], np.int32), rows
 
-        tables, part_of, row_of = (list(x) for x in zip(*run(keys_of, parts), strict=True))
-        keys = pa.concat_tables(tables).combine_chunks()
-        dup = _duplicate_rows(keys[pk], keys[sk])
+        tables, sks, part_of, row_of = (list(x) for x in zip(*run(keys_of, parts), strict=True))
+        skv = np.concatenate(sks)
+        cols = {c: [t[c].combine_chunks() for t in tables] for c in columns}
+        dup = _duplicate_rows(cols[pk], skv)
         if len(dup):
-            at = pa.array(dup)
-            found.append(pa.table({pk: keys[pk].take(at), sk: keys[sk].take(at),
+            found.append(pa.table({**{c: _take(cols[c], dup) for c in columns},
                                    "_part": pa.array(np.concatenate(part_of)[dup]),
                                    "_row": pa.array(np.concatenate(row_of)[dup])}))
-        del keys, tables
+        del tables, sks, skv, cols
     if not found:
         store.delete(staging.state_key(month, COLLISIONS))
         return {"rows": 0, "keys": 0, "losers": 0, "examples": []}
-    rows = pa.concat_tables(found).sort_by([("_part", "ascending"), ("_row", "ascending")])
-    if order_col:  # fetch the OrderIDs of just these rows, part by part
-        part_of_row = rows["_part"].to_numpy()
-        row_in_part = rows["_row"].to_numpy()
-
-        def orders_of(p: dict[str, Any]) -> pa.Array | None:
-            lo, hi = np.searchsorted(part_of_row, p["part"], "left"), np.searchsorted(part_of_row, p["part"], "right")
-            if hi == lo:
-                return None
-            col = _read_columns(store, p["output"], [order_col])[order_col]
-            return col.take(pa.array(row_in_part[lo:hi])).combine_chunks()
-
-        pieces = [x for x in run(orders_of, sorted(parts, key=lambda p: p["part"])) if x is not None]
-        rows = rows.append_column(order_col, pa.chunked_array(pieces, pa.string()))
+    rows = pa.concat_tables(found)
     sort = [(pk, "ascending"), (sk, "ascending")]
     if order_col:
         sort.append((order_col, "descending"))
