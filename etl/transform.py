@@ -111,6 +111,10 @@ class ChunkResult:
 
 _BLANK = b" \t\r"  # JSON whitespace besides the newline: a line of only these is blank (skipped)
 _CONTROL = re.compile(rb"[\x00-\x1f]")  # raw control bytes: legal in JSON only as whitespace between tokens
+# an escaped high surrogate of a character from U+20000 up: arrow-rs 57 decodes those pairs wrongly (it ORs in
+# the 0x10000 instead of adding it: "\ud840\udc00" reads as U+10000, not U+20000), so such lines are re-encoded
+# with orjson (exact, raw UTF-8) before the decoder sees them
+_ASTRAL = re.compile(rb"\\u[dD](?:8[4-9a-fA-F]|9[0-9a-fA-F]|[abAB][0-9a-fA-F])")
 
 
 def _lines(chunk: bytes | memoryview) -> list[bytes]:
@@ -123,7 +127,8 @@ def _decode(data: bytes | memoryview, schema: pa.Schema) -> pa.Table:
     It checks what pyarrow's reader checks for the mapped attributes (a value of the wrong JSON type
     refuses the line), nesting, colons, escapes and UTF-8, releases the GIL, and parses twice as fast
     (BENCHMARKS.md). It reads commas as separators and does not check number syntax (neither matters in
-    DynamoDB JSON, which has no bare numbers); raw control bytes are caught by `_parse`."""
+    DynamoDB JSON, which has no bare numbers); raw control bytes and the surrogate pairs it decodes wrongly
+    are dealt with by `_parse`."""
     return pa.table(aio.read_json(pa.BufferReader(pa.py_buffer(data)), schema))
 
 
@@ -148,14 +153,16 @@ def _parse(chunk: bytes | memoryview, schema: pa.Schema, attrs: list[str]) -> Pa
     """Parse a chunk of lines into rows of the explicit schema, one row per line, or say why a line is not one.
 
     Fast path (the whole chunk in one call) when the chunk is plainly one object per line: every line
-    starts with `{` and ends with `}`, no control byte but the newlines, and the decoder gives exactly one
-    row per line. Otherwise, line by line: blank lines are skipped, a line with a raw control byte must be
-    strict JSON (orjson), and the rest is decoded in halves until every refused line stands alone, so one
-    bad line in an 8 MB chunk costs a few decodes of it, not one per line."""
+    starts with `{` and ends with `}`, no control byte but the newlines, no escaped surrogate the decoder
+    gets wrong, and the decoder gives exactly one row per line. Otherwise, line by line: blank lines are
+    skipped, a line with a raw control byte or such an escape must be strict JSON (orjson; the escape is
+    re-encoded), and the lines are decoded in halves until every refused line stands alone, so one bad line
+    in an 8 MB chunk costs a few decodes of it, not one per line. Raw lines are always the file's bytes."""
     buf = np.frombuffer(chunk, dtype=np.uint8)
     ends = np.flatnonzero(buf == 10)
     if (len(ends) and ends[-1] == len(buf) - 1 and buf[0] == 123 and np.count_nonzero(buf < 32) == len(ends)
-            and bool((buf[ends - 1] == 125).all()) and bool((buf[ends[:-1] + 1] == 123).all())):
+            and bool((buf[ends - 1] == 125).all()) and bool((buf[ends[:-1] + 1] == 123).all())
+            and not (np.count_nonzero(buf == 92) and _ASTRAL.search(chunk))):
         try:
             table = _decode(chunk, schema)
             if table.num_rows == len(ends):
@@ -163,15 +170,21 @@ def _parse(chunk: bytes | memoryview, schema: pa.Schema, attrs: list[str]) -> Pa
         except pa.ArrowInvalid:
             pass
     bad: list[tuple[bytes, str]] = []
-    lines: list[bytes] = []
+    lines: list[bytes] = []  # as in the file
+    texts: list[bytes] = []  # what the decoder reads
     for line in _lines(chunk):
-        if _CONTROL.search(line):  # the decoder would take a raw tab or CR inside a string: orjson checks
+        text = line
+        astral = b"\\" in line and _ASTRAL.search(line)
+        if astral or _CONTROL.search(line):  # the decoder would take a raw tab or CR inside a string
             try:
-                orjson.loads(line)
+                obj = orjson.loads(line)
             except orjson.JSONDecodeError as err:
                 bad.append((line, f"not JSON: {err}"))
                 continue
+            if astral:
+                text = orjson.dumps(obj)
         lines.append(line)
+        texts.append(text)
     tables: list[pa.Table] = []
     good: list[bytes] = []
     todo = [(0, len(lines))]  # line ranges, taken in file order
@@ -180,7 +193,7 @@ def _parse(chunk: bytes | memoryview, schema: pa.Schema, attrs: list[str]) -> Pa
         if hi == lo:
             continue
         try:
-            t = _decode(b"\n".join(lines[lo:hi]), schema)
+            t = _decode(b"\n".join(texts[lo:hi]), schema)
             if t.num_rows == hi - lo:
                 tables.append(t)
                 good.extend(lines[lo:hi])
@@ -190,7 +203,7 @@ def _parse(chunk: bytes | memoryview, schema: pa.Schema, attrs: list[str]) -> Pa
                 continue
         except pa.ArrowInvalid as exc:
             if hi - lo == 1:
-                bad.append((lines[lo], _refused(lines[lo], attrs, exc)))
+                bad.append((lines[lo], _refused(texts[lo], attrs, exc)))
                 continue
         mid = (lo + hi) // 2
         todo += [(mid, hi), (lo, mid)]

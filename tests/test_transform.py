@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import json
@@ -17,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from etl import staging, transform
+from etl import ddbjson, staging, transform
 from etl.config import Config
 from etl.ddbjson import decode
 from etl.errors import EtlError, StageNotReady
@@ -189,6 +190,47 @@ def test_what_each_odd_line_becomes(make_config: Callable[..., Config]) -> None:
     assert got[number][1] == "attribute OrderID: its S value is a JSON int, not a string"
     assert got[tab][1].startswith("not JSON: ") and got[form_feed][1].startswith("not JSON: ")
     assert r.items_in == 9 == r.table.num_rows + len(r.rejected) + sum(r.filtered.values())
+
+
+_leaf = st.one_of(
+    st.builds(lambda s: {"S": s}, st.text()), st.builds(lambda n: {"N": str(n)}, st.integers()),
+    st.builds(lambda b: {"B": base64.b64encode(b).decode()}, st.binary(max_size=8)), st.builds(lambda b: {"BOOL": b}, st.booleans()),
+    st.just({"NULL": True}), st.builds(lambda x: {"SS": sorted(x)}, st.sets(st.text(), min_size=1, max_size=3)),
+    st.builds(lambda x: {"NS": [str(v) for v in sorted(x)]}, st.sets(st.integers(), min_size=1, max_size=3)),
+)
+_value = st.recursive(_leaf, lambda inner: st.one_of(
+    st.builds(lambda v: {"L": v}, st.lists(inner, max_size=3)),
+    st.builds(lambda v: {"M": v}, st.dictionaries(st.text(max_size=5), inner, max_size=3))), max_leaves=6)
+_items = st.lists(st.tuples(
+    st.text(min_size=1), st.text(min_size=1),
+    st.integers(min_value=-(2**35), max_value=2**35),
+    st.dictionaries(st.text(max_size=8).filter(lambda k: k not in ("CustomerID", "DateTime", "OrderID")),
+                    _value, max_size=3),
+    st.booleans()), min_size=1, max_size=20)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(items=_items)
+def test_any_item_text_reads_back_exactly(make_config: Callable[..., Config],
+                                          items: list[tuple[str, str, int, dict[str, Any], bool]]) -> None:
+    """Any text in the mapped attributes (quotes, backslashes, control characters, astral characters) and any
+    other attributes of every DynamoDB type, written as orjson or as ASCII-escaped JSON: the rows hold exactly
+    what json.loads reads from each line."""
+    cfg = make_config()
+    schema, out_schema = transform.parse_schema(cfg), transform.output_schema(cfg)
+    lines = []
+    for cid, oid, epoch, extra, ascii_only in items:
+        item = {**extra, "CustomerID": {"S": cid}, "DateTime": {"N": str(epoch)}, "OrderID": {"S": oid}}
+        lines.append(json.dumps({"Item": item}, ensure_ascii=True).encode() if ascii_only
+                     else ddbjson.export_line(item).rstrip(b"\n"))
+    r = transform.convert_chunk(b"\n".join(lines) + b"\n", cfg, schema, out_schema)
+    want = []
+    for line in lines:
+        item = json.loads(line)["Item"]
+        epoch = int(item["DateTime"]["N"])
+        want.append({"CustomerID": item["CustomerID"]["S"], "CreationDateTime": epoch,
+                     "OrderID": item["OrderID"]["S"], "ExpirationTimestamp": epoch + 31536000})
+    assert r.rejected == [] and r.table.to_pylist() == want
 
 
 def _rewrite(folder: Path, data: Path, raw: bytes, count: int) -> None:
