@@ -116,22 +116,28 @@ def _head_seconds(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return days_from_civil(y, mo, np.where(ok, day, 1)) * 86400 + h * 3600 + mi * 60 + s, ok
 
 
+def _valid(a: pa.Array) -> np.ndarray:
+    return np.asarray(pc.is_valid(a).to_numpy(zero_copy_only=False), dtype=bool)
+
+
 def _fast_path(values: pa.Array) -> pa.Array:
     """The common shape `yyyy-MM-ddTHH:mm:ss[.fff](Z|+HH:MM)`: the head read from its bytes
     (`_head_seconds`), the tail's offset computed once per distinct tail. Null where the shape does not
     fit (the general path then decides)."""
     secs, ok = _head_seconds(values)
-    # drop the fraction first, so the distinct tails are the few zones, not zones x milliseconds
-    tail = pc.replace_substring_regex(pc.utf8_slice_codeunits(values, _HEAD), r"^[.,]\d{1,9}", "")
-    tails = pc.dictionary_encode(tail)
-    if len(tails.dictionary) > _MAX_SUFFIXES:
+    # the distinct tails (zones x fractions), then each with its fraction dropped: the few zones
+    tails = pc.dictionary_encode(pc.utf8_slice_codeunits(values, _HEAD))
+    zones = pc.dictionary_encode(pc.replace_substring_regex(tails.dictionary, r"^[.,]\d{1,9}", ""))
+    if len(zones.dictionary) > _MAX_SUFFIXES:
         return pa.nulls(len(values), pa.int64())
-    offsets = [_suffix_offset(x) for x in tails.dictionary.to_pylist()]
+    offsets = [_suffix_offset(x) for x in zones.dictionary.to_pylist()]
     known = np.array([o is not None for o in offsets], dtype=bool)
     table = np.array([o or 0 for o in offsets], dtype=np.int64)
+    zone_of = np.asarray(zones.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
     idx = np.asarray(pc.fill_null(tails.indices, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
     if len(table):
-        ok &= known[idx] & np.asarray(pc.is_valid(tails.indices).to_numpy(zero_copy_only=False), dtype=bool)
+        idx = zone_of[idx]
+        ok &= known[idx] & _valid(tails.indices)
         secs = secs - table[idx]
     else:
         ok[:] = False

@@ -243,6 +243,17 @@ def _np(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return bits[a.offset : a.offset + len(a)].view(bool)
 
 
+def _empty(strings: pa.Array) -> np.ndarray:
+    """Where a string array holds "" (nulls: False), from its offsets: a fifth of the cost of comparing."""
+    if len(strings) == 0:
+        return np.zeros(0, dtype=bool)
+    if strings.type != pa.string():
+        return _np(pc.fill_null(pc.equal(strings, ""), False))
+    offsets = np.frombuffer(strings.buffers()[1], dtype=np.int32, count=len(strings) + 1, offset=strings.offset * 4)
+    empty = offsets[1:] == offsets[:-1]
+    return empty & _np(pc.is_valid(strings)) if strings.null_count else empty
+
+
 def _actual_type(line: bytes, source: str) -> str:
     """The DynamoDB type of a rejected value that is neither S nor N, read from its raw line."""
     try:
@@ -259,11 +270,14 @@ def _messages(kind: str, source: str, attr: pa.Array, rows: np.ndarray, expected
         return [f"{source} is missing"] * len(rows)
     at = pa.array(rows, pa.int64())
     kinds = [k for k in ("S", "N") if attr.type.get_field_index(k) >= 0]
-    if kind == "type_mismatch":
-        has = [pc.is_valid(attr.field(k).take(at)).to_pylist() for k in kinds]
-        return [f"{source}: expected {expected}, got "
-                + ("/".join(k for k, h in zip(kinds, has, strict=True) if h[j]) or _actual_type(line, source))
-                for j, line in enumerate(lines)]
+    if kind == "type_mismatch":  # the few distinct messages, by which of S and N each row has
+        code = np.zeros(len(rows), dtype=np.int64)
+        for bit, k in enumerate(kinds):
+            code |= _np(pc.is_valid(attr.field(k).take(at))).astype(np.int64) << bit
+        head = f"{source}: expected {expected}, got "
+        text = {c: head + "/".join(k for bit, k in enumerate(kinds) if c >> bit & 1) for c in np.unique(code).tolist()}
+        return [text[c] if c else head + _actual_type(line, source)
+                for c, line in zip(code.tolist(), lines, strict=True)]
     values = pc.coalesce(*[attr.field(k).take(at) for k in kinds]).to_pylist()
     if kind == "bad_int":
         return [f"{source}: {v!r} is not an integer" for v in values]
@@ -321,7 +335,7 @@ def convert_chunk(chunk: bytes | memoryview, cfg: Config, schema: pa.Schema, out
     # filters: rows that are not orders are not errors
     for name in t.non_empty:
         s_val = item.field(name).field("S")
-        empty = _np(pc.fill_null(pc.equal(s_val, ""), False))
+        empty = _empty(s_val)
         mask = (~present_of[name] | empty) & has_item & (reason < 0) & ~filtered
         for label, m in ((f"empty_{name}", mask & empty), (f"missing_{name}", mask & ~empty)):
             if m.any():
