@@ -548,11 +548,14 @@ def _apply_hook(hook: Callable[[pa.Table], pa.Table], cfg: Config, table: pa.Tab
 COLLISION_BUCKET_ROWS = int(os.environ.get("ETL_COLLISION_BUCKET_ROWS", 1_000_000))
 
 
-def _read_columns(store: staging.Store, key: str, columns: list[str]) -> pa.Table:
-    if isinstance(store, staging.LocalStore):  # read just those column chunks
-        return pq.read_table(store.key_uri(key), columns=columns)
-    with store.open_read(key) as f:
-        return pq.read_table(pa.BufferReader(f.read()), columns=columns)
+def _batches(store: staging.Store, key: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """Those columns of a Parquet part, a row group at a time (a local file reads just those column chunks)."""
+    if isinstance(store, staging.LocalStore):
+        source: Any = store.key_uri(key)
+    else:
+        with store.open_read(key) as f:
+            source = pa.BufferReader(f.read())
+    yield from pq.ParquetFile(source).iter_batches(batch_size=1 << 17, columns=columns)
 
 
 def _duplicate_rows(pks: list[pa.Array], sks: np.ndarray) -> np.ndarray:
@@ -628,25 +631,30 @@ def find_collisions(cfg: Config, store: staging.Store, month: str, parts: list[d
     found: list[pa.Table] = []
     for bucket in range(k):
 
-        def keys_of(p: dict[str, Any], bucket: int = bucket) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
-            t = _read_columns(store, p["output"], columns).combine_chunks()
-            skc = t[sk]
-            skv = np.asarray((pc.fill_null(skc, 0) if skc.null_count else skc).to_numpy(), np.int64)
-            rows = np.arange(t.num_rows, dtype=np.int64)
-            if k > 1:
-                rows = np.flatnonzero(np.abs(skv) % k == bucket)
-                t, skv = t.take(pa.array(rows)), skv[rows]
-            return t, skv, np.full(len(rows), p["part"], np.int32), rows
+        def keys_of(p: dict[str, Any], bucket: int = bucket) -> list[tuple[pa.RecordBatch, np.ndarray, np.ndarray]]:
+            """This bucket's rows of a part, a row group at a time: (columns, sort keys, row numbers)."""
+            out, start = [], 0
+            for b in _batches(store, p["output"], columns):
+                skc = b.column(sk)
+                skv = np.asarray((pc.fill_null(skc, 0) if skc.null_count else skc).to_numpy(), np.int64)
+                rows = np.arange(start, start + b.num_rows, dtype=np.int64)
+                if k > 1:
+                    keep = np.flatnonzero(np.abs(skv) % k == bucket)
+                    b, skv, rows = b.take(pa.array(keep)), skv[keep], rows[keep]
+                out.append((b, skv, rows))
+                start += len(skc)
+            return out
 
-        tables, sks, part_of, row_of = (list(x) for x in zip(*run(keys_of, parts), strict=True))
-        skv = np.concatenate(sks)
-        cols = {c: [t[c].combine_chunks() for t in tables] for c in columns}
-        dup = _duplicate_rows(cols[pk], skv)
+        got = [(p["part"], piece) for p, pieces in zip(parts, run(keys_of, parts), strict=True) for piece in pieces]
+        skv = np.concatenate([s for _, (_, s, _) in got]) if got else np.zeros(0, np.int64)
+        cols = {c: [b.column(c) for _, (b, _, _) in got] for c in columns}
+        dup = _duplicate_rows(cols[pk], skv) if got else skv
         if len(dup):
+            part_of = np.concatenate([np.full(len(r), part, np.int32) for part, (_, _, r) in got])
+            row_of = np.concatenate([r for _, (_, _, r) in got])
             found.append(pa.table({**{c: _take(cols[c], dup) for c in columns},
-                                   "_part": pa.array(np.concatenate(part_of)[dup]),
-                                   "_row": pa.array(np.concatenate(row_of)[dup])}))
-        del tables, sks, skv, cols
+                                   "_part": pa.array(part_of[dup]), "_row": pa.array(row_of[dup])}))
+        del got, skv, cols
     if not found:
         store.delete(staging.state_key(month, COLLISIONS))
         return {"rows": 0, "keys": 0, "losers": 0, "examples": []}
