@@ -55,7 +55,9 @@ def run(quick: bool) -> str:
     big = generate(1000, 1) if not quick else generate(80, 1)
     one = run_contender("bench.transform", "ours", {"folder": big["folder"], "out": str(out)}, repeat=1)
     spread = {n: f"{min(results[n]['runs']):.2f}-{max(results[n]['runs']):.2f} s" for n in ("ours", "duckdb")}
-    lines += ["", f"Run to run: ours {spread['ours']}, DuckDB {spread['duckdb']} (this VM's speed drifts by a few %)."]
+    wins = sum(a < b for a, b in zip(results["ours"]["runs"], results["duckdb"]["runs"], strict=True))
+    lines += ["", f"Run to run: ours {spread['ours']}, DuckDB {spread['duckdb']} (this VM's speed drifts by a few %); "
+              f"ours was the faster of the pair in {wins} of {len(results['ours']['runs'])} rounds."]
     lines += ["", f"Memory bound, one {big['uncompressed_bytes'] / 1e6:,.0f} MB (uncompressed) data file: ours took "
               f"{one['seconds']:.1f} s at a peak RSS of {one['peak_rss_mb']:,.0f} MB (bound: 512 MB).",
               "", "Command: `make bench ARGS=transform` (writes this section). Row counts differ slightly: "

@@ -21,8 +21,9 @@ import io
 import math
 import os
 import re
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -425,8 +426,10 @@ def _open_data(uri: str, cfg: Config) -> Iterator[Any]:
 
 
 def transform_file(cfg: Config, store: staging.Store, month: str, part: int, uri: str,
-                   hook: Callable[[pa.Table], pa.Table] | None, task: Task | None = None) -> dict[str, Any]:
-    """One export data file -> one Parquet part (+ its quarantine file)."""
+                   hook: Callable[[pa.Table], pa.Table] | None, task: Task | None = None,
+                   kept: KeptKeys | None = None) -> dict[str, Any]:
+    """One export data file -> one Parquet part (+ its quarantine file); what it writes also goes to `kept`
+    (the collision check's keys) when given."""
     schema = parse_schema(cfg)
     out_schema = output_schema(cfg)
     counts: dict[str, Any] = {"items_in": 0, "written": 0, "filtered": 0, "rejected": 0,
@@ -446,6 +449,8 @@ def transform_file(cfg: Config, store: staging.Store, month: str, part: int, uri
                 t = pa.concat_tables(pending)
                 take = min(cfg.transform.row_group_rows, t.num_rows)
                 writer.write_table(t.slice(0, take), row_group_size=take)
+                if kept is not None:
+                    kept.add(part, t.slice(0, take))
                 rest = t.slice(take)
                 pending, pending_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
 
@@ -615,13 +620,51 @@ def _in_runs(order: np.ndarray, same: np.ndarray) -> np.ndarray:
     return np.sort(order[dup])
 
 
+def _sort_keys(batch: pa.RecordBatch, sk: str) -> np.ndarray:
+    """The sort key column as int64 numpy, nulls as 0."""
+    skc = batch.column(sk)
+    return np.asarray((pc.fill_null(skc, 0) if skc.null_count else skc).to_numpy(), np.int64)
+
+
+class KeptKeys:
+    """The key columns (and OrderID) of each part as it is written, with the sort keys as numpy, made on the
+    transform's workers; kept only while the month's rows fit one collision bucket (COLLISION_BUCKET_ROWS),
+    so that the check after the last file reads nothing back."""
+
+    def __init__(self, columns: list[str], sort_key: str, limit: int) -> None:
+        self.columns, self.sort_key, self.limit = columns, sort_key, limit
+        self.rows = 0
+        self.parts: dict[int, list[tuple[pa.RecordBatch, np.ndarray]]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, part: int, table: pa.Table) -> None:
+        if self.rows > self.limit:
+            return
+        pieces = []
+        for b in table.select(self.columns).to_batches():
+            pieces.append((b, _sort_keys(b, self.sort_key)))
+        with self._lock:
+            self.rows += table.num_rows
+            if self.rows > self.limit:  # more than one bucket: the check reads the parts back, bucket by bucket
+                self.parts.clear()
+            else:
+                self.parts.setdefault(part, []).extend(pieces)
+
+    def of(self, part: int, rows: int) -> list[tuple[pa.RecordBatch, np.ndarray]] | None:
+        """The part's pieces in file order, or None when they were not (all) kept."""
+        with self._lock:
+            got = None if self.rows > self.limit else list(self.parts.get(part, []))
+        return got if got is not None and sum(len(s) for _, s in got) == rows else None
+
+
 def find_collisions(cfg: Config, store: staging.Store, month: str, parts: list[dict[str, Any]],
-                    pool: ThreadPoolExecutor | None = None) -> dict[str, Any]:
+                    pool: ThreadPoolExecutor | None = None, kept: KeptKeys | None = None) -> dict[str, Any]:
     """Rows of the month that land on one destination key; the losers go to a small Parquet file.
 
     Memory stays bounded: keys are processed in buckets of CreationDateTime modulo K (equal keys share
     a bucket), about COLLISION_BUCKET_ROWS rows each, re-reading only the key columns (and OrderID) per
-    bucket. The parts are read on `pool` when given (the transform's workers are idle by then)."""
+    bucket; a month of one bucket takes them from `kept` instead, when given. The parts are read on `pool`
+    when given (the transform's workers are idle by then)."""
     run: Callable[..., Iterator[Any]] = pool.map if pool is not None else map
     pk, sk = cfg.destination.partition_key, cfg.destination.sort_key
     order_col = "OrderID" if any(c.name == "OrderID" for c in cfg.transform.columns) else None
@@ -634,15 +677,17 @@ def find_collisions(cfg: Config, store: staging.Store, month: str, parts: list[d
         def keys_of(p: dict[str, Any], bucket: int = bucket) -> list[tuple[pa.RecordBatch, np.ndarray, np.ndarray]]:
             """This bucket's rows of a part, a row group at a time: (columns, sort keys, row numbers)."""
             out, start = [], 0
-            for b in _batches(store, p["output"], columns):
-                skc = b.column(sk)
-                skv = np.asarray((pc.fill_null(skc, 0) if skc.null_count else skc).to_numpy(), np.int64)
-                rows = np.arange(start, start + b.num_rows, dtype=np.int64)
+            held = kept.of(p["part"], p["rows"]) if kept is not None and k == 1 else None
+            mine: Iterable[tuple[pa.RecordBatch, np.ndarray]] = (
+                held if held is not None else ((b, _sort_keys(b, sk)) for b in _batches(store, p["output"], columns)))
+            for b, skv in mine:
+                n = b.num_rows
+                rows = np.arange(start, start + n, dtype=np.int64)
                 if k > 1:
                     keep = np.flatnonzero(np.abs(skv) % k == bucket)
                     b, skv, rows = b.take(pa.array(keep)), skv[keep], rows[keep]
                 out.append((b, skv, rows))
-                start += len(skc)
+                start += n
             return out
 
         got = [(p["part"], piece) for p, pieces in zip(parts, run(keys_of, parts), strict=True) for piece in pieces]
@@ -704,7 +749,10 @@ def transform_month(cfg: Config, store: staging.Store, month: str, pool: ThreadP
     files = sorted(export["files"], key=lambda f: f["uri"])
     total = export.get("item_count") or export.get("describe_item_count")
     task = reporter.task(f"transform {month}", total, "items")
-    futures = [pool.submit(transform_file, cfg, store, month, i, f["uri"], hook, task)
+    names = output_schema(cfg).names
+    kept = KeptKeys([c for c in (cfg.destination.partition_key, cfg.destination.sort_key, "OrderID") if c in names],
+                    cfg.destination.sort_key, COLLISION_BUCKET_ROWS)
+    futures = [pool.submit(transform_file, cfg, store, month, i, f["uri"], hook, task, kept)
                for i, f in enumerate(files)]
     parts = [f.result() for f in futures]
     task.finish()
@@ -721,7 +769,8 @@ def transform_month(cfg: Config, store: staging.Store, month: str, pool: ThreadP
             f"transform {month}: read {totals['items_in']} items, but the export says {total}",
             hint=f"the export looks incomplete: `etl export --month {month} --force`",
         )
-    collisions = find_collisions(cfg, store, month, parts, pool)
+    collisions = find_collisions(cfg, store, month, parts, pool, kept)
+    del kept
     if collisions["keys"]:
         reporter.warn(f"transform {month}: {collisions['rows']} rows share {collisions['keys']} destination keys; "
                       f"{collisions['losers']} will not be loaded ({collisions['winner_rule']} wins)")

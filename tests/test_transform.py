@@ -311,7 +311,7 @@ def test_collisions_match_a_plain_python_count(make_config: Callable[..., Config
     with tempfile.TemporaryDirectory() as d:
         cfg = make_config(root=d)
         store = staging.open_store(cfg.staging.root, cfg.staging)
-        listed = []
+        listed, tables = [], []
         for i, rows in enumerate(parts):
             key = staging.transformed_key(M, i)
             t = pa.table({"CustomerID": [r[0] for r in rows], "CreationDateTime": [r[1] for r in rows],
@@ -321,7 +321,17 @@ def test_collisions_match_a_plain_python_count(make_config: Callable[..., Config
             pq.write_table(t, buf)
             store.write(key, buf.getvalue())
             listed.append({"part": i, "output": key, "rows": len(rows)})
+            tables.append(t)
         c = transform.find_collisions(cfg, store, M, listed)
+        # the same from the keys kept as the parts were written (in two pieces each), when the month fits a bucket
+        kept = transform.KeptKeys(["CustomerID", "CreationDateTime", "OrderID"], "CreationDateTime", bucket_rows)
+        for i, t in enumerate(tables):
+            kept.add(i, t.slice(0, t.num_rows // 2))
+            kept.add(i, t.slice(t.num_rows // 2))
+        if sum(map(len, parts)) <= bucket_rows:  # one bucket: nothing is read back (the parts could be gone)
+            for entry in listed:
+                store.delete(entry["output"])
+        assert transform.find_collisions(cfg, store, M, listed, kept=kept) == c
         groups: dict[tuple[str, int], list[tuple[str, int, int]]] = {}
         for i, rows in enumerate(parts):
             for j, (cid, ts, oid) in enumerate(rows):
