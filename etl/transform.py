@@ -112,9 +112,9 @@ class ChunkResult:
 
 _BLANK = b" \t\r"  # JSON whitespace besides the newline: a line of only these is blank (skipped)
 _CONTROL = re.compile(rb"[\x00-\x1f]")  # raw control bytes: legal in JSON only as whitespace between tokens
-# an escaped high surrogate of a character from U+20000 up: arrow-rs 57 decodes those pairs wrongly (it ORs in
-# the 0x10000 instead of adding it: "\ud840\udc00" reads as U+10000, not U+20000), so such lines are re-encoded
-# with orjson (exact, raw UTF-8) before the decoder sees them
+# an escaped high surrogate of a character from U+20000 up: arrow-rs (in arro3-io 0.9) decodes those pairs
+# wrongly (it ORs in the 0x10000 instead of adding it: "\ud840\udc00" reads as U+10000, not U+20000), so such
+# lines are re-encoded with orjson (exact, raw UTF-8) before the decoder sees them
 _ASTRAL = re.compile(rb"\\u[dD](?:8[4-9a-fA-F]|9[0-9a-fA-F]|[abAB][0-9a-fA-F])")
 
 
