@@ -15,6 +15,7 @@ them. The winner is the row with the greatest OrderID (then the first in file or
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib
 import io
@@ -24,7 +25,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -427,9 +428,12 @@ def _open_data(uri: str, cfg: Config) -> Iterator[Any]:
 
 def transform_file(cfg: Config, store: staging.Store, month: str, part: int, uri: str,
                    hook: Callable[[pa.Table], pa.Table] | None, task: Task | None = None,
-                   kept: KeptKeys | None = None) -> dict[str, Any]:
+                   kept: KeptKeys | None = None, helpers: int = 0) -> dict[str, Any]:
     """One export data file -> one Parquet part (+ its quarantine file); what it writes also goes to `kept`
-    (the collision check's keys) when given."""
+    (the collision check's keys) when given.
+
+    `helpers` > 0 (a month of fewer files than workers): chunks are converted on helpers + 1 threads while
+    this one decompresses, and their results are taken in file order, so the output is the same."""
     schema = parse_schema(cfg)
     out_schema = output_schema(cfg)
     counts: dict[str, Any] = {"items_in": 0, "written": 0, "filtered": 0, "rejected": 0,
@@ -454,9 +458,25 @@ def transform_file(cfg: Config, store: staging.Store, month: str, part: int, uri
                 rest = t.slice(take)
                 pending, pending_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
 
-        def handle(chunk: bytes | memoryview) -> None:
+        ahead: collections.deque[tuple[Future[ChunkResult], int]] = collections.deque()
+        converters = ThreadPoolExecutor(helpers + 1, thread_name_prefix=f"part{part}") if helpers > 0 else None
+
+        def submit(chunk: bytes | memoryview) -> None:
+            if converters is None:
+                handle(convert_chunk(chunk, cfg, schema, out_schema), len(chunk))
+                return
+            ahead.append((converters.submit(convert_chunk, chunk, cfg, schema, out_schema), len(chunk)))
+            while len(ahead) > helpers + 1:
+                drain(1)
+
+        def drain(n: int | None = None) -> None:
+            while ahead and (n is None or n > 0):
+                fut, size = ahead.popleft()
+                handle(fut.result(), size)
+                n = None if n is None else n - 1
+
+        def handle(r: ChunkResult, size: int) -> None:
             nonlocal pending_rows
-            r = convert_chunk(chunk, cfg, schema, out_schema)
             if hook is not None and r.table.num_rows:
                 r.table = _apply_hook(hook, cfg, r.table, out_schema, counts)
             counts["items_in"] += r.items_in
@@ -476,7 +496,7 @@ def transform_file(cfg: Config, store: staging.Store, month: str, part: int, uri
                 pending_rows += r.table.num_rows
                 flush()
             if task is not None:  # items of the known total, and uncompressed MB read by every task together
-                task.advance(r.items_in, add={"MB": len(chunk) / 1e6})
+                task.advance(r.items_in, add={"MB": size / 1e6})
 
         try:
             carry = b""
@@ -484,6 +504,7 @@ def transform_file(cfg: Config, store: staging.Store, month: str, part: int, uri
                 try:
                     block = stream.read(CHUNK)
                 except (OSError, EOFError) as exc:
+                    drain()
                     reached = counts["items_in"] + carry.count(b"\n")
                     raise EtlError(
                         f"{uri}: the gzip data ends early ({exc}) after line {reached}; "
@@ -494,7 +515,7 @@ def transform_file(cfg: Config, store: staging.Store, month: str, part: int, uri
                 counts["bytes"] = counts.get("bytes", 0) + len(block)
                 if not block:
                     if carry.strip():
-                        handle(carry + b"\n")
+                        submit(carry + b"\n")
                     break
                 first = block.find(b"\n")
                 if first < 0:
@@ -502,14 +523,17 @@ def transform_file(cfg: Config, store: staging.Store, month: str, part: int, uri
                     continue
                 start = 0
                 if carry:  # finish the line the last block cut on its own: the big block is never copied
-                    handle(carry + block[: first + 1])
+                    submit(carry + block[: first + 1])
                     start = first + 1
                 cut = block.rfind(b"\n")
                 if cut >= start:
-                    handle(memoryview(block)[start : cut + 1])
+                    submit(memoryview(block)[start : cut + 1])
                 carry = block[cut + 1 :]
+            drain()
             flush(final=True)
         finally:
+            if converters is not None:
+                converters.shutdown(wait=True, cancel_futures=True)
             writer.close()
     rej_gz.close()
     if counts["rejected"]:
@@ -752,7 +776,9 @@ def transform_month(cfg: Config, store: staging.Store, month: str, pool: ThreadP
     names = output_schema(cfg).names
     kept = KeptKeys([c for c in (cfg.destination.partition_key, cfg.destination.sort_key, "OrderID") if c in names],
                     cfg.destination.sort_key, COLLISION_BUCKET_ROWS)
-    futures = [pool.submit(transform_file, cfg, store, month, i, f["uri"], hook, task, kept)
+    # a month of fewer files than workers converts each file's chunks on the idle ones too
+    helpers = max(0, cfg.transform.concurrency - len(files)) // max(1, len(files))
+    futures = [pool.submit(transform_file, cfg, store, month, i, f["uri"], hook, task, kept, helpers)
                for i, f in enumerate(files)]
     parts = [f.result() for f in futures]
     task.finish()

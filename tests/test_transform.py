@@ -194,7 +194,8 @@ def test_what_each_odd_line_becomes(make_config: Callable[..., Config]) -> None:
 
 _leaf = st.one_of(
     st.builds(lambda s: {"S": s}, st.text()), st.builds(lambda n: {"N": str(n)}, st.integers()),
-    st.builds(lambda b: {"B": base64.b64encode(b).decode()}, st.binary(max_size=8)), st.builds(lambda b: {"BOOL": b}, st.booleans()),
+    st.builds(lambda b: {"B": base64.b64encode(b).decode()}, st.binary(max_size=8)),
+    st.builds(lambda b: {"BOOL": b}, st.booleans()),
     st.just({"NULL": True}), st.builds(lambda x: {"SS": sorted(x)}, st.sets(st.text(), min_size=1, max_size=3)),
     st.builds(lambda x: {"NS": [str(v) for v in sorted(x)]}, st.sets(st.integers(), min_size=1, max_size=3)),
 )
@@ -264,6 +265,45 @@ def test_truncated_gzip_fails_with_file_and_line(make_config: Callable[..., Conf
     store = staging.open_store(cfg.staging.root, cfg.staging)
     assert staging.read_manifest(store, M, "transform") is None
     assert store.read_json(staging.failed_key(M, "transform"))["rerun"] == "etl transform --month 201604"
+
+
+def test_a_file_converted_on_helper_threads_gives_the_same_output(
+        make_config: Callable[..., Config], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A month of one file converts its chunks on the idle workers: the Parquet part, the quarantine file, the
+    counts and a hook's view are the same as converting them one after another; a truncated file names the
+    same line either way."""
+    monkeypatch.setattr(transform, "CHUNK", 4096)  # many chunks from a small file
+    items = [{k: v for k, v in it.items() if k != "_dirty"} for it in generate_month(M, 3000, 7)]
+    folder = write_real_export(tmp_path / "ext", [items])
+    data = next((folder / "data").iterdir())
+    seen: dict[int, list[str]] = {}
+    results = {}
+    for helpers in (0, 2):
+        cfg = make_config(root=str(tmp_path / f"stage{helpers}"), extra="[transform]\nrow_group_rows = 500\n")
+        run_export(cfg, [M], use_existing=str(folder))
+        store = staging.open_store(cfg.staging.root, cfg.staging)
+        hook_rows: list[str] = seen.setdefault(helpers, [])
+
+        def hook(t: pa.Table, rows: list[str] = hook_rows) -> pa.Table:
+            rows.extend(t.column("OrderID").to_pylist())
+            return t
+
+        info = transform.transform_file(cfg, store, M, 0, str(data), hook, helpers=helpers)
+        out = pq.read_table(store.key_uri(info["output"]))
+        rejected = gzip.decompress(store.read(info["rejected_key"]))
+        results[helpers] = (out, rejected, {k: v for k, v in info.items() if k not in ("output", "rejected_key")})
+    assert results[0][0].equals(results[2][0]) and results[0][0].num_rows > 500
+    assert results[0][1] == results[2][1] and results[0][2] == results[2][2]
+    assert seen[0] == seen[2]
+    data.write_bytes(data.read_bytes()[: len(data.read_bytes()) // 2])
+    errors = []
+    for helpers in (0, 2):
+        cfg = make_config(root=str(tmp_path / f"stage{helpers}"))
+        with pytest.raises(EtlError) as e:
+            transform.transform_file(cfg, staging.open_store(cfg.staging.root, cfg.staging), M, 0, str(data), None,
+                                     helpers=helpers)
+        errors.append(e.value.message)
+    assert errors[0] == errors[1] and "ends early" in errors[0]
 
 
 def test_rerun_overwrites_and_mapping_change_redoes(make_config: Callable[..., Config], tmp_path: Path) -> None:
