@@ -652,34 +652,70 @@ def _sort_keys(batch: pa.RecordBatch, sk: str) -> np.ndarray:
     return np.asarray((pc.fill_null(skc, 0) if skc.null_count else skc).to_numpy(), np.int64)
 
 
-class KeptKeys:
-    """The key columns (and OrderID) of each part as it is written, with the sort keys as numpy, made on the
-    transform's workers; kept only while the month's rows fit one collision bucket (COLLISION_BUCKET_ROWS),
-    so that the check after the last file reads nothing back."""
+class KeyBudget:
+    """Rows of keys that all the months of a run may keep in memory at once (months run side by side); and
+    one collision check at a time (`checking`), so that the months' checks do not add up in memory."""
 
-    def __init__(self, columns: list[str], sort_key: str, limit: int) -> None:
+    def __init__(self, rows: int) -> None:
+        self.free = rows
+        self._lock = threading.Lock()
+        self.checking = threading.Lock()
+
+    def take(self, rows: int) -> bool:
+        with self._lock:
+            if rows > self.free:
+                return False
+            self.free -= rows
+            return True
+
+    def give(self, rows: int) -> None:
+        with self._lock:
+            self.free += rows
+
+
+class KeptKeys:
+    """The key columns (and OrderID) of a month's parts as they are written, with the sort keys as numpy, made
+    on the transform's workers, so that the collision check after the last file reads nothing back.
+
+    Kept only while the month fits one collision bucket (COLLISION_BUCKET_ROWS) and `budget` (shared by the
+    months of a run) has room; otherwise dropped, and the check reads the parts back."""
+
+    def __init__(self, columns: list[str], sort_key: str, limit: int, budget: KeyBudget | None = None) -> None:
         self.columns, self.sort_key, self.limit = columns, sort_key, limit
-        self.rows = 0
+        self.budget = budget or KeyBudget(limit)
+        self.rows = 0  # rows held
+        self.dropped = False
         self.parts: dict[int, list[tuple[pa.RecordBatch, np.ndarray]]] = {}
         self._lock = threading.Lock()
 
     def add(self, part: int, table: pa.Table) -> None:
-        if self.rows > self.limit:
+        if self.dropped:
             return
-        pieces = []
-        for b in table.select(self.columns).to_batches():
-            pieces.append((b, _sort_keys(b, self.sort_key)))
+        pieces = [(b, _sort_keys(b, self.sort_key)) for b in table.select(self.columns).to_batches()]
         with self._lock:
+            if self.dropped:
+                return
+            if self.rows + table.num_rows > self.limit or not self.budget.take(table.num_rows):
+                self.release_locked()
+                self.dropped = True
+                return
             self.rows += table.num_rows
-            if self.rows > self.limit:  # more than one bucket: the check reads the parts back, bucket by bucket
-                self.parts.clear()
-            else:
-                self.parts.setdefault(part, []).extend(pieces)
+            self.parts.setdefault(part, []).extend(pieces)
+
+    def release_locked(self) -> None:
+        self.parts.clear()
+        self.budget.give(self.rows)
+        self.rows = 0
+
+    def release(self) -> None:
+        with self._lock:
+            self.release_locked()
+            self.dropped = True
 
     def of(self, part: int, rows: int) -> list[tuple[pa.RecordBatch, np.ndarray]] | None:
         """The part's pieces in file order, or None when they were not (all) kept."""
         with self._lock:
-            got = None if self.rows > self.limit else list(self.parts.get(part, []))
+            got = None if self.dropped else list(self.parts.get(part, []))
         return got if got is not None and sum(len(s) for _, s in got) == rows else None
 
 
@@ -756,7 +792,7 @@ def find_collisions(cfg: Config, store: staging.Store, month: str, parts: list[d
 
 
 def transform_month(cfg: Config, store: staging.Store, month: str, pool: ThreadPoolExecutor, reporter: Reporter,
-                    force: bool = False) -> dict[str, Any]:
+                    force: bool = False, budget: KeyBudget | None = None) -> dict[str, Any]:
     export = staging.read_manifest(store, month, "export")
     if export is None:
         raise StageNotReady(f"month {month} has no committed export",
@@ -777,28 +813,31 @@ def transform_month(cfg: Config, store: staging.Store, month: str, pool: ThreadP
     task = reporter.task(f"transform {month}", total, "items")
     names = output_schema(cfg).names
     kept = KeptKeys([c for c in (cfg.destination.partition_key, cfg.destination.sort_key, "OrderID") if c in names],
-                    cfg.destination.sort_key, COLLISION_BUCKET_ROWS)
+                    cfg.destination.sort_key, COLLISION_BUCKET_ROWS, budget)
     # a month of fewer files than workers converts each file's chunks on the idle ones too
     helpers = max(0, cfg.transform.concurrency - len(files)) // max(1, len(files))
     futures = [pool.submit(transform_file, cfg, store, month, i, f["uri"], hook, task, kept, helpers)
                for i, f in enumerate(files)]
-    parts = [f.result() for f in futures]
-    task.finish()
-    totals = {k: sum(p[k] for p in parts) for k in ("items_in", "written", "filtered", "rejected")}
-    by: dict[str, dict[str, int]] = {"filtered_by": {}, "rejected_by": {}}
-    for p in parts:
-        for group in by:
-            for k, v in p[group].items():
-                by[group][k] = by[group].get(k, 0) + v
-    if totals["items_in"] != totals["written"] + totals["filtered"] + totals["rejected"]:
-        raise EtlError(f"transform {month}: counts do not reconcile: {totals}")
-    if total is not None and totals["items_in"] != total:
-        raise EtlError(
-            f"transform {month}: read {totals['items_in']} items, but the export says {total}",
-            hint=f"the export looks incomplete: `etl export --month {month} --force`",
-        )
-    collisions = find_collisions(cfg, store, month, parts, pool, kept)
-    del kept
+    try:  # the kept keys go back to the run's budget however the month ends
+        parts = [f.result() for f in futures]
+        task.finish()
+        totals = {k: sum(p[k] for p in parts) for k in ("items_in", "written", "filtered", "rejected")}
+        by: dict[str, dict[str, int]] = {"filtered_by": {}, "rejected_by": {}}
+        for p in parts:
+            for group in by:
+                for k, v in p[group].items():
+                    by[group][k] = by[group].get(k, 0) + v
+        if totals["items_in"] != totals["written"] + totals["filtered"] + totals["rejected"]:
+            raise EtlError(f"transform {month}: counts do not reconcile: {totals}")
+        if total is not None and totals["items_in"] != total:
+            raise EtlError(
+                f"transform {month}: read {totals['items_in']} items, but the export says {total}",
+                hint=f"the export looks incomplete: `etl export --month {month} --force`",
+            )
+        with kept.budget.checking:
+            collisions = find_collisions(cfg, store, month, parts, pool, kept)
+    finally:
+        kept.release()
     if collisions["keys"]:
         reporter.warn(f"transform {month}: {collisions['rows']} rows share {collisions['keys']} destination keys; "
                       f"{collisions['losers']} will not be loaded ({collisions['winner_rule']} wins)")
@@ -820,9 +859,10 @@ def run_transform(cfg: Config, months: list[str], *, force: bool = False,
     store = staging.open_store(cfg.staging.root, cfg.staging)
     # the system allocator gives freed chunk memory back at once (jemalloc holds on to it: +25% peak RSS)
     pa.set_memory_pool(pa.system_memory_pool())
+    budget = KeyBudget(COLLISION_BUCKET_ROWS)  # keys kept for the collision checks, all months together
     with ThreadPoolExecutor(max_workers=cfg.transform.concurrency, thread_name_prefix="transform") as pool:
         return run_months("transform", months, store,
-                          lambda m: transform_month(cfg, store, m, pool, reporter, force),
+                          lambda m: transform_month(cfg, store, m, pool, reporter, force, budget),
                           max(1, len(months)), reporter)
 
 

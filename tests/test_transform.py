@@ -267,6 +267,25 @@ def test_truncated_gzip_fails_with_file_and_line(make_config: Callable[..., Conf
     assert store.read_json(staging.failed_key(M, "transform"))["rerun"] == "etl transform --month 201604"
 
 
+def test_months_side_by_side_share_one_budget_of_kept_keys() -> None:
+    """Months run side by side: the keys they keep for their collision checks share one budget, a month that
+    would exceed it keeps none (its check reads the parts back), and a finished month gives its rows back."""
+    cols = ["CustomerID", "CreationDateTime", "OrderID"]
+    t = pa.table({"CustomerID": list("abcdef"), "CreationDateTime": list(range(6)), "OrderID": list("uvwxyz")})
+    budget = transform.KeyBudget(10)
+    first, second = (transform.KeptKeys(cols, "CreationDateTime", 100, budget) for _ in range(2))
+    first.add(0, t)
+    second.add(0, t)  # 12 rows > 10: dropped
+    second.add(1, t.slice(0, 1))  # and stays dropped
+    assert first.of(0, 6) is not None and second.of(0, 6) is None and second.of(1, 1) is None
+    assert budget.free == 4
+    first.release()
+    assert budget.free == 10 and first.of(0, 6) is None
+    third = transform.KeptKeys(cols, "CreationDateTime", 100, budget)
+    third.add(0, t)
+    assert [b.num_rows for b, _ in third.of(0, 6) or []] == [6]
+
+
 def test_a_file_converted_on_helper_threads_gives_the_same_output(
         make_config: Callable[..., Config], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A month of one file converts its chunks on the idle workers: the Parquet part, the quarantine file, the
