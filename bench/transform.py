@@ -86,6 +86,26 @@ def ours(args: dict[str, Any]) -> None:
     emit(seconds=time.perf_counter() - t0, written=m["written"], rejected=m["rejected"], items_in=m["items_in"])
 
 
+def ours_months(args: dict[str, Any]) -> None:
+    """The same export staged as N months, transformed in one run (months go side by side)."""
+    import pandas  # noqa: F401
+
+    from etl.config import load_config
+    from etl.export import run_export
+    from etl.transform import run_transform
+
+    stage = Path(args["out"]) / "ours-months"
+    cfg_path = Path(args["out"]) / "ours-months.toml"
+    cfg_path.write_text(f'domain="shop"\nregion="eu"\n[staging]\nroot="{stage}"\n')
+    cfg = load_config(str(cfg_path), env={})
+    months = [f"2016{m:02d}" for m in range(1, args["months"] + 1)]
+    for m in months:
+        run_export(cfg, [m], use_existing=args["folder"], force=True)
+    t0 = time.perf_counter()
+    done = run_transform(cfg, months, force=True)
+    emit(seconds=time.perf_counter() - t0, written=sum(m["written"] for m in done))
+
+
 def duckdb_(args: dict[str, Any]) -> None:
     import duckdb
 
@@ -176,7 +196,8 @@ def awswrangler_(args: dict[str, Any]) -> None:
     server.stop()
 
 
-CONTENDERS = {"ours": ours, "duckdb": duckdb_, "obvious": obvious, "awswrangler": awswrangler_}
+CONTENDERS = {"ours": ours, "ours_months": ours_months, "duckdb": duckdb_, "obvious": obvious,
+              "awswrangler": awswrangler_}
 
 if __name__ == "__main__":
     CONTENDERS[sys.argv[1]](json.loads(sys.argv[2]))
