@@ -468,14 +468,13 @@ def transform_file(cfg: Config, store: staging.Store, month: str, part: int, uri
                 handle(convert_chunk(chunk, cfg, schema, out_schema), len(chunk))
                 return
             ahead.append((converters.submit(convert_chunk, chunk, cfg, schema, out_schema), len(chunk)))
-            while len(ahead) > helpers + 1:
-                drain(1)
+            drain(keep=helpers + 1)
 
-        def drain(n: int | None = None) -> None:
-            while ahead and (n is None or n > 0):
+        def drain(keep: int = 0) -> None:
+            """Handle the oldest results, in file order, until at most `keep` are in flight."""
+            while len(ahead) > keep:
                 fut, size = ahead.popleft()
                 handle(fut.result(), size)
-                n = None if n is None else n - 1
 
         def handle(r: ChunkResult, size: int) -> None:
             nonlocal pending_rows
@@ -806,7 +805,7 @@ def find_collisions(cfg: Config, store: staging.Store, month: str, parts: list[d
 
 
 def transform_month(cfg: Config, store: staging.Store, month: str, pool: ThreadPoolExecutor, reporter: Reporter,
-                    force: bool = False, budget: KeyBudget | None = None) -> dict[str, Any]:
+                    budget: KeyBudget, force: bool = False) -> dict[str, Any]:
     export = staging.read_manifest(store, month, "export")
     if export is None:
         raise StageNotReady(f"month {month} has no committed export",
@@ -826,8 +825,6 @@ def transform_month(cfg: Config, store: staging.Store, month: str, pool: ThreadP
     total = export.get("item_count") or export.get("describe_item_count")
     task = reporter.task(f"transform {month}", total, "items")
     names = output_schema(cfg).names
-    own = budget is None  # a month on its own (not from run_transform)
-    budget = budget or KeyBudget(COLLISION_BUCKET_ROWS)
     kept = KeptKeys([c for c in (cfg.destination.partition_key, cfg.destination.sort_key, "OrderID") if c in names],
                     cfg.destination.sort_key, COLLISION_BUCKET_ROWS, budget)
     # a month of fewer files than workers converts each file's chunks on the idle ones too
@@ -853,8 +850,6 @@ def transform_month(cfg: Config, store: staging.Store, month: str, pool: ThreadP
         collisions = kept.budget.checker.submit(find_collisions, cfg, store, month, parts, pool, kept).result()
     finally:
         kept.release()
-        if own:
-            budget.close()
     if collisions["keys"]:
         reporter.warn(f"transform {month}: {collisions['rows']} rows share {collisions['keys']} destination keys; "
                       f"{collisions['losers']} will not be loaded ({collisions['winner_rule']} wins)")
@@ -880,7 +875,7 @@ def run_transform(cfg: Config, months: list[str], *, force: bool = False,
     try:
         with ThreadPoolExecutor(max_workers=cfg.transform.concurrency, thread_name_prefix="transform") as pool:
             return run_months("transform", months, store,
-                              lambda m: transform_month(cfg, store, m, pool, reporter, force, budget),
+                              lambda m: transform_month(cfg, store, m, pool, reporter, budget, force),
                               max(1, len(months)), reporter)
     finally:
         budget.close()
