@@ -38,7 +38,8 @@ def _rows(stage: str) -> list[dict[str, Any]]:
 
 def ours(args: dict[str, Any]) -> None:
     from etl.config import load_config
-    from etl.load import reset_checkpoints, run_load
+    from etl.load import reset_checkpoints
+    from etl.pipeline import run_load
 
     cfg = load_config(args["config"], env={})
     reset_checkpoints(cfg, [args["month"]])

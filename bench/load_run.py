@@ -20,8 +20,7 @@ from bench.common import DATA, ROOT, run_contender
 def prepare(rows: int) -> tuple[Path, str]:
     """A staging root with `rows` transformed rows of last month (not expired), cached."""
     from etl.config import load_config
-    from etl.export import run_export
-    from etl.transform import run_transform
+    from etl.pipeline import run_export, run_transform
     from tests.helpers import write_real_export
 
     month = (datetime.now(UTC).replace(day=1) - timedelta(days=1)).strftime("%Y%m")

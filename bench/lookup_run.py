@@ -37,11 +37,9 @@ def run(quick: bool) -> str:
 
     from etl import aws
     from etl.config import load_config
-    from etl.export import run_export
-    from etl.load import run_load
     from etl.local import _ensure_table, _write_items, customer_ids, generate_month
+    from etl.pipeline import run_export, run_load, run_transform
     from etl.promo import discount_for
-    from etl.transform import run_transform
     from tests.conftest import start_ddb_local
 
     rows, lookups, n_months = (1_000, 50, 24) if quick else (4_000, 300, 24)

@@ -25,7 +25,7 @@ EXPORT_ID = "01700000000000-bench000"
 
 def generate(target_mb: int, files: int) -> dict[str, Any]:
     """A real-layout export of the seeded value mix, cached under bench/data/."""
-    from etl.ddbjson import export_line
+    from etl.items import export_line
     from etl.local import generate_month
     from tests.helpers import b64md5
 
@@ -72,8 +72,7 @@ def ours(args: dict[str, Any]) -> None:
     import pandas  # noqa: F401
 
     from etl.config import load_config
-    from etl.export import run_export
-    from etl.transform import run_transform
+    from etl.pipeline import run_export, run_transform
 
     stage = Path(args["out"]) / "ours"
     cfg_path = Path(args["out"]) / "ours.toml"
@@ -91,8 +90,7 @@ def ours_months(args: dict[str, Any]) -> None:
     import pandas  # noqa: F401
 
     from etl.config import load_config
-    from etl.export import run_export
-    from etl.transform import run_transform
+    from etl.pipeline import run_export, run_transform
 
     stage = Path(args["out"]) / "ours-months"
     cfg_path = Path(args["out"]) / "ours-months.toml"

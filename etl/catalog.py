@@ -9,14 +9,13 @@ import botocore.exceptions
 from etl import aws, staging
 from etl.config import Config
 from etl.errors import EtlError
+from etl.mapping import output_schema
 
 GLUE_TYPES = {"string": "string", "int64": "bigint"}
 
 
 def register(cfg: Config, database: str, table: str) -> dict[str, Any]:
     """Create or update the table and add a partition for every month with a committed transform."""
-    from etl.transform import output_schema
-
     if not cfg.staging.root.startswith("s3://"):
         raise EtlError("a Glue/Athena table needs an S3 staging root",
                        hint="for a local root, read transformed/ with DuckDB or pyarrow (sql/duckdb_local.sql)")

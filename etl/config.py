@@ -91,6 +91,7 @@ class TransformConfig:
     hook: str | None = None  # "module:function" over a pyarrow.Table
     concurrency: int = 2
     row_group_rows: int = 100_000
+    collision_bucket_rows: int = 1_000_000  # rows of keys the collision check holds at once (memory bound)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,14 @@ class LoadConfig:
     max_backoff_seconds: float = 20.0  # cap of the exponential backoff (full jitter) between retries
     read_capacity_fraction: float | None = 0.5  # verify's BatchGetItem budget
     max_rcu: float | None = None
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Where the stages' tasks run."""
+
+    kind: str = "local"  # local: thread pools in this process
+    task_retries: int = 2  # a task that failed with a transient error runs again up to this often
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,7 @@ class Config:
     transform: TransformConfig = field(default_factory=TransformConfig)
     load: LoadConfig = field(default_factory=LoadConfig)
     promo: PromoConfig = field(default_factory=PromoConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
     path: str = "<defaults>"  # where the config came from (not a TOML key)
 
@@ -290,20 +300,44 @@ def load_config(
             hints = typing.get_type_hints(Config)
             cfg = dataclasses.replace(cfg, **{k: _coerce(hints[k], v, k, w) for k, (v, w) in kv.items()})
     cfg = dataclasses.replace(cfg, path=where)
-    validate(cfg)
+    sources = {(f"{section}.{key}" if section else key): w
+               for section, kv in changes.items() for key, (_, w) in kv.items()}
+    validate(cfg, sources)
     return cfg
 
 
-def validate(cfg: Config) -> None:
-    w = cfg.path
+class _Where(dict[str, str]):
+    """Where each key's value came from: the file, unless an ETL_* variable or the command line set it."""
+
+    def __init__(self, sources: dict[str, str], default: str) -> None:
+        super().__init__(sources)
+        self.default = default
+
+    def __missing__(self, key: str) -> str:
+        section = key.split("[", 1)[0]
+        return self.get(section, self.default) if section != key else self.default
+
+
+def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
+    """Refuse a value that cannot work, naming the key and where its value came from (file or variable)."""
+    where = _Where(sources or {}, cfg.path)
+    _validate_sides(cfg, where)
+    _validate_export(cfg, where)
+    _validate_mapping(cfg, where)
+    _validate_load(cfg, where)
+
+
+def _validate_sides(cfg: Config, where: _Where) -> None:
     for side in ("source", "staging", "destination"):
         s: AwsSide = getattr(cfg, side)
         if not AWS_REGION_RE.match(s.aws_region):
-            raise _fail(f"{side}.aws_region", w, s.aws_region, "an AWS region such as us-east-1")
+            raise _fail(f"{side}.aws_region", where[f"{side}.aws_region"], s.aws_region,
+                        "an AWS region such as us-east-1")
         if s.role_arn and not s.role_arn.startswith("arn:aws"):
-            raise _fail(f"{side}.role_arn", w, s.role_arn, "an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)")
+            raise _fail(f"{side}.role_arn", where[f"{side}.role_arn"], s.role_arn,
+                        "an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)")
         if s.endpoint_url and not re.match(r"^https?://", s.endpoint_url):
-            raise _fail(f"{side}.endpoint_url", w, s.endpoint_url, "an http(s):// URL")
+            raise _fail(f"{side}.endpoint_url", where[f"{side}.endpoint_url"], s.endpoint_url, "an http(s):// URL")
     for key, template, needed in (
         ("source.table_template", cfg.source.table_template, {"month"}),
         ("destination.table_template", cfg.destination.table_template, set()),
@@ -311,75 +345,104 @@ def validate(cfg: Config) -> None:
         fields = set(re.findall(r"{(\w*)}", template))
         bad = fields - {"domain", "region", "month"}
         if bad or not needed <= fields:
-            raise _fail(key, w, template, "a table name using only {domain}, {region} and {month}"
+            raise _fail(key, where[key], template, "a table name using only {domain}, {region} and {month}"
                         + (" and containing {month}" if needed else ""))
-    if cfg.staging.root and cfg.staging.root.startswith("s3://"):
-        if not re.match(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$", cfg.staging.root):
-            raise _fail("staging.root", w, cfg.staging.root, "s3://bucket/prefix or a local directory")
-    elif "://" in cfg.staging.root:
-        raise _fail("staging.root", w, cfg.staging.root, "s3://bucket/prefix or a local directory")
+    root = cfg.staging.root
+    if (root.startswith("s3://") and not re.match(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$", root)) \
+            or (not root.startswith("s3://") and "://" in root):
+        raise _fail("staging.root", where["staging.root"], root, "s3://bucket/prefix or a local directory")
+
+
+def _validate_export(cfg: Config, where: _Where) -> None:
     e = cfg.export
     if e.mode not in ("pitr", "scan"):
-        raise _fail("export.mode", w, e.mode, "'pitr' or 'scan'")
-    _fraction("export.scan_read_fraction", e.scan_read_fraction, w)
-    _positive("export.scan_max_rcu", e.scan_max_rcu, w)
+        raise _fail("export.mode", where["export.mode"], e.mode, "'pitr' or 'scan'")
+    _fraction("export.scan_read_fraction", e.scan_read_fraction, where)
+    _positive("export.scan_max_rcu", e.scan_max_rcu, where)
     for key, value in (("export.concurrency", e.concurrency), ("export.scan_segments", e.scan_segments),
                        ("export.scan_items_per_file", e.scan_items_per_file),
                        ("transform.concurrency", cfg.transform.concurrency),
                        ("transform.row_group_rows", cfg.transform.row_group_rows),
+                       ("transform.collision_bucket_rows", cfg.transform.collision_bucket_rows),
                        ("load.concurrency", cfg.load.concurrency)):
         if value < 1:
-            raise _fail(key, w, value, "an integer >= 1")
+            raise _fail(key, where[key], value, "an integer >= 1")
+    if cfg.engine.kind != "local":
+        raise _fail("engine.kind", where["engine.kind"], cfg.engine.kind, "'local'")
+    if cfg.engine.task_retries < 0:
+        raise _fail("engine.task_retries", where["engine.task_retries"], cfg.engine.task_retries, "an integer >= 0")
+
+
+def _validate_mapping(cfg: Config, where: _Where) -> None:
+    """A mapping that validates must run: columns are distinct, key columns exist and are required."""
     t = cfg.transform
     names = [c.name for c in t.columns]
     if len(set(names)) != len(names):
-        raise _fail("transform.columns", w, names, "distinct column names")
+        dup = next(n for n in names if names.count(n) > 1)
+        raise _fail("transform.columns", where["transform.columns"], names,
+                    f"distinct column names ({dup!r} is named twice)")
     for i, c in enumerate(t.columns):
+        key = f"transform.columns[{i}]"
         if c.converter not in ("string", "int", "datetime", "ttl"):
-            raise _fail(f"transform.columns[{i}].converter", w, c.converter, "string, int, datetime or ttl")
+            raise _fail(f"{key}.converter", where[key], c.converter, "string, int, datetime or ttl")
         if c.converter == "ttl" and c.base not in names:
-            raise _fail(f"transform.columns[{i}].base", w, c.base, f"one of the columns {names}")
+            raise _fail(f"{key}.base", where[key], c.base, f"one of the columns {names}")
         if c.converter != "ttl" and not c.source:
-            raise _fail(f"transform.columns[{i}].source", w, c.source, "the source attribute name")
-    for key in (cfg.destination.partition_key, cfg.destination.sort_key):
-        if key not in names:
-            raise _fail("destination key", w, key, f"a transformed column (one of {names})")
+            raise _fail(f"{key}.source", where[key], c.source, "the source attribute name")
+    d = cfg.destination
+    for name, value in (("destination.partition_key", d.partition_key), ("destination.sort_key", d.sort_key)):
+        if name == "destination.sort_key" and not value:
+            continue  # a table without a sort key
+        if value not in names:
+            raise _fail(name, where[name], value, f"a transformed column (one of {names})")
+        col = t.columns[names.index(value)]
+        if not col.required:
+            raise _fail(f"transform.columns[{names.index(value)}].required", where["transform.columns"], False,
+                        f"true: {value} is the destination's {name.rsplit('.', 1)[-1]}, and DynamoDB refuses an "
+                        "item without its key")
+    if d.sort_key and d.sort_key == d.partition_key:
+        raise _fail("destination.sort_key", where["destination.sort_key"], d.sort_key,
+                    "a column other than the partition key (or \"\" for a table without a sort key)")
     if t.ttl_seconds < 0:
-        raise _fail("transform.ttl_seconds", w, t.ttl_seconds, "an integer >= 0")
+        raise _fail("transform.ttl_seconds", where["transform.ttl_seconds"], t.ttl_seconds, "an integer >= 0")
     if t.epoch_unit not in ("s", "ms"):
-        raise _fail("transform.epoch_unit", w, t.epoch_unit, "'s' or 'ms'")
+        raise _fail("transform.epoch_unit", where["transform.epoch_unit"], t.epoch_unit, "'s' or 'ms'")
     if t.hook and not re.match(r"^[\w.]+:\w+$", t.hook):
-        raise _fail("transform.hook", w, t.hook, "'module:function'")
-    try:
-        from zoneinfo import ZoneInfo
+        raise _fail("transform.hook", where["transform.hook"], t.hook, "'module:function'")
+    from zoneinfo import ZoneInfo
 
-        ZoneInfo(t.date_zone)
-        ZoneInfo(cfg.promo.zone)
-    except Exception:
-        raise _fail("transform.date_zone / promo.zone", w, t.date_zone, "an IANA zone such as UTC") from None
+    for key, zone in (("transform.date_zone", t.date_zone), ("promo.zone", cfg.promo.zone)):
+        try:
+            ZoneInfo(zone)
+        except Exception:
+            raise _fail(key, where[key], zone, "an IANA zone such as UTC or Europe/Berlin") from None
+
+
+def _validate_load(cfg: Config, where: _Where) -> None:
     ld = cfg.load
-    _fraction("load.write_capacity_fraction", ld.write_capacity_fraction, w)
-    _positive("load.max_wcu", ld.max_wcu, w)
+    _fraction("load.write_capacity_fraction", ld.write_capacity_fraction, where)
+    _positive("load.max_wcu", ld.max_wcu, where)
     if ld.write_capacity_fraction is not None and ld.max_wcu is not None:
         raise ConfigError(
-            f"config: set either load.write_capacity_fraction or load.max_wcu in {w}, not both"
+            f"config: set either load.write_capacity_fraction (from {where['load.write_capacity_fraction']}) or "
+            f"load.max_wcu (from {where['load.max_wcu']}), not both"
         )
-    _fraction("load.read_capacity_fraction", ld.read_capacity_fraction, w)
-    _positive("load.max_backoff_seconds", ld.max_backoff_seconds, w)
-    _positive("load.max_rcu", ld.max_rcu, w)
+    _fraction("load.read_capacity_fraction", ld.read_capacity_fraction, where)
+    _positive("load.max_backoff_seconds", ld.max_backoff_seconds, where)
+    _positive("load.max_rcu", ld.max_rcu, where)
     if not 1 <= cfg.local.port <= 65535:
-        raise _fail("local.port", w, cfg.local.port, "a TCP port 1-65535")
+        raise _fail("local.port", where["local.port"], cfg.local.port, "a TCP port 1-65535")
 
 
-def _fraction(key: str, value: float | None, where: str) -> None:
+def _fraction(key: str, value: float | None, where: _Where) -> None:
     if value is not None and not 0 < value <= 1:
-        raise _fail(key, where, value, "a fraction 0 < f <= 1 (0.25 means 25%; for an absolute rate "
+        raise _fail(key, where[key], value, "a fraction 0 < f <= 1 (0.25 means 25%; for an absolute rate "
                     "use the max_* setting)")
 
 
-def _positive(key: str, value: float | None, where: str) -> None:
+def _positive(key: str, value: float | None, where: _Where) -> None:
     if value is not None and value <= 0:
-        raise _fail(key, where, value, "a number > 0")
+        raise _fail(key, where[key], value, "a number > 0")
 
 
 def require_staging_root(cfg: Config) -> str:

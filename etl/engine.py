@@ -1,67 +1,112 @@
-"""Runs one stage over many months: a bounded local pool, failures recorded in the staging store.
+"""Runs a stage's tasks. A task is a small picklable value; `run_task(cfg, task, ctx)` reads its inputs from
+the staging store, writes its outputs under deterministic names and returns counts. What a task may reach
+besides the store is the `TaskContext`: the table's shared budget (acquire, settle, refund, throttled),
+progress, a stop signal and an executor for its requests. Nothing else is shared between tasks, so an
+engine may run them anywhere: this module's `LocalEngine` runs them on thread pools in this process.
 
-Each month is independent: one failing month does not stop the others; each failure is written to
-`_state/month=M/<stage>.failed.json` with the command that reruns it, and reported together at the end.
+A task that fails with a transient error (`errors.transient`) is run again, up to `[engine] task_retries`
+times; its outputs have deterministic names, so a retry overwrites what the failed try left.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from etl import staging
-from etl.errors import EtlError
-from etl.progress import Reporter
-
-
-def rerun_command(stage: str, month: str, extra: str = "") -> str:
-    return f"etl {stage} --month {month}{' ' + extra if extra else ''}"
+from etl.errors import Stopped, transient
 
 
-def run_months(
-    stage: str,
-    months: list[str],
-    store: staging.Store,
-    fn: Callable[[str], dict[str, Any]],
-    concurrency: int,
-    reporter: Reporter,
-    rerun_extra: str = "",
-) -> list[dict[str, Any]]:
-    if not months:
-        raise EtlError(f"no month given to {stage}", hint="pass --month YYYYMM or --months FIRST-LAST")
-    results: dict[str, dict[str, Any]] = {}
-    failures: dict[str, BaseException] = {}
+class Budget(Protocol):
+    """The narrow interface a task has to its table's capacity budget (a `ratelimit.TokenBucket`)."""
 
-    def one(month: str) -> None:
-        try:
-            results[month] = fn(month)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:  # recorded per month, re-raised together below
-            failures[month] = exc
-            message = str(exc) if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
+    def acquire(self, n: float) -> None: ...
+    def settle(self, estimated: float, actual: float) -> None: ...
+    def refund(self, n: float) -> None: ...
+    def throttled(self) -> None: ...
+    def succeeded(self) -> None: ...
+
+
+def _no_progress(n: float = 0, add: dict[str, float] | None = None, **fields: Any) -> None:
+    return None
+
+
+@dataclass
+class MonthPlan:
+    """A stage's tasks for one month, and how much work they are in all (for progress; None: unknown)."""
+
+    tasks: list[Any]
+    total: float | None = None
+    unit: str = "items"
+    note: str = ""  # said before the tasks run, when not empty
+
+
+@dataclass
+class TaskContext:
+    progress: Callable[..., None] = _no_progress  # advance(n, add={...}, **fields)
+    stop: threading.Event = field(default_factory=threading.Event)  # set when another task of the month failed
+    budget: Budget | None = None
+    io: Executor | None = None  # for a task's concurrent requests
+
+    def check(self) -> None:
+        if self.stop.is_set():
+            raise Stopped("stopped: another task of the month failed")
+
+
+class LocalEngine:
+    """Thread pools in this process, one per kind of task, sized by the caller."""
+
+    def __init__(self, task_retries: int = 2, retry_delay: float = 0.5) -> None:
+        self.task_retries = task_retries
+        self.retry_delay = retry_delay
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._lock = threading.Lock()
+
+    def pool(self, name: str, workers: int) -> ThreadPoolExecutor:
+        with self._lock:
+            if name not in self._pools:
+                self._pools[name] = ThreadPoolExecutor(max(1, workers), thread_name_prefix=name)
+            return self._pools[name]
+
+    def _attempts(self, run_task: Callable[..., dict[str, Any]], cfg: Any, task: Any,
+                  ctx: TaskContext) -> dict[str, Any]:
+        attempt = 0
+        while True:
+            ctx.check()
             try:
-                staging.record_failure(store, month, stage, message, rerun_command(stage, month, rerun_extra))
-            except Exception as rec_exc:  # the store itself may be what failed
-                reporter.warn(f"could not record the failure of {stage} {month}: {rec_exc}")
-            reporter.warn(f"{stage} {month} failed: {message}", month=month, stage=stage)
+                return run_task(cfg, task, ctx)
+            except Exception as exc:
+                if attempt >= self.task_retries or not transient(exc) or ctx.stop.is_set():
+                    raise
+                attempt += 1
+                time.sleep(self.retry_delay * attempt)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(months)))) as pool:
-        list(pool.map(one, months))
-    if failures:
-        if len(failures) == 1 and len(months) == 1:
-            exc = next(iter(failures.values()))
-            if isinstance(exc, EtlError):
-                raise exc
-        listed = "; ".join(
-            f"{m}: {e if isinstance(e, EtlError) else type(e).__name__ + ': ' + str(e)}"
-            for m, e in sorted(failures.items())
-        )
-        first = sorted(failures)[0]
-        raise EtlError(
-            f"{stage} failed for {len(failures)} of {len(months)} month(s): {listed}",
-            hint=f"fix the cause, then rerun e.g. `{rerun_command(stage, first, rerun_extra)}` "
-            "(committed months are skipped); `etl status` shows every month",
-        ) from next(iter(failures.values()))
-    return [results[m] for m in months]
+    def run(self, pool: str, workers: int, run_task: Callable[..., dict[str, Any]], cfg: Any, tasks: list[Any],
+            ctx: TaskContext) -> list[dict[str, Any]]:
+        """Every task's result, in task order. The first failure stops the others (through `ctx.stop`) and is
+        raised once they have all ended; a task that only stopped because of it never hides it."""
+        executor = self.pool(pool, workers)
+        futures: list[Future[dict[str, Any]]] = []
+
+        def done(f: Future[dict[str, Any]]) -> None:
+            if f.exception() is not None:
+                ctx.stop.set()
+
+        for task in tasks:
+            fut = executor.submit(self._attempts, run_task, cfg, task, ctx)
+            fut.add_done_callback(done)
+            futures.append(fut)
+        wait(futures)
+        errors = [e for e in (f.exception() for f in futures) if e is not None]
+        if errors:
+            raise next((e for e in errors if not isinstance(e, Stopped)), errors[0])
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for p in pools:
+            p.shutdown(wait=True, cancel_futures=True)

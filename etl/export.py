@@ -4,6 +4,9 @@ Three ways in, one result (a committed `_state/month=M/export.json` listing vali
   pitr          ExportTableToPointInTime (no read capacity used); S3 staging roots only
   scan          a parallel segment Scan within a read budget, writing the exact AWS export layout
   use-existing  adopt an export folder that already exists, after validating it
+
+plan: one task per month. run_task: the export (its wait stays on the driver: DynamoDB does the work).
+commit: the manifest, then the pending record of a PITR export is cleared.
 """
 
 from __future__ import annotations
@@ -18,20 +21,20 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import botocore.exceptions
 
-from etl import aws, staging
+from etl import aws, capacity, staging
 from etl.config import Config
-from etl.ddbjson import export_line
-from etl.engine import run_months
+from etl.engine import MonthPlan, TaskContext
 from etl.errors import EtlError, ValidationFailed
+from etl.items import export_line
 from etl.progress import QUIET, Reporter
-from etl.ratelimit import TokenBucket
 
-PENDING = "export.pending.json"
+NAME = "export"
 
 
 def _err_code(exc: botocore.exceptions.ClientError) -> str:
@@ -166,18 +169,11 @@ def _check_pitr(ddb: Any, table: str, enable: bool, reporter: Reporter) -> None:
 
 
 def _check_bucket(cfg: Config, store: staging.S3Store) -> None:
-    try:
-        loc = store.s3.get_bucket_location(Bucket=store.bucket).get("LocationConstraint") or "us-east-1"
-    except botocore.exceptions.ClientError as exc:
-        if _err_code(exc) in ("NoSuchBucket", "404"):
-            raise EtlError(
-                f"staging bucket {store.bucket} does not exist",
-                hint="create it in the staging region, or fix [staging] root",
-            ) from None
-        raise
+    loc = store.bucket_region()
+    bucket, _ = store.s3_location("")
     if loc != cfg.staging.aws_region:
         raise EtlError(
-            f"staging bucket {store.bucket} is in {loc}, but [staging] aws_region is {cfg.staging.aws_region}",
+            f"staging bucket {bucket} is in {loc}, but [staging] aws_region is {cfg.staging.aws_region}",
             hint="set [staging] aws_region to the bucket's region",
         )
 
@@ -214,7 +210,8 @@ def _find_folder(store: staging.S3Store, month: str, d: dict[str, Any]) -> stagi
     base = f"{staging.export_prefix(month)}/AWSDynamoDB/"
     manifest = d.get("ExportManifest")
     if manifest:
-        rel = manifest[len(store.prefix) + 1 :] if store.prefix else manifest
+        _, root = store.s3_location("")
+        rel = manifest[len(root) + 1 :] if root else manifest
         return store.sub(rel.rsplit("/", 1)[0])
     export_id = d["ExportArn"].rsplit("/", 1)[-1]
     if store.list(base + export_id + "/"):
@@ -261,7 +258,8 @@ def export_pitr(
     table_arn = desc["TableArn"]
     _check_pitr(ddb, table, enable_pitr, reporter)
     _check_bucket(cfg, store)
-    pending_key = staging.state_key(month, PENDING)
+    pending_key = staging.pending_export_key(month)
+    bucket, prefix = store.s3_location(staging.export_prefix(month))
     pending = None if force or not store.exists(pending_key) else store.read_json(pending_key)
     if pending and pending.get("table_arn") != table_arn:
         pending = None
@@ -275,7 +273,7 @@ def export_pitr(
             arn = pending["export_arn"]
             reporter.info(f"export {month}: resuming export {arn} ({st})")
     if arn is None and pending:
-        arn = _find_started(ddb, table_arn, store.bucket, store.bucket_key(staging.export_prefix(month)))
+        arn = _find_started(ddb, table_arn, bucket, prefix)
         if arn:
             reporter.info(f"export {month}: found the export started before ({arn})")
             pending = {**pending, "export_arn": arn}
@@ -296,8 +294,8 @@ def export_pitr(
             TableArn=table_arn,
             ExportTime=export_time,
             ClientToken=token,
-            S3Bucket=store.bucket,
-            S3Prefix=store.bucket_key(staging.export_prefix(month)),
+            S3Bucket=bucket,
+            S3Prefix=prefix,
             ExportFormat="DYNAMODB_JSON",
         )
         arn = r["ExportDescription"]["ExportArn"]
@@ -309,7 +307,7 @@ def export_pitr(
     checked = inspect_export(folder)
     if not checked["verified"]:
         reporter.warn(f"export {month}: {checked['verification']}")
-    manifest = staging.commit_manifest(store, month, "export", {
+    return {
         "mode": "pitr",
         "table": table,
         "table_arn": table_arn,
@@ -321,9 +319,7 @@ def export_pitr(
         **{k: v for k, v in checked.items() if k not in ("export_arn", "export_time")},
         "duration_s": round(time.time() - started, 3),
         "config_hash": cfg.hash_of("source"),
-    })
-    store.delete(pending_key)
-    return manifest
+    }
 
 
 def _warn_forward_writes(cfg: Config, export_time: datetime, month: str, reporter: Reporter) -> None:
@@ -349,14 +345,14 @@ def adopt_existing(cfg: Config, store: staging.Store, month: str, uri: str, repo
     checked = inspect_export(folder)
     if not checked["verified"]:
         reporter.warn(f"export {month}: {checked['verification']}")
-    return staging.commit_manifest(store, month, "export", {
+    return {
         "mode": "adopted",
         "table": cfg.source_table(month),
         "export_folder": folder.uri,
         **checked,
         "duration_s": round(time.time() - started, 3),
         "config_hash": cfg.hash_of("source"),
-    })
+    }
 
 
 # --------------------------------------------------------------------------- scan export
@@ -407,29 +403,17 @@ class _PartWriter:
         self._gz = None
 
 
-def _read_budget(cfg: Config, desc: dict[str, Any], table: str) -> float:
-    e = cfg.export
-    if e.scan_max_rcu:
-        return e.scan_max_rcu
-    on_demand = desc.get("BillingModeSummary", {}).get("BillingMode") == "PAY_PER_REQUEST"
-    rcu = desc.get("ProvisionedThroughput", {}).get("ReadCapacityUnits", 0)
-    if on_demand or not rcu:
-        raise EtlError(
-            f"{table} is on-demand: a fraction of its read capacity means nothing",
-            hint="set [export] scan_max_rcu (absolute RCU/s) for a scan export of an on-demand table",
-        )
-    return float(rcu) * float(e.scan_read_fraction or 0.5)
-
-
 def export_scan(cfg: Config, store: staging.Store, month: str, reporter: Reporter) -> dict[str, Any]:
     start = datetime.now(UTC)
     ddb = aws.client(cfg.source, "dynamodb")
     table = cfg.source_table(month)
     desc = _describe_source(cfg, ddb, table, month)
-    budget = TokenBucket(_read_budget(cfg, desc, table))
+    budget = capacity.budget_for(desc, unit="RCU", fraction=cfg.export.scan_read_fraction or 0.5,
+                                 absolute=cfg.export.scan_max_rcu, fraction_key="[export] scan_read_fraction",
+                                 absolute_key="[export] scan_max_rcu").bucket
     export_id = f"{int(start.timestamp() * 1000):014d}-{secrets.token_hex(4)}"
     store.delete_prefix(staging.export_prefix(month) + "/")
-    folder_key = f"{staging.export_prefix(month)}/AWSDynamoDB/{export_id}"
+    folder_key = staging.export_folder_key(month, export_id)
     folder = store.sub(folder_key)
     folder.write("_started", b"")
     segments = cfg.export.scan_segments
@@ -464,7 +448,7 @@ def export_scan(cfg: Config, store: staging.Store, month: str, reporter: Reporte
     task.finish()
     end = datetime.now(UTC)
     s3 = isinstance(store, staging.S3Store)
-    base_key = store.bucket_key(folder_key) if isinstance(store, staging.S3Store) else folder_key
+    bucket, base_key = store.s3_location(folder_key) if s3 else (None, folder_key)
     entries = [e for w in writers for e in w.entries]
     lines = "".join(
         json.dumps({"itemCount": e["itemCount"], "md5Checksum": e["md5Checksum"], "etag": e["etag"],
@@ -481,7 +465,7 @@ def export_scan(cfg: Config, store: staging.Store, month: str, reporter: Reporte
         "tableArn": desc["TableArn"],
         "tableId": desc.get("TableId"),
         "exportTime": _iso_ms(start),
-        "s3Bucket": store.bucket if isinstance(store, staging.S3Store) else None,
+        "s3Bucket": bucket,
         "s3Prefix": base_key.rsplit("/AWSDynamoDB/", 1)[0],
         "s3SseAlgorithm": "AES256" if s3 else None,
         "s3SseKmsKeyId": None,
@@ -494,7 +478,7 @@ def export_scan(cfg: Config, store: staging.Store, month: str, reporter: Reporte
     folder.write("manifest-summary.json", summary_raw)
     folder.write("manifest-summary.md5", base64.b64encode(hashlib.md5(summary_raw).digest()))
     checked = inspect_export(folder)
-    return staging.commit_manifest(store, month, "export", {
+    return {
         "mode": "scan",
         "table": table,
         "table_arn": desc["TableArn"],
@@ -505,36 +489,41 @@ def export_scan(cfg: Config, store: staging.Store, month: str, reporter: Reporte
         **{k: v for k, v in checked.items() if k not in ("export_time",)},
         "duration_s": round((end - start).total_seconds(), 3),
         "config_hash": cfg.hash_of("source"),
-    })
+    }
 
 
 # --------------------------------------------------------------------------- the stage
 
 
-def run_export(
-    cfg: Config,
-    months: list[str],
-    *,
-    mode: str | None = None,
-    use_existing: str | None = None,
-    force: bool = False,
-    enable_pitr: bool = False,
-    reporter: Reporter = QUIET,
-) -> list[dict[str, Any]]:
-    staging_root = staging.open_store(cfg.staging.root, cfg.staging)
-    mode = mode or cfg.export.mode
-    if use_existing and len(months) != 1:
-        raise EtlError("--use-existing adopts one export: give exactly one --month")
+@dataclass(frozen=True)
+class ExportTask:
+    month: str
+    mode: str  # pitr | scan | adopt
+    use_existing: str | None = None
+    force: bool = False
+    enable_pitr: bool = False
 
-    def one(month: str) -> dict[str, Any]:
-        if not force and (done := staging.read_manifest(staging_root, month, "export")):
-            reporter.info(f"export {month}: already committed ({done.get('mode')}), skipped; --force redoes it")
-            return {**done, "skipped": True}
-        if use_existing:
-            return adopt_existing(cfg, staging_root, month, use_existing, reporter)
-        if mode == "scan":
-            return export_scan(cfg, staging_root, month, reporter)
-        return export_pitr(cfg, staging_root, month, force, enable_pitr, reporter)
 
-    extra = "--mode scan" if mode == "scan" else ""
-    return run_months("export", months, staging_root, one, cfg.export.concurrency, reporter, extra)
+def plan(cfg: Config, store: staging.Store, month: str, *, mode: str | None = None, use_existing: str | None = None,
+         force: bool = False, enable_pitr: bool = False) -> MonthPlan:
+    how = "adopt" if use_existing else (mode or cfg.export.mode)
+    return MonthPlan([ExportTask(month, how, use_existing, force, enable_pitr)], None, "s")
+
+
+def run_task(cfg: Config, task: ExportTask, ctx: TaskContext, reporter: Reporter = QUIET) -> dict[str, Any]:
+    """The month's export, as the body of its manifest (runs on the driver: an export is a wait)."""
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    if task.mode == "adopt":
+        assert task.use_existing is not None
+        return adopt_existing(cfg, store, task.month, task.use_existing, reporter)
+    if task.mode == "scan":
+        return export_scan(cfg, store, task.month, reporter)
+    return export_pitr(cfg, store, task.month, task.force, task.enable_pitr, reporter)
+
+
+def commit(cfg: Config, store: staging.Store, month: str, tasks: list[ExportTask], results: list[dict[str, Any]],
+           started: float) -> dict[str, Any]:
+    [body] = results
+    manifest = staging.commit_manifest(store, month, "export", body)
+    store.delete(staging.pending_export_key(month))
+    return manifest

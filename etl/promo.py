@@ -17,7 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from etl import items, mapping
 from etl.config import Config
+from etl.transform.rows import convert_chunk
 
 QUERY_LIMIT = 5  # newest first: the newest unexpired order decides; a few spare for expired-not-yet-deleted
 
@@ -67,7 +69,7 @@ def discount_for(customer_id: str, at: datetime | None, cfg: Config, ddb: Any) -
     loyalty_since = months_before(now, p.loyalty_months)
     anniversary_since = months_before(now, p.anniversary_months)
     pk, sk = cfg.destination.partition_key, cfg.destination.sort_key
-    ttl_col = next((c.name for c in cfg.transform.columns if c.converter == "ttl"), None)
+    ttl_col = mapping.ttl_column(cfg)
     projection = [sk, "OrderID"] + ([ttl_col] if ttl_col else [])
     names = {f"#a{i}": n for i, n in enumerate(projection)}
     r = ddb.query(
@@ -83,10 +85,11 @@ def discount_for(customer_id: str, at: datetime | None, cfg: Config, ddb: Any) -
     now_s = now.timestamp()
     evidence = None
     for item in r.get("Items", []):
-        expires = int(item[ttl_col]["N"]) if ttl_col and ttl_col in item else None
+        plain = items.decode_item(item)
+        expires = plain.get(ttl_col) if ttl_col else None
         if expires is not None and expires <= now_s:
             continue  # expired: DynamoDB deletes it up to about two days late
-        evidence = {sk: int(item[sk]["N"]), "OrderID": item.get("OrderID", {}).get("S"), ttl_col or "ttl": expires}
+        evidence = {sk: plain[sk], "OrderID": plain.get("OrderID"), ttl_col or "ttl": expires}
         break
     if evidence is None:
         return Decision(0, "none", None, now, loyalty_since, anniversary_since)
@@ -100,28 +103,24 @@ def order_item(customer_id: str, order_id: str, created_at: str | int | datetime
     (`CustomerID`, `DateTime`, `OrderID`), so the backfill and the live writer cannot disagree."""
     import orjson
 
-    from etl.load import to_puts
-    from etl.transform import convert_chunk, load_hook, output_schema, parse_schema
-
     if isinstance(created_at, datetime):
         if created_at.tzinfo is None:
             raise ValueError("created_at must carry a time zone")
         created_at = created_at.isoformat()
     dt = {"N": str(created_at)} if isinstance(created_at, int) else {"S": str(created_at)}
     line = orjson.dumps({"Item": {"CustomerID": {"S": customer_id}, "DateTime": dt, "OrderID": {"S": order_id}}})
-    out_schema = output_schema(cfg)
-    r = convert_chunk(line + b"\n", cfg, parse_schema(cfg), out_schema)
+    out_schema = mapping.output_schema(cfg)
+    r = convert_chunk(line + b"\n", cfg, mapping.parse_schema(cfg), out_schema)
     if r.rejected:
         kind, message, _ = r.rejected[0]
         raise ValueError(f"order {order_id} cannot be indexed: {kind}: {message}")
     table = r.table
-    hook = load_hook(cfg.transform.hook)
+    hook = mapping.load_hook(cfg.transform.hook)
     if hook is not None and table.num_rows:
-        table = hook(table)
+        table, _ = mapping.apply_hook(hook, cfg, table, out_schema)
     if table.num_rows != 1:
         raise ValueError(f"order {order_id} is filtered out by the mapping ({r.filtered or 'hook'})")
-    [put] = to_puts(table.to_batches()[0])
-    return dict(orjson.loads(put)["PutRequest"]["Item"])
+    return items.item_of(table.to_pylist()[0])
 
 
 def record_order(customer_id: str, order_id: str, created_at: str | int | datetime, cfg: Config,

@@ -9,6 +9,10 @@ Layout under the staging root (S3 `s3://bucket/prefix` or a local directory):
     _state/month=YYYYMM/<stage>.failed.json            the last failure of a stage
     _state/month=YYYYMM/export.pending.json            an export started but not yet committed
     _state/month=YYYYMM/load/part-NNNNN.done           load checkpoints
+    _state/month=YYYYMM/transform-collisions.parquet   rows that lost a key collision (the load skips them)
+    rejected/month=YYYYMM/load-part-NNNNN.jsonl.gz     items the load quarantined (DynamoDB would refuse them)
+
+Every key is built here, and only here; a store hides whether it is a directory or an S3 prefix.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -26,6 +31,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from etl import __version__
 from etl.config import AwsSide
@@ -96,6 +105,10 @@ class Store:
 
     def sub(self, prefix: str) -> Store:
         raise NotImplementedError
+
+    def s3_location(self, key: str) -> tuple[str, str]:
+        """(bucket, object key) of a key, for the AWS APIs that write to S3 themselves (exports)."""
+        raise EtlError(f"{self.uri} is a local directory, not S3")
 
 
 class LocalStore(Store):
@@ -245,6 +258,21 @@ class S3Store(Store):
     def sub(self, prefix: str) -> Store:
         return S3Store(self.bucket, self.bucket_key(prefix), self.s3)
 
+    def s3_location(self, key: str) -> tuple[str, str]:
+        return self.bucket, self.bucket_key(key)
+
+    def bucket_region(self) -> str:
+        """The bucket's region; a missing bucket is a clear error."""
+        import botocore.exceptions
+
+        try:
+            return str(self.s3.get_bucket_location(Bucket=self.bucket).get("LocationConstraint") or "us-east-1")
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchBucket", "404"):
+                raise EtlError(f"staging bucket {self.bucket} does not exist",
+                               hint="create it in the staging region, or fix [staging] root") from None
+            raise
+
 
 def split_s3(uri: str) -> tuple[str, str]:
     rest = uri[len("s3://") :]
@@ -261,6 +289,18 @@ def open_store(uri: str, side: AwsSide) -> Store:
     return LocalStore(uri)
 
 
+@contextlib.contextmanager
+def open_uri(uri: str, side: AwsSide) -> Iterator[IO[bytes]]:
+    """A stream of one object named by its full URI (an export's data file, wherever the export is)."""
+    if uri.startswith("s3://"):
+        bucket, key = split_s3(uri)
+        with open_store(f"s3://{bucket}", side).open_read(key) as f:
+            yield f
+    else:
+        with LocalStore(os.path.dirname(uri) or ".").open_read(os.path.basename(uri)) as f:
+            yield f
+
+
 # --------------------------------------------------------------------------- keys
 
 
@@ -272,12 +312,28 @@ def export_prefix(month: str) -> str:
     return f"export/{month_dir(month)}"
 
 
+def export_folder_key(month: str, export_id: str) -> str:
+    return f"{export_prefix(month)}/AWSDynamoDB/{export_id}"
+
+
+def transformed_prefix(month: str) -> str:
+    return f"transformed/{month_dir(month)}/"
+
+
+def rejected_prefix(month: str) -> str:
+    return f"rejected/{month_dir(month)}/"
+
+
 def transformed_key(month: str, part: int) -> str:
-    return f"transformed/{month_dir(month)}/part-{part:05d}.parquet"
+    return f"{transformed_prefix(month)}part-{part:05d}.parquet"
 
 
 def rejected_key(month: str, part: int) -> str:
-    return f"rejected/{month_dir(month)}/part-{part:05d}.jsonl.gz"
+    return f"{rejected_prefix(month)}part-{part:05d}.jsonl.gz"
+
+
+def load_rejected_key(month: str, part: int) -> str:
+    return f"{rejected_prefix(month)}load-part-{part:05d}.jsonl.gz"
 
 
 def state_key(month: str, name: str) -> str:
@@ -292,8 +348,46 @@ def failed_key(month: str, stage: str) -> str:
     return state_key(month, f"{stage}.failed.json")
 
 
+def pending_export_key(month: str) -> str:
+    return state_key(month, "export.pending.json")
+
+
+def checkpoints_prefix(month: str) -> str:
+    return state_key(month, "load/")
+
+
 def checkpoint_key(month: str, part: int) -> str:
-    return state_key(month, f"load/part-{part:05d}.done")
+    return f"{checkpoints_prefix(month)}part-{part:05d}.done"
+
+
+def collisions_key(month: str) -> str:
+    return state_key(month, "transform-collisions.parquet")
+
+
+# --------------------------------------------------------------------------- the collisions file
+
+
+def write_collisions(store: Store, month: str, losers: pa.Table) -> str:
+    """The rows that lost a key collision (their `_part` and `_row`, with their keys); none: no file."""
+    key = collisions_key(month)
+    if losers.num_rows == 0:
+        store.delete(key)
+        return key
+    buf = io.BytesIO()
+    pq.write_table(losers, buf, compression="zstd")
+    store.write(key, buf.getvalue())
+    return key
+
+
+def read_losers(store: Store, month: str) -> dict[int, np.ndarray]:
+    """Part -> the row numbers (ascending) in it that lost a key collision, which the load skips."""
+    key = collisions_key(month)
+    if not store.exists(key):
+        return {}
+    t = pq.read_table(pa.BufferReader(store.read(key)), columns=["_part", "_row"])
+    parts = np.asarray(t["_part"].to_numpy(), dtype=np.int64)
+    rows = np.asarray(t["_row"].to_numpy(), dtype=np.int64)
+    return {int(p): np.sort(rows[parts == p]) for p in np.unique(parts).tolist()}
 
 
 # --------------------------------------------------------------------------- manifests

@@ -44,8 +44,8 @@ def month_status(store: staging.Store, month: str, stages: tuple[str, ...] = sta
             if previous is not None and manifest.get("upstream_run") != previous.get("run_id"):
                 cell["state"] = "stale"
                 cell["summary"] += " (made from an older run of the previous stage)"
-        elif stage == "export" and store.exists(staging.state_key(month, "export.pending.json")):
-            pending = store.read_json(staging.state_key(month, "export.pending.json"))
+        elif stage == "export" and store.exists(staging.pending_export_key(month)):
+            pending = store.read_json(staging.pending_export_key(month))
             cell = {"state": "running", "summary": f"export {pending.get('export_arn', 'starting')}",
                     "at": pending.get("started_at")}
         else:
@@ -67,18 +67,6 @@ def next_command(row: dict[str, Any], stages: tuple[str, ...]) -> str | None:
         if cell["state"] in ("-", "running"):
             return f"{NEXT[stage]} --month {month}"
     return None
-
-
-def current(store: staging.Store, month: str, stage: str) -> bool:
-    """The stage is committed and made from the previous stage's current output."""
-    manifest = staging.read_manifest(store, month, stage)
-    if manifest is None:
-        return False
-    i = staging.STAGES.index(stage)
-    if i == 0:
-        return True
-    upstream = staging.read_manifest(store, month, staging.STAGES[i - 1])
-    return upstream is not None and manifest.get("upstream_run") == upstream.get("run_id")
 
 
 def collect(store: staging.Store, months: list[str] | None = None,

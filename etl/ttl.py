@@ -12,13 +12,7 @@ import pyarrow.parquet as pq
 from etl import aws, staging
 from etl.config import Config
 from etl.errors import EtlError
-
-
-def ttl_attribute(cfg: Config) -> str:
-    name = next((c.name for c in cfg.transform.columns if c.converter == "ttl"), None)
-    if name is None:
-        raise EtlError("the mapping has no ttl column", hint="add a [[transform.columns]] with converter = \"ttl\"")
-    return name
+from etl.mapping import require_ttl_column as ttl_attribute
 
 
 def enable(cfg: Config) -> dict[str, Any]:

@@ -1,9 +1,16 @@
-"""`etl verify`: read every key of a month's loaded rows back with BatchGetItem and compare values."""
+"""`etl verify`: read every loaded key back with BatchGetItem (within a read budget) and compare values.
+
+plan:     one task per Parquet part of the month's committed load.
+run_task: the rows the load meant to write (the part minus collision losers, and minus expired rows when
+          those were skipped), read back 100 keys at a time; counts of missing and different items.
+commit:   the sums and a few examples of each.
+"""
 
 from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,109 +18,120 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from etl import aws, staging
+from etl import aws, capacity, items, mapping, staging
 from etl.config import Config
-from etl.errors import EtlError, StageNotReady
-from etl.load import _losers
-from etl.progress import QUIET, Reporter
-from etl.ratelimit import TokenBucket
+from etl.engine import MonthPlan, TaskContext
+from etl.errors import StageNotReady
 
+NAME = "verify"
 EXAMPLES = 5
 
 
-def read_budget(cfg: Config, desc: dict[str, Any]) -> TokenBucket:
-    if cfg.load.max_rcu:
-        return TokenBucket(cfg.load.max_rcu)
-    on_demand = desc.get("BillingModeSummary", {}).get("BillingMode") == "PAY_PER_REQUEST"
-    rcu = float(desc.get("ProvisionedThroughput", {}).get("ReadCapacityUnits", 0))
-    if on_demand or not rcu:
-        raise EtlError(f"{desc['TableName']} is on-demand: set [load] max_rcu (absolute RCU/s) for verify")
-    return TokenBucket(rcu * float(cfg.load.read_capacity_fraction or 0.5))
+def read_budget(cfg: Config, desc: dict[str, Any]) -> capacity.Budget:
+    return capacity.budget_for(desc, unit="RCU", fraction=cfg.load.read_capacity_fraction or 0.5,
+                               absolute=cfg.load.max_rcu, fraction_key="[load] read_capacity_fraction",
+                               absolute_key="[load] max_rcu")
 
 
-def _expected(cfg: Config, store: staging.Store, month: str, load: dict[str, Any]) -> list[dict[str, Any]]:
-    """The rows the load meant to write: the Parquet minus collision losers (and expired rows if skipped)."""
-    t = staging.read_manifest(store, month, "transform") or {}
-    losers = _losers(store, month)
-    ttl_col = next((c.name for c in cfg.transform.columns if c.converter == "ttl"), None)
-    out: list[dict[str, Any]] = []
-    for p in t.get("parts", []):
-        with store.open_read(p["output"]) as f:
-            table = pq.read_table(pa.BufferReader(f.read()))
-        keep = np.ones(table.num_rows, dtype=bool)
-        for r in losers.get(p["part"], set()):
-            keep[r] = False
-        if ttl_col and not load.get("include_expired"):
-            ttl = np.asarray(pc.fill_null(table[ttl_col], np.iinfo(np.int64).max).to_numpy(zero_copy_only=False))
-            keep &= ttl > int(load.get("expired_before", 0))
-        out.extend(table.filter(pa.array(keep)).to_pylist())
-    return out
+def preflight(cfg: Config) -> capacity.Budget:
+    ddb = aws.client(cfg.destination, "dynamodb")
+    return read_budget(cfg, ddb.describe_table(TableName=cfg.destination_table())["Table"])
 
 
-def _attr(value: Any) -> dict[str, str]:
-    return {"S": value} if isinstance(value, str) else {"N": str(value)}
+@dataclass(frozen=True)
+class PartTask:
+    month: str
+    part: int
+    key: str
+    table: str
+    include_expired: bool
+    expired_before: int
+    upstream_run: str
 
 
-def verify_month(cfg: Config, store: staging.Store, month: str, ddb: Any, bucket: TokenBucket,
-                 reporter: Reporter) -> dict[str, Any]:
+def plan(cfg: Config, store: staging.Store, month: str) -> MonthPlan:
     load = staging.read_manifest(store, month, "load")
     if load is None:
         raise StageNotReady(f"month {month} has no committed load", hint=f"run `etl load --month {month}` first")
-    started = time.time()
-    table = cfg.destination_table()
-    pk, sk = cfg.destination.partition_key, cfg.destination.sort_key
-    rows = _expected(cfg, store, month, load)
-    task = reporter.task(f"verify {month}", len(rows), "items")
+    t = staging.read_manifest(store, month, "transform") or {}
+    tasks = [PartTask(month, p["part"], p["output"], cfg.destination_table(), bool(load.get("include_expired")),
+                      int(load.get("expired_before", 0)), str(load.get("run_id", ""))) for p in t.get("parts", [])]
+    return MonthPlan(tasks, sum(p["rows"] for p in t.get("parts", [])), "items")
+
+
+def expected_rows(cfg: Config, store: staging.Store, task: PartTask) -> tuple[list[dict[str, Any]], int]:
+    """The rows the load meant to write from the part, and how many rows the part has."""
+    table = pq.read_table(pa.BufferReader(store.read(task.key)))
+    keep = np.ones(table.num_rows, dtype=bool)
+    losers = staging.read_losers(store, task.month).get(task.part)
+    if losers is not None:
+        keep[losers] = False
+    ttl_col = mapping.ttl_column(cfg)
+    if ttl_col and not task.include_expired:
+        ttl = np.asarray(pc.fill_null(table[ttl_col], np.iinfo(np.int64).max).to_numpy(zero_copy_only=False))
+        keep &= ttl > task.expired_before
+    return table.filter(pa.array(keep)).to_pylist(), table.num_rows
+
+
+def compare(expected: dict[str, Any], actual: dict[str, Any] | None) -> list[str] | None:
+    """None when the item is missing, else the columns whose value differs (empty: equal). A null in the
+    Parquet is an attribute the load left out, so it is not compared."""
+    if actual is None:
+        return None
+    return sorted(c for c, v in expected.items() if v is not None and actual.get(c) != v)
+
+
+def run_task(cfg: Config, task: PartTask, ctx: TaskContext) -> dict[str, Any]:
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    ddb = aws.client(cfg.destination, "dynamodb")
+    keys = mapping.key_columns(cfg)
+    rows, total = expected_rows(cfg, store, task)
+    ctx.progress(total - len(rows))
+    assert ctx.budget is not None
     missing: list[dict[str, Any]] = []
     different: list[dict[str, Any]] = []
     n_missing = n_different = 0
     for i in range(0, len(rows), 100):
+        ctx.check()
         chunk = rows[i : i + 100]
-        want = {(r[pk], r[sk]): r for r in chunk}
-        keys = [{pk: _attr(k[0]), sk: _attr(k[1])} for k in want]
-        got: dict[tuple[Any, Any], dict[str, Any]] = {}
+        want = {tuple(r[k] for k in keys): r for r in chunk}
+        request = [{k: items.attr_value(v) for k, v in zip(keys, key, strict=True)} for key in want]
+        got: dict[tuple[Any, ...], dict[str, Any]] = {}
         attempt = 0
-        while keys:
-            bucket.acquire(len(keys) * 0.5)
-            r = ddb.batch_get_item(RequestItems={table: {"Keys": keys, "ConsistentRead": False}},
+        while request:
+            ctx.budget.acquire(len(request) * 0.5)
+            r = ddb.batch_get_item(RequestItems={task.table: {"Keys": request, "ConsistentRead": False}},
                                    ReturnConsumedCapacity="TOTAL")
-            for item in r["Responses"].get(table, []):
-                plain = {k: (v["S"] if "S" in v else int(v["N"]) if "N" in v else v) for k, v in item.items()}
-                got[(plain[pk], plain[sk])] = plain
-            keys = r.get("UnprocessedKeys", {}).get(table, {}).get("Keys", [])
-            if keys:
+            for item in r["Responses"].get(task.table, []):
+                plain = items.decode_item(item)
+                got[tuple(plain[k] for k in keys)] = plain
+            request = r.get("UnprocessedKeys", {}).get(task.table, {}).get("Keys", [])
+            if request:
                 attempt += 1
-                bucket.throttled()
+                ctx.budget.throttled()
                 time.sleep(random.uniform(0, min(10.0, 0.05 * 2**attempt)))
-        for k, expected in want.items():
-            actual = got.get(k)
-            if actual is None:
+        for key, expected in want.items():
+            diff = compare(expected, got.get(key))
+            if diff is None:
                 n_missing += 1
                 if len(missing) < EXAMPLES:
-                    missing.append({pk: k[0], sk: k[1]})
-                continue
-            diffs = {c: {"expected": v, "actual": actual.get(c)} for c, v in expected.items()
-                     if v is not None and actual.get(c) != v}
-            if diffs:
+                    missing.append(dict(zip(keys, key, strict=True)))
+            elif diff:
                 n_different += 1
                 if len(different) < EXAMPLES:
-                    different.append({pk: k[0], sk: k[1], "columns": sorted(diffs)})
-        task.advance(len(chunk))
-    task.finish(missing=n_missing, different=n_different)
-    ok = n_missing == 0 and n_different == 0
+                    different.append({**dict(zip(keys, key, strict=True)), "columns": diff})
+        ctx.progress(len(chunk))
+    return {"part": task.part, "checked": len(rows), "missing": n_missing, "different": n_different,
+            "missing_examples": missing, "different_examples": different}
+
+
+def commit(cfg: Config, store: staging.Store, month: str, tasks: list[PartTask], results: list[dict[str, Any]],
+           started: float) -> dict[str, Any]:
+    load = staging.read_manifest(store, month, "load") or {}
+    sums = {k: sum(r[k] for r in results) for k in ("checked", "missing", "different")}
+    examples = {k: [e for r in results for e in r[k]][:EXAMPLES] for k in ("missing_examples", "different_examples")}
     return staging.commit_manifest(store, month, "verify", {
-        "ok": ok, "checked": len(rows), "missing": n_missing, "different": n_different,
-        "missing_examples": missing, "different_examples": different, "table": table,
-        "upstream_run": load.get("run_id"), "duration_s": round(time.time() - started, 3),
+        "ok": sums["missing"] == 0 and sums["different"] == 0, **sums, **examples,
+        "table": cfg.destination_table(), "upstream_run": load.get("run_id"),
+        "duration_s": round(time.time() - started, 3),
     })
-
-
-def run_verify(cfg: Config, months: list[str], *, reporter: Reporter = QUIET) -> list[dict[str, Any]]:
-    from etl.engine import run_months
-
-    store = staging.open_store(cfg.staging.root, cfg.staging)
-    ddb = aws.client(cfg.destination, "dynamodb")
-    desc = ddb.describe_table(TableName=cfg.destination_table())["Table"]
-    bucket = read_budget(cfg, desc)
-    return run_months("verify", months, store, lambda m: verify_month(cfg, store, m, ddb, bucket, reporter),
-                      2, reporter)

@@ -6,6 +6,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
+SEEN: list[str] = []  # what `record_orders` saw, in order
+
+
+def record_orders(table: pa.Table) -> pa.Table:
+    SEEN.extend(table.column("OrderID").to_pylist())
+    return table
+
+
 def uppercase_orders(table: pa.Table) -> pa.Table:
     i = table.schema.get_field_index("OrderID")
     return table.set_column(i, "OrderID", pc.utf8_upper(table["OrderID"]))

@@ -12,9 +12,8 @@ from etl.catalog import register
 from etl.cli import cli
 from etl.config import Config, load_config
 from etl.errors import EtlError
-from etl.export import run_export
 from etl.local import seed
-from etl.transform import run_transform
+from etl.pipeline import run_export, run_transform
 
 
 def test_catalog_register_creates_table_and_partitions_once(moto: str, make_config: Callable[..., Config]) -> None:

@@ -92,8 +92,7 @@ def test_seed_is_deterministic_and_has_dirty_rows() -> None:
 
 def test_status_marks_a_stage_made_from_an_older_upstream_as_stale(make_config: Callable[..., Config],
                                                                    tmp_path: Path) -> None:
-    from etl.export import run_export
-    from etl.transform import run_transform
+    from etl.pipeline import run_export, run_transform
     from tests.helpers import item, write_real_export
 
     cfg = make_config()

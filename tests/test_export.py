@@ -13,8 +13,8 @@ import pytest
 from etl import aws, staging
 from etl.config import Config
 from etl.errors import EtlError, ValidationFailed
-from etl.export import run_export
 from etl.local import seed
+from etl.pipeline import run_export
 from tests.conftest import ddb_client, s3_client
 from tests.helpers import item, write_real_export
 

@@ -16,10 +16,7 @@ import pytest
 from etl import staging
 from etl.config import Config
 from etl.errors import EtlError
-from etl.export import run_export
-from etl.load import run_load
-from etl.transform import run_transform
-from etl.verify import run_verify
+from etl.pipeline import run_export, run_load, run_transform, run_verify
 from etl.writer import BatchWriter, proxy_for
 from tests.conftest import ddb_client
 from tests.faultproxy import FaultProxy

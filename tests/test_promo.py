@@ -14,10 +14,8 @@ from hypothesis import strategies as st
 from etl import aws
 from etl.config import Config
 from etl.convert import to_epoch_seconds
-from etl.export import run_export
-from etl.load import run_load
+from etl.pipeline import run_export, run_load, run_transform
 from etl.promo import discount_for, months_before, order_item, record_order
-from etl.transform import run_transform
 from etl.ttl import enable, preview
 from tests.conftest import ddb_client
 from tests.helpers import write_real_export

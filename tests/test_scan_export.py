@@ -15,7 +15,8 @@ import pytest
 from etl import staging
 from etl.config import Config
 from etl.errors import EtlError
-from etl.export import inspect_export, run_export
+from etl.export import inspect_export
+from etl.pipeline import run_export
 from etl.local import seed
 from tests.conftest import ddb_client, s3_client
 

@@ -18,13 +18,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from etl import ddbjson, staging, transform
+from etl import mapping, staging
+from etl.engine import TaskContext
+from etl.items import decode, export_line
+from etl.transform import collisions, lines, rows
+from etl.transform.stage import FileTask, run_task
 from etl.config import Config
-from etl.ddbjson import decode
 from etl.errors import EtlError, StageNotReady
-from etl.export import run_export
 from etl.local import DIRTY_KINDS, generate_month, seed
-from etl.transform import run_transform
+from etl.pipeline import run_export, run_transform
 from tests.helpers import write_real_export
 
 M = "201604"
@@ -147,10 +149,10 @@ def test_a_chunk_gives_what_its_lines_give_one_by_one(make_config: Callable[...,
     """Whatever mix of good, dirty and malformed lines a chunk holds, one parse of the chunk (or its halving
     around lines the decoder refuses) gives the rows, quarantine records and counts of its lines taken alone."""
     cfg = make_config()
-    schema, out_schema = transform.parse_schema(cfg), transform.output_schema(cfg)
+    schema, out_schema = mapping.parse_schema(cfg), mapping.output_schema(cfg)
     lines = [_LINE_KINDS[k] for k in kinds]
-    whole = transform.convert_chunk(b"\n".join(lines) + b"\n", cfg, schema, out_schema)
-    alone = [transform.convert_chunk(line + b"\n", cfg, schema, out_schema) for line in lines]
+    whole = rows.convert_chunk(b"\n".join(lines) + b"\n", cfg, schema, out_schema)
+    alone = [rows.convert_chunk(line + b"\n", cfg, schema, out_schema) for line in lines]
     assert whole.items_in == sum(r.items_in for r in alone) == sum(1 for line in lines if line.strip())
     assert whole.table.to_pylist() == [row for r in alone for row in r.table.to_pylist()]
     assert sorted(whole.rejected) == sorted(x for r in alone for x in r.rejected)
@@ -166,7 +168,7 @@ def test_what_each_odd_line_becomes(make_config: Callable[..., Config]) -> None:
     """The outcome of lines at the edges of JSON, in one chunk: pyarrow's reader crashed the process on a
     `null` line; raw control bytes inside strings (which arrow-rs's decoder would take) are refused."""
     cfg = make_config()
-    schema, out_schema = transform.parse_schema(cfg), transform.output_schema(cfg)
+    schema, out_schema = mapping.parse_schema(cfg), mapping.output_schema(cfg)
     ok = b'{"Item":{"CustomerID":{"S":"C%d"},"DateTime":{"S":"2016-04-12T10:15:30Z"},"OrderID":{"S":"O%d"}}}'
     tab = b'{"Item":{"CustomerID":{"S":"C\tX"},"DateTime":{"S":"2016-04-12"},"OrderID":{"S":"O2"}}}'
     two = ok % (5, 5) + b" " + ok % (6, 6)
@@ -180,7 +182,7 @@ def test_what_each_odd_line_becomes(make_config: Callable[..., Config]) -> None:
         b'{"Item":{"CustomerID":{"S":"C7"},"CustomerID":{"S":"C8"},"DateTime":{"S":"2016-04-12"},"OrderID":{"S":"O8"}}}',
         number, form_feed,
     ]) + b"\n"
-    r = transform.convert_chunk(chunk, cfg, schema, out_schema)
+    r = rows.convert_chunk(chunk, cfg, schema, out_schema)
     assert r.table.column("CustomerID").to_pylist() == ["C1", "C3", "C4", "C8"]  # a repeated key: the last wins
     got = {line: (reason, message) for reason, message, line in r.rejected}
     assert {line: reason for line, (reason, _) in got.items()} == dict.fromkeys([b"null", tab, two, number, form_feed],
@@ -218,13 +220,13 @@ def test_any_item_text_reads_back_exactly(make_config: Callable[..., Config],
     other attributes of every DynamoDB type, written as orjson or as ASCII-escaped JSON: the rows hold exactly
     what json.loads reads from each line."""
     cfg = make_config()
-    schema, out_schema = transform.parse_schema(cfg), transform.output_schema(cfg)
+    schema, out_schema = mapping.parse_schema(cfg), mapping.output_schema(cfg)
     lines = []
     for cid, oid, epoch, extra, ascii_only in items:
         item = {**extra, "CustomerID": {"S": cid}, "DateTime": {"N": str(epoch)}, "OrderID": {"S": oid}}
         lines.append(json.dumps({"Item": item}, ensure_ascii=True).encode() if ascii_only
-                     else ddbjson.export_line(item).rstrip(b"\n"))
-    r = transform.convert_chunk(b"\n".join(lines) + b"\n", cfg, schema, out_schema)
+                     else export_line(item).rstrip(b"\n"))
+    r = rows.convert_chunk(b"\n".join(lines) + b"\n", cfg, schema, out_schema)
     want = []
     for line in lines:
         item = json.loads(line)["Item"]
@@ -267,47 +269,28 @@ def test_truncated_gzip_fails_with_file_and_line(make_config: Callable[..., Conf
     assert store.read_json(staging.failed_key(M, "transform"))["rerun"] == "etl transform --month 201604"
 
 
-def test_months_side_by_side_share_one_budget_of_kept_keys() -> None:
-    """Months run side by side: the keys they keep for their collision checks share one budget, a month that
-    would exceed it keeps none (its check reads the parts back), and a finished month gives its rows back."""
-    cols = ["CustomerID", "CreationDateTime", "OrderID"]
-    t = pa.table({"CustomerID": list("abcdef"), "CreationDateTime": list(range(6)), "OrderID": list("uvwxyz")})
-    budget = transform.KeyBudget(10)
-    first, second = (transform.KeptKeys(cols, "CreationDateTime", 100, budget) for _ in range(2))
-    first.add(0, t)
-    second.add(0, t)  # 12 rows > 10: dropped
-    second.add(1, t.slice(0, 1))  # and stays dropped
-    assert first.of(0, 6) is not None and second.of(0, 6) is None and second.of(1, 1) is None
-    assert budget.free == 4
-    first.release()
-    assert budget.free == 10 and first.of(0, 6) is None
-    third = transform.KeptKeys(cols, "CreationDateTime", 100, budget)
-    third.add(0, t)
-    assert [b.num_rows for b, _ in third.of(0, 6) or []] == [6]
-
-
 def test_a_file_converted_on_helper_threads_gives_the_same_output(
         make_config: Callable[..., Config], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A month of one file converts its chunks on the idle workers: the Parquet part, the quarantine file, the
     counts and a hook's view are the same as converting them one after another; a truncated file names the
     same line either way."""
-    monkeypatch.setattr(transform, "CHUNK", 4096)  # many chunks from a small file
+    from tests import hooks_example
+
+    monkeypatch.setattr(lines, "CHUNK", 4096)  # many chunks from a small file
     items = [{k: v for k, v in it.items() if k != "_dirty"} for it in generate_month(M, 3000, 7)]
     folder = write_real_export(tmp_path / "ext", [items])
     data = next((folder / "data").iterdir())
     seen: dict[int, list[str]] = {}
     results = {}
     for helpers in (0, 2):
-        cfg = make_config(root=str(tmp_path / f"stage{helpers}"), extra="[transform]\nrow_group_rows = 500\n")
+        cfg = make_config(root=str(tmp_path / f"stage{helpers}"),
+                          extra='[transform]\nrow_group_rows = 500\nhook = "tests.hooks_example:record_orders"\n')
         run_export(cfg, [M], use_existing=str(folder))
         store = staging.open_store(cfg.staging.root, cfg.staging)
-        hook_rows: list[str] = seen.setdefault(helpers, [])
-
-        def hook(t: pa.Table, rows: list[str] = hook_rows) -> pa.Table:
-            rows.extend(t.column("OrderID").to_pylist())
-            return t
-
-        info = transform.transform_file(cfg, store, M, 0, str(data), hook, helpers=helpers)
+        hooks_example.SEEN.clear()
+        task = FileTask(M, 0, str(data), staging.transformed_key(M, 0), staging.rejected_key(M, 0), "run", helpers)
+        info = run_task(cfg, task, TaskContext())
+        seen[helpers] = list(hooks_example.SEEN)
         out = pq.read_table(store.key_uri(info["output"]))
         rejected = gzip.decompress(store.read(info["rejected_key"]))
         results[helpers] = (out, rejected, {k: v for k, v in info.items() if k not in ("output", "rejected_key")})
@@ -319,8 +302,8 @@ def test_a_file_converted_on_helper_threads_gives_the_same_output(
     for helpers in (0, 2):
         cfg = make_config(root=str(tmp_path / f"stage{helpers}"))
         with pytest.raises(EtlError) as e:
-            transform.transform_file(cfg, staging.open_store(cfg.staging.root, cfg.staging), M, 0, str(data), None,
-                                     helpers=helpers)
+            run_task(cfg, FileTask(M, 0, str(data), staging.transformed_key(M, 0), staging.rejected_key(M, 0), "run",
+                                   helpers), TaskContext())
         errors.append(e.value.message)
     assert errors[0] == errors[1] and "ends early" in errors[0]
 
@@ -362,35 +345,25 @@ def test_key_collisions_are_counted_and_losers_listed(make_config: Callable[...,
                                           st.sampled_from(["O1", "O2", "O9", "O10"])), max_size=30),
                       min_size=1, max_size=4),
        bucket_rows=st.sampled_from([3, 10, 1_000_000]))
-def test_collisions_match_a_plain_python_count(make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch,
+def test_collisions_match_a_plain_python_count(make_config: Callable[..., Config],
                                                parts: list[list[tuple[str, int, str]]], bucket_rows: int) -> None:
     """Any rows split over any parts, in one bucket or many: the same colliding rows and losers as counting
     (CustomerID, CreationDateTime) in Python, and the winner is the greatest OrderID, then the first row."""
-    monkeypatch.setattr(transform, "COLLISION_BUCKET_ROWS", bucket_rows)
     with tempfile.TemporaryDirectory() as d:
-        cfg = make_config(root=d)
+        cfg = make_config(root=d, extra=f"[transform]\ncollision_bucket_rows = {bucket_rows}\n")
         store = staging.open_store(cfg.staging.root, cfg.staging)
         listed, tables = [], []
         for i, rows in enumerate(parts):
             key = staging.transformed_key(M, i)
             t = pa.table({"CustomerID": [r[0] for r in rows], "CreationDateTime": [r[1] for r in rows],
                           "OrderID": [r[2] for r in rows], "ExpirationTimestamp": [r[1] + 1 for r in rows]},
-                         schema=transform.output_schema(cfg))
+                         schema=mapping.output_schema(cfg))
             buf = io.BytesIO()
             pq.write_table(t, buf)
             store.write(key, buf.getvalue())
             listed.append({"part": i, "output": key, "rows": len(rows)})
             tables.append(t)
-        c = transform.find_collisions(cfg, store, M, listed)
-        # the same from the keys kept as the parts were written (in two pieces each), when the month fits a bucket
-        kept = transform.KeptKeys(["CustomerID", "CreationDateTime", "OrderID"], "CreationDateTime", bucket_rows)
-        for i, t in enumerate(tables):
-            kept.add(i, t.slice(0, t.num_rows // 2))
-            kept.add(i, t.slice(t.num_rows // 2))
-        if sum(map(len, parts)) <= bucket_rows:  # one bucket: nothing is read back (the parts could be gone)
-            for entry in listed:
-                store.delete(entry["output"])
-        assert transform.find_collisions(cfg, store, M, listed, kept=kept) == c
+        c = collisions.find_collisions(cfg, store, M, listed)
         groups: dict[tuple[str, int], list[tuple[str, int, int]]] = {}
         for i, rows in enumerate(parts):
             for j, (cid, ts, oid) in enumerate(rows):

@@ -1,0 +1,212 @@
+"""Stage 2: export data files -> projected, converted Parquet; rows that fail go to quarantine.
+
+plan:     one task per export data file (part NNNNN = its index in the export's file list).
+run_task: streams the file in chunks of whole lines, converts each (`rows.convert_chunk`), and writes
+          `transformed/month=M/part-NNNNN.parquet` plus `rejected/month=M/part-NNNNN.jsonl.gz`.
+commit:   per-part counts, `items_in = written + filtered + rejected` (checked), the export's item count
+          (checked), key collisions (`collisions`), stale outputs of an earlier run removed, manifest last.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+from isal import igzip
+
+from etl import mapping, staging
+from etl.config import Config
+from etl.engine import MonthPlan, TaskContext
+from etl.errors import EtlError, StageNotReady
+from etl.transform.collisions import find_collisions
+from etl.transform.lines import Truncated, chunks, open_data
+from etl.transform.rows import ChunkResult, convert_chunk
+
+NAME = "transform"
+
+
+@dataclass(frozen=True)
+class FileTask:
+    month: str
+    part: int
+    input: str  # the data file's URI
+    output: str  # staging keys
+    rejected: str
+    upstream_run: str  # the export's run id
+    helpers: int = 0  # extra threads converting this file's chunks (a month of fewer files than workers)
+
+
+def plan(cfg: Config, store: staging.Store, month: str) -> MonthPlan:
+    export = staging.read_manifest(store, month, "export")
+    if export is None:
+        raise StageNotReady(f"month {month} has no committed export", hint=f"run `etl export --month {month}` first")
+    files = sorted(export["files"], key=lambda f: f["uri"])
+    helpers = max(0, cfg.transform.concurrency - len(files)) // max(1, len(files))
+    tasks = [FileTask(month, i, f["uri"], staging.transformed_key(month, i), staging.rejected_key(month, i),
+                      str(export.get("run_id", "")), helpers) for i, f in enumerate(files)]
+    return MonthPlan(tasks, export.get("item_count") or export.get("describe_item_count"), "items")
+
+
+class _Part:
+    """What one file's task accumulates: counts, the quarantine stream, the rows not yet written."""
+
+    def __init__(self, cfg: Config, task: FileTask, writer: pq.ParquetWriter, ctx: TaskContext,
+                 hook: mapping.Hook | None) -> None:
+        self.cfg, self.task, self.writer, self.ctx, self.hook = cfg, task, writer, ctx, hook
+        self.schema = mapping.output_schema(cfg)
+        self.counts: dict[str, Any] = {"items_in": 0, "written": 0, "filtered": 0, "rejected": 0,
+                                       "filtered_by": {}, "rejected_by": {}}
+        self.rej_buf = io.BytesIO()
+        self.rej_gz = igzip.IGzipFile(fileobj=self.rej_buf, mode="wb", mtime=0, compresslevel=1)
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+
+    def flush(self, final: bool = False) -> None:
+        """Write whole row groups of `row_group_rows`; the last one takes the rest."""
+        size = self.cfg.transform.row_group_rows
+        while self.pending_rows >= size or (final and self.pending_rows):
+            t = pa.concat_tables(self.pending)
+            take = min(size, t.num_rows)
+            self.writer.write_table(t.slice(0, take), row_group_size=take)
+            rest = t.slice(take)
+            self.pending, self.pending_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
+
+    def handle(self, r: ChunkResult, size: int) -> None:
+        c = self.counts
+        if self.hook is not None and r.table.num_rows:
+            r.table, dropped = mapping.apply_hook(self.hook, self.cfg, r.table, self.schema)
+            if dropped:
+                r.filtered["hook"] = r.filtered.get("hook", 0) + dropped
+        c["items_in"] += r.items_in
+        c["written"] += r.table.num_rows
+        for k, v in r.filtered.items():
+            c["filtered_by"][k] = c["filtered_by"].get(k, 0) + v
+            c["filtered"] += v
+        for reason, _, _ in r.rejected:
+            c["rejected_by"][reason] = c["rejected_by"].get(reason, 0) + 1
+        c["rejected"] += len(r.rejected)
+        if r.rejected:
+            self.rej_gz.write(b"".join(orjson.dumps({"reason": reason, "message": message, "file": self.task.input,
+                                                     "line": line.decode("utf-8", "replace")}) + b"\n"
+                                       for reason, message, line in r.rejected))
+        if r.table.num_rows:
+            self.pending.append(r.table)
+            self.pending_rows += r.table.num_rows
+            self.flush()
+        # items of the known total, and uncompressed MB read by every task together
+        self.ctx.progress(r.items_in, add={"MB": size / 1e6})
+
+
+def run_task(cfg: Config, task: FileTask, ctx: TaskContext) -> dict[str, Any]:
+    """One export data file -> one Parquet part (+ its quarantine file).
+
+    `task.helpers` > 0: chunks are converted on helpers + 1 threads while this one decompresses, and their
+    results are taken in file order, so the output is the same."""
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    schema, out_schema = mapping.parse_schema(cfg), mapping.output_schema(cfg)
+    hook = mapping.load_hook(cfg.transform.hook)
+
+    def convert(chunk: bytes | memoryview) -> ChunkResult:
+        return convert_chunk(chunk, cfg, schema, out_schema)
+
+    read = 0
+    with store.open_write(task.output) as sink, open_data(task.input, cfg) as stream:
+        part = _Part(cfg, task, pq.ParquetWriter(sink, out_schema, **mapping.parquet_options(cfg)), ctx, hook)
+        ahead: collections.deque[tuple[Future[ChunkResult], int]] = collections.deque()
+        converters = ThreadPoolExecutor(task.helpers + 1, thread_name_prefix=f"part{task.part}") \
+            if task.helpers > 0 else None
+
+        def drain(keep: int = 0) -> None:
+            """Handle the oldest results, in file order, until at most `keep` are in flight."""
+            while len(ahead) > keep:
+                fut, size = ahead.popleft()
+                part.handle(fut.result(), size)
+
+        try:
+            for chunk, size in chunks(stream):
+                ctx.check()
+                read += size
+                if converters is None:
+                    part.handle(convert(chunk), size)
+                else:
+                    ahead.append((converters.submit(convert, chunk), size))
+                    drain(keep=task.helpers + 1)
+            drain()
+            part.flush(final=True)
+        except Truncated as exc:
+            drain()
+            raise EtlError(
+                f"{task.input}: the gzip data ends early ({exc}) after line {exc.lines}; "
+                f"{part.counts['items_in']} items were read before it",
+                hint=f"the export file is damaged: re-export the month (`etl export --month {task.month} --force`)",
+            ) from None
+        finally:
+            if converters is not None:
+                converters.shutdown(wait=True, cancel_futures=True)
+            part.writer.close()
+    part.rej_gz.close()
+    counts = part.counts
+    if counts["rejected"]:
+        store.write(task.rejected, part.rej_buf.getvalue())
+    else:
+        store.delete(task.rejected)  # an earlier run's quarantine of this part
+    if counts["items_in"] != counts["written"] + counts["filtered"] + counts["rejected"]:
+        raise EtlError(f"{task.input}: counts do not reconcile: {counts}")
+    info = store.head(task.output)
+    return {"part": task.part, "input": task.input, "output": task.output, "rows": counts["written"],
+            "bytes": info.size if info else None, "rejected_key": task.rejected if counts["rejected"] else None,
+            "uncompressed_bytes": read, **counts}
+
+
+def _remove_stale(store: staging.Store, month: str, parts: list[dict[str, Any]]) -> int:
+    """Outputs of an earlier run of the month that this run did not write (it had more files)."""
+    mine = {p["output"] for p in parts} | {p["rejected_key"] for p in parts if p["rejected_key"]}
+    stale = [o.key for prefix in (staging.transformed_prefix(month), staging.rejected_prefix(month))
+             for o in store.list(prefix) if o.key not in mine]
+    for key in stale:
+        store.delete(key)
+    return len(stale)
+
+
+def commit(cfg: Config, store: staging.Store, month: str, tasks: list[FileTask], parts: list[dict[str, Any]],
+           started: float) -> dict[str, Any]:
+    export = staging.read_manifest(store, month, "export") or {}
+    if tasks and export.get("run_id") != tasks[0].upstream_run:
+        raise EtlError(f"transform {month}: the export changed while the month was transformed",
+                       hint=f"`etl transform --month {month}` transforms the new export")
+    totals = {k: sum(p[k] for p in parts) for k in ("items_in", "written", "filtered", "rejected")}
+    by: dict[str, dict[str, int]] = {"filtered_by": {}, "rejected_by": {}}
+    for p in parts:
+        for group in by:
+            for k, v in p[group].items():
+                by[group][k] = by[group].get(k, 0) + v
+    if totals["items_in"] != totals["written"] + totals["filtered"] + totals["rejected"]:
+        raise EtlError(f"transform {month}: counts do not reconcile: {totals}")
+    total = export.get("item_count") or export.get("describe_item_count")
+    if total is not None and totals["items_in"] != total:
+        raise EtlError(
+            f"transform {month}: read {totals['items_in']} items, but the export says {total}",
+            hint=f"the export looks incomplete: `etl export --month {month} --force`",
+        )
+    _remove_stale(store, month, parts)
+    with ThreadPoolExecutor(cfg.transform.concurrency, thread_name_prefix="collisions") as pool:
+        collisions = find_collisions(cfg, store, month, parts, pool)
+    files = sorted(export.get("files", []), key=lambda f: f["uri"])
+    return staging.commit_manifest(store, month, "transform", {
+        **totals, **by,
+        "reconciles": "items_in = written + filtered + rejected",
+        "collisions": collisions,
+        "inputs": [{"uri": f["uri"], "size": f.get("size"), "etag": f.get("etag")} for f in files],
+        "parts": parts,
+        "schema": {f.name: str(f.type) for f in mapping.output_schema(cfg)},
+        "upstream_run": export.get("run_id"),
+        "duration_s": round(time.time() - started, 3),
+        "config_hash": cfg.hash_of("transform"),
+    })
