@@ -5,7 +5,6 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-
 SEEN: list[str] = []  # what `record_orders` saw, in order
 
 

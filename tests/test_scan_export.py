@@ -16,8 +16,8 @@ from etl import staging
 from etl.config import Config
 from etl.errors import EtlError
 from etl.export import inspect_export
-from etl.pipeline import run_export
 from etl.local import seed
+from etl.pipeline import run_export
 from tests.conftest import ddb_client, s3_client
 
 MONTH = "201605"

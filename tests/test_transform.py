@@ -19,14 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from etl import mapping, staging
-from etl.engine import TaskContext
-from etl.items import decode, export_line
-from etl.transform import collisions, lines, rows
-from etl.transform.stage import FileTask, run_task
 from etl.config import Config
+from etl.engine import TaskContext
 from etl.errors import EtlError, StageNotReady
+from etl.items import decode, export_line
 from etl.local import DIRTY_KINDS, generate_month, seed
 from etl.pipeline import run_export, run_transform
+from etl.transform import collisions, lines, rows
+from etl.transform.stage import FileTask, run_task
 from tests.helpers import write_real_export
 
 M = "201604"
