@@ -48,7 +48,7 @@ def budget_for(desc: dict[str, Any], *, unit: str, fraction: float | None, absol
     an on-demand table, or no setting at all, is refused with the setting to use."""
     table = desc.get("TableName", "the table")
     if absolute:
-        return Budget(TokenBucket(absolute), f"{absolute:g} {unit}/s ({absolute_key.rsplit('.', 1)[-1]})",
+        return Budget(TokenBucket(absolute), f"{absolute:g} {unit}/s ({absolute_key.split()[-1]})",
                       on_demand(desc))
     if fraction is None:
         raise EtlError(f"no {'write' if unit == 'WCU' else 'read'} budget configured",

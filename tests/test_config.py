@@ -101,3 +101,56 @@ def test_table_names_need_domain_and_region_only_when_used(tmp_path: Path) -> No
     assert cfg.local.port == 5999
     with pytest.raises(ConfigError, match=r"domain = '' .* ETL_DOMAIN"):
         cfg.source_table("201604")
+
+
+def test_an_invalid_override_names_the_variable_not_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, 'domain="d"\nregion="r"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(path, env={"ETL_LOAD_WRITE_CAPACITY_FRACTION": "10"})
+    assert "environment ETL_LOAD_WRITE_CAPACITY_FRACTION" in str(e.value) and path not in str(e.value)
+    with pytest.raises(ConfigError, match=r"source.aws_region = 'Mars' \(from environment ETL_SOURCE_AWS_REGION\)"):
+        load_config(path, env={"ETL_SOURCE_AWS_REGION": "Mars"})
+    with pytest.raises(ConfigError, match=r"from command line"):
+        load_config(path, env={}, overrides={"export": {"mode": "copy"}})
+
+
+def test_a_bad_zone_is_named_by_its_own_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^config: promo.zone = 'Mars/Base'"):
+        load_config(write(tmp_path, 'domain="d"\nregion="r"\n[promo]\nzone="Mars/Base"\n'), env={})
+    with pytest.raises(ConfigError, match=r"^config: transform.date_zone = 'Nowhere'"):
+        load_config(write(tmp_path, 'domain="d"\nregion="r"\n[transform]\ndate_zone="Nowhere"\n'), env={})
+
+
+MAPPING = """domain="d"
+region="r"
+[destination]
+{dest}
+[[transform.columns]]
+name = "CustomerID"
+source = "CustomerID"
+required = {pk_required}
+[[transform.columns]]
+name = "{second}"
+source = "DateTime"
+converter = "datetime"
+[[transform.columns]]
+name = "OrderID"
+source = "OrderID"
+"""
+
+
+def test_mappings_that_cannot_run_are_refused_at_load(tmp_path: Path) -> None:
+    def load(dest: str = "", pk_required: str = "true", second: str = "CreationDateTime") -> None:
+        load_config(write(tmp_path, MAPPING.format(dest=dest, pk_required=pk_required, second=second)), env={})
+
+    with pytest.raises(ConfigError, match=r"transform.columns\[0\].required = False .* true: CustomerID is the "
+                                          r"destination's partition_key"):
+        load(pk_required="false")
+    with pytest.raises(ConfigError, match=r"distinct column names \('OrderID' is named twice\)"):
+        load(second="OrderID", dest='sort_key = "OrderID"')
+    with pytest.raises(ConfigError, match=r"destination.sort_key = 'Nope'"):
+        load(dest='sort_key = "Nope"')
+    with pytest.raises(ConfigError, match=r"destination.sort_key = 'CustomerID' .* other than the partition key"):
+        load(dest='sort_key = "CustomerID"')
+    load(dest='sort_key = "OrderID"')  # a string sort key that is also a mapped column: runs
+    load(dest='sort_key = ""')  # a table without a sort key: runs

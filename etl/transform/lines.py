@@ -4,7 +4,6 @@ mapping's parse schema, and every line that is not one row said why.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,10 +13,6 @@ import numpy as np
 import orjson
 import pyarrow as pa
 from arro3 import io as aio
-from isal import igzip
-
-from etl import staging
-from etl.config import Config
 
 CHUNK = 8 * 1024 * 1024
 _BLANK = b" \t\r"  # JSON whitespace besides the newline: a line of only these is blank (skipped)
@@ -152,18 +147,6 @@ class Truncated(Exception):
     def __init__(self, cause: BaseException, lines: int) -> None:
         super().__init__(str(cause))
         self.lines = lines
-
-
-@contextlib.contextmanager
-def open_data(uri: str, cfg: Config) -> Iterator[IO[bytes]]:
-    """A readable stream of the data file's decompressed bytes. Decompression is ISA-L's igzip
-    (zlib-compatible, 2.8x faster here than zlib: BENCHMARKS.md); S3 objects stream, never land on disk."""
-    with staging.open_uri(uri, cfg.staging) as raw:
-        if uri.endswith(".gz"):
-            with igzip.IGzipFile(fileobj=raw, mode="rb") as stream:
-                yield stream  # type: ignore[misc]
-        else:
-            yield raw
 
 
 def chunks(stream: IO[bytes], size: int | None = None) -> Iterator[tuple[bytes | memoryview, int]]:

@@ -1,0 +1,54 @@
+"""The package's layering: stages do not reach into each other, and the live service's API uses none."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+STAGES = {"etl.export", "etl.transform.stage", "etl.load", "etl.verify"}
+
+
+def imports_of(module: str) -> set[str]:
+    path = ROOT / (module.replace(".", "/") + ".py")
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_no_stage_imports_another(stage: str) -> None:
+    assert not (imports_of(stage) & (STAGES - {stage}) - {"etl.transform"})
+    assert not {i for i in imports_of(stage) if i in ("etl.pipeline", "etl.cli")}
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_stage_has_plan_run_task_and_commit(stage: str) -> None:
+    import importlib
+
+    mod = importlib.import_module(stage)
+    assert all(callable(getattr(mod, name, None)) for name in ("plan", "run_task", "commit"))
+
+
+def test_the_live_services_api_loads_no_stage() -> None:
+    code = "import sys, etl.promo; print(' '.join(sorted(m for m in sys.modules if m.startswith('etl'))))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                cwd=ROOT).stdout.split())
+    assert "etl.promo" in loaded and not loaded & (STAGES | {"etl.pipeline", "etl.engine", "etl.staging"})
+
+
+def test_library_code_sets_no_process_wide_state() -> None:
+    for path in (ROOT / "etl").rglob("*.py"):
+        text = path.read_text()
+        if path.name != "cli.py":
+            assert "set_memory_pool" not in text, path
+        assert "os.environ.get(\"ETL_" not in text, path  # tuning knobs are config keys
