@@ -344,16 +344,32 @@ def _python_strptime(text: str, fmt: str) -> tuple[int, bool, bool]:
     return seconds - offset_seconds, False, abs(offset_seconds) <= _MAX_OFFSET
 
 
+_PLAIN_INT = r"^-?\d{1,18}$"  # what DynamoDB writes for a whole number that fits: Arrow's cast reads it as is
+
+
 def _numbers(values: pa.Array, unit: int, whole: bool) -> pa.Array:
     """DynamoDB N strings -> floor(value / unit) as int64 (null where not a number by DynamoDB's grammar,
     past int64 or, with `whole`, not a whole number).
 
-    The usual shape (no exponent, at most 18 integer digits, 38 digits in all) is read column-wise; the rest
-    (an exponent, a long integer part or a long fraction, which DynamoDB never writes in an export because
-    it stores numbers normalised) goes through `decimal`, exactly, one value at a time."""
+    A plain integer of up to 18 digits (what an export holds) is cast as is; the other shapes are split by
+    the grammar's regular expression and read column-wise, except the ones with an exponent, a long integer
+    part or a long fraction (which DynamoDB never writes: it stores numbers normalised), which go through
+    `decimal`, exactly, one value at a time."""
     values = pc.cast(values, pa.string())
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
+    ok = _np(pc.fill_null(pc.match_substring_regex(values, _PLAIN_INT), False))
+    plain = values if ok.all() else pc.if_else(pa.array(ok), values, "0")
+    out = np.floor_divide(_np(pc.cast(plain, pa.int64())), unit)
+    rest = np.flatnonzero(~ok & _valid(values))
+    if len(rest):
+        shaped, shaped_ok = _shaped_numbers(values.take(pa.array(rest)), unit, whole)
+        out[rest], ok[rest] = shaped, shaped_ok
+    return pa.array(out, pa.int64(), mask=~ok)
+
+
+def _shaped_numbers(values: pa.Array, unit: int, whole: bool) -> tuple[np.ndarray, np.ndarray]:
+    """`_numbers` for what is not a plain integer: (floor(value / unit), where it is one)."""
     parts = pc.extract_regex(values, _NUM)
     ok = _valid(parts)
     i_part = pc.fill_null(pc.utf8_ltrim(parts.field("i"), "0"), "")
@@ -361,8 +377,8 @@ def _numbers(values: pa.Array, unit: int, whole: bool) -> pa.Array:
     i_len, f_len = _np(pc.utf8_length(i_part)), _np(pc.utf8_length(f_part))
     raw_len = _np(pc.fill_null(pc.utf8_length(parts.field("i")), 0))
     ok &= (raw_len + f_len) > 0
-    slow = ok & ((i_len > 18) | (i_len + f_len > _NUM_DIGITS) | _np(pc.fill_null(pc.not_equal(parts.field("e"), ""),
-                                                                                  False)))
+    exponent = _np(pc.fill_null(pc.not_equal(parts.field("e"), ""), False))
+    slow = ok & ((i_len > 18) | (i_len + f_len > _NUM_DIGITS) | exponent)
     fast = ok & ~slow
     ip = _np(pc.cast(pc.if_else(pa.array(fast & (i_len > 0)), i_part, "0"), pa.int64()))
     negative = _np(pc.fill_null(pc.equal(parts.field("s"), "-"), False))
@@ -377,7 +393,7 @@ def _numbers(values: pa.Array, unit: int, whole: bool) -> pa.Array:
         value = _decimal_floor(text, unit, whole)
         ok[r] = value is not None and -(2**63) <= value < 2**63
         out[r] = value if ok[r] else 0
-    return pa.array(out, pa.int64(), mask=~ok)
+    return out, ok
 
 
 def _decimal_floor(text: str, unit: int, whole: bool) -> int | None:
