@@ -281,29 +281,44 @@ def _with_formats(values: pa.Array, result: pa.Array, ok: np.ndarray, zone: str,
 
 
 _MAX_OFFSET = 18 * 3600  # what the ISO path accepts
+# directives whose fields glibc's strptime range-checks (but for the day against its month, and second 60-61)
+# and Arrow keeps: a row they parse can only have been changed where that day or second overflowed
+_RANGE_CHECKED = frozenset({"%Y", "%m", "%d", "%e", "%H", "%M", "%S", "%b", "%B", "%h", "%a", "%A", "%y", "%z",
+                            "%p", "%I", "%T", "%R", "%D", "%n", "%t", "%%"})
 
 
 def _strptime(values: pa.Array, fmt: str, zone: str) -> tuple[np.ndarray, np.ndarray]:
     """One strptime pattern -> (epoch seconds, where it matched), with the ISO path's rules.
 
     Arrow's strptime takes a field out of its range (31 Feb, 31/04, second 60, an offset of +25:00) and
-    normalises the date (2 Mar, 1 May, the next minute). Formatting each parsed value back with the same
-    pattern shows where that cannot have happened: the text comes back unchanged. The other rows (an
-    impossible date, or a spelling the pattern writes differently: no zero padding, `+01:00` for `%z`) are
-    decided by Python's strptime, which rejects impossible dates, one row at a time."""
-    has_offset = "%z" in re.findall(r"%.", fmt)
+    normalises the date (2 Mar, 1 May, the next minute). Formatting a parsed value back with the same
+    pattern shows where that cannot have happened: the text comes back unchanged. The rows that could have
+    been changed and do not come back unchanged (an impossible date, or a spelling the pattern writes
+    differently: no zero padding, `+01:00` for `%z`) are decided by Python's strptime, which rejects
+    impossible dates, one row at a time."""
+    directives = set(re.findall(r"%.", fmt))
+    has_offset = "%z" in directives
     parsed = pc.strptime(values, format=fmt, unit="s", error_is_null=True)
     got = _valid(parsed)
     secs = _np(pc.fill_null(pc.cast(parsed, pa.int64()), 0))
     if not got.any():
         return secs, got
     if has_offset:  # the wall clock (%Z skips the offset), hence each row's offset
-        wall = pc.strptime(values, format=fmt.replace("%z", "%Z"), unit="s", error_is_null=True)
-        offset = _np(pc.fill_null(pc.cast(wall, pa.int64()), 0)) - secs
-        same = _formats_back(values, secs, offset, got & _valid(wall), fmt, zoned=True)
+        wall_parsed = pc.strptime(values, format=fmt.replace("%z", "%Z"), unit="s", error_is_null=True)
+        wall = _np(pc.fill_null(pc.cast(wall_parsed, pa.int64()), 0))
+        offset = wall - secs
+        suspect = got & ~(_valid(wall_parsed) & (np.abs(offset) <= _MAX_OFFSET) & (offset % 60 == 0))
     else:
-        same = _formats_back(values, secs, np.zeros_like(secs), got, fmt, zoned=False)
-    recheck = np.flatnonzero(got & ~same)
+        wall, offset, suspect = secs, np.zeros_like(secs), ~got
+    if directives <= _RANGE_CHECKED:
+        # an out-of-range day (29-31) or second (60, 61) normalises into days 1-3 or seconds 0-1: only those
+        # rows can have been changed, only they are formatted back
+        day = _np(pc.day(pa.array(wall, pa.timestamp("s"))))
+        suspect |= got & ((day <= 3) | (wall % 60 <= 1))
+    else:
+        suspect = got
+    same = _formats_back(values, secs, offset, suspect & got, fmt, zoned=has_offset)
+    recheck = np.flatnonzero(suspect & got & ~same)
     is_wall = np.full(len(secs), not has_offset)
     for i, text in zip(recheck.tolist(), values.take(pa.array(recheck)).to_pylist(), strict=True):
         secs[i], is_wall[i], got[i] = _python_strptime(text, fmt)
