@@ -50,7 +50,7 @@ def transitions(zone: str, first: int = 1900, last: int = 2060) -> tuple[tuple[i
 
 def reference(wall: datetime, zone: str) -> int:
     """zoneinfo, fold=0: java.time's ZonedDateTime.of."""
-    return int(wall.replace(tzinfo=ZoneInfo(zone)).timestamp())
+    return int(wall.replace(tzinfo=ZoneInfo(zone), fold=0).timestamp())
 
 
 def as_wall(seconds: int) -> datetime:
