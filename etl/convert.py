@@ -9,15 +9,22 @@ Accepted, per value:
   * a date-time without an offset: local time in the configured zone;
   * extra strptime patterns from config (e.g. RFC 1123 `%a, %d %b %Y %H:%M:%S GMT`), tried on what
     the built-in grammar rejected;
-  * numbers (DynamoDB N): epoch seconds or milliseconds, fractions floored.
-The result is floor(instant) in seconds; a value that matches nothing is null (the caller quarantines).
+  * numbers (DynamoDB N, by DynamoDB's grammar: sign, digits, point, exponent, at most 38 significant
+    digits): epoch seconds or milliseconds, fractions floored.
+The result is floor(instant) in seconds; a value that matches nothing is null (the caller quarantines), and
+so is an instant outside years 0001..9999 UTC (what a 4-digit ISO year can say), on every path.
+
+Local times (no offset) resolve as java.time's `ZonedDateTime.of` and Python's zoneinfo (fold=0) do: an
+overlap takes the earlier offset (the earlier instant), a time in a gap is shifted later by the gap's length.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +35,12 @@ _ISO = (
     r"(?:[T ](?P<h>\d{2}):(?P<mi>\d{2})(?::(?P<s>\d{2})(?:[.,](?P<f>\d{1,9}))?)?)?"
     r"\s*(?P<z>Z|[+-]\d{2}(?::?\d{2}(?::?\d{2})?)?)?\s*$"
 )
-_NUM = r"^\s*(?P<i>[+-]?\d{1,19})(?:\.(?P<f>\d*))?\s*$"
+# DynamoDB's number grammar (a leading `+` is valid: DynamoDB stores `+5` as `5`); surrounding blanks tolerated
+_NUM = r"^\s*(?P<s>[+-]?)(?P<i>\d*)(?:\.(?P<f>\d*))?(?:[eE](?P<e>[+-]?\d+))?\s*$"
+_NUM_DIGITS = 38  # significant digits DynamoDB keeps
+_NUM_EXPONENTS = (-130, 125)  # DynamoDB's magnitudes: 1E-130 .. 9.99..9E+125
+MIN_EPOCH = -62_135_596_800  # 0001-01-01T00:00:00Z
+MAX_EPOCH = 253_402_300_799  # 9999-12-31T23:59:59Z
 _DAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
 
 
@@ -55,14 +67,61 @@ def _is_leap(y: np.ndarray) -> np.ndarray:
     return np.asarray((y % 4 == 0) & ((y % 100 != 0) | (y % 400 == 0)))
 
 
+_UTC_ZONES = frozenset({"UTC", "Etc/UTC", "GMT", "Etc/GMT", "Etc/UCT", "UCT", "Etc/Zulu", "Zulu"})
+# Arrow reads a zone's transitions from its TZif file and ignores the rule for the years after the last one
+# listed (2037 in the usual "fat" files): wall times from 2038 on are resolved by zoneinfo instead.
+_ARROW_RULES_END = 2_145_916_800  # 2038-01-01T00:00:00 as wall-clock seconds
+
+
 def _local_to_utc(seconds: np.ndarray, mask: np.ndarray, zone: str) -> np.ndarray:
-    """Wall-clock seconds in `zone` -> UTC seconds (an overlap takes the earlier instant, a gap the first
-    instant after it, as Python and java.time do)."""
-    if zone in ("UTC", "Etc/UTC", "GMT") or not mask.any():
+    """Wall-clock seconds in `zone` -> UTC seconds, where `mask` is set (elsewhere unchanged).
+
+    As java.time's `ZonedDateTime.of` and zoneinfo with fold=0: an overlap takes the earlier offset, a gap
+    time keeps the offset in force before the gap (so 02:30 on a New York spring-forward day is 07:30Z, the
+    wall time shifted by the gap's length). Arrow gives the instants either side of a gap; the rows where
+    they differ are the gap rows, resolved with the offset of the instant before it."""
+    if zone in _UTC_ZONES or not mask.any():
         return seconds
-    naive = pa.array(seconds, pa.timestamp("s"))
-    aware = pc.assume_timezone(naive, zone, ambiguous="earliest", nonexistent="latest")
-    return np.asarray(pc.cast(aware, pa.int64()).to_numpy(zero_copy_only=False))
+    rows = np.flatnonzero(mask)
+    wall = seconds[rows]
+    out = seconds.copy()
+    late = wall >= _ARROW_RULES_END
+    if (~late).any():
+        now = wall[~late]
+        naive = pa.array(now, pa.timestamp("s"))
+        early = _np(pc.cast(pc.assume_timezone(naive, zone, ambiguous="earliest", nonexistent="earliest"), pa.int64()))
+        after = _np(pc.cast(pc.assume_timezone(naive, zone, ambiguous="earliest", nonexistent="latest"), pa.int64()))
+        gap = early != after
+        if gap.any():  # `early` is the last second before the gap: its wall clock gives the offset before it
+            before = pa.array(early[gap], pa.timestamp("s", zone))
+            offset_before = _np(pc.cast(pc.local_timestamp(before), pa.int64())) - early[gap]
+            after[gap] = now[gap] - offset_before
+        out[rows[~late]] = after
+    if late.any():
+        out[rows[late]] = [_zoneinfo_to_utc(int(w), zone) for w in wall[late]]
+    return out
+
+
+def _zoneinfo_to_utc(wall: int, zone: str) -> int:
+    """One wall-clock second -> UTC by zoneinfo (fold=0); past year 9999, a value past the accepted range."""
+    try:
+        local = _EPOCH_NAIVE + timedelta(seconds=wall)
+    except OverflowError:
+        return MAX_EPOCH + 1
+    offset = local.replace(tzinfo=ZoneInfo(zone)).utcoffset()
+    return wall - (offset // timedelta(seconds=1) if offset is not None else 0)
+
+
+_EPOCH_NAIVE = datetime(1970, 1, 1)
+
+
+def _np(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A writable numpy copy (Arrow's zero-copy views are read-only)."""
+    return np.array(a.to_numpy(zero_copy_only=False))
+
+
+def _in_range(secs: np.ndarray) -> np.ndarray:
+    return np.asarray((secs >= MIN_EPOCH) & (secs <= MAX_EPOCH))
 
 
 _SUFFIX = re.compile(r"^(?:[.,]\d{1,9})?(Z|[+-]\d{2}(?::?\d{2}(?::?\d{2})?)?)$")
@@ -139,6 +198,7 @@ def _fast_path(values: pa.Array) -> pa.Array:
         idx = zone_of[idx]
         ok &= known[idx] & _valid(tails.indices)
         secs = secs - table[idx]
+        ok &= _in_range(secs)
     else:
         ok[:] = False
     return pa.array(secs, pa.int64(), mask=~ok)
@@ -157,15 +217,13 @@ def parse_datetimes(values: pa.Array, zone: str = "UTC", formats: Sequence[str] 
         return fast
     idx = pc.indices_nonzero(todo)
     slow = _parse_general(values.take(idx), zone, formats)
-    out = fast.to_numpy(zero_copy_only=False)
-    mask = np.asarray(pc.is_null(fast).to_numpy(zero_copy_only=False), dtype=bool)
-    slow_vals = np.asarray(pc.fill_null(slow, 0).to_numpy(zero_copy_only=False))
-    slow_ok = np.asarray(pc.is_valid(slow).to_numpy(zero_copy_only=False), dtype=bool)
-    positions = np.asarray(idx.to_numpy(zero_copy_only=False))
-    out = np.where(mask, 0, np.nan_to_num(out, nan=0)).astype(np.int64) if out.dtype != np.int64 else out
-    out[positions[slow_ok]] = slow_vals[slow_ok]
-    mask[positions[slow_ok]] = False
-    return pa.array(out, pa.int64(), mask=mask)
+    out = _np(pc.fill_null(fast, 0))
+    ok = _valid(fast)
+    slow_ok = _valid(slow)
+    positions = _np(idx)[slow_ok]
+    out[positions] = _np(pc.fill_null(slow, 0))[slow_ok]
+    ok[positions] = True
+    return pa.array(out, pa.int64(), mask=~ok)
 
 
 def _parse_general(values: pa.Array, zone: str, formats: Sequence[str]) -> pa.Array:
@@ -200,11 +258,8 @@ def _parse_general(values: pa.Array, zone: str, formats: Sequence[str]) -> pa.Ar
                                pa.scalar(None, pa.string())))
     ok &= (zh <= 18) & (zm <= 59) & (zsec <= 59)
     offset = sign * (zh * 3600 + zm * 60 + zsec)
-    epoch = wall - np.where(has_zone, offset, 0)
-    local = ok & ~has_zone
-    if local.any():
-        converted = _local_to_utc(np.where(local, wall, 0), local, zone)
-        epoch = np.where(local, converted, epoch)
+    epoch = _local_to_utc(wall - np.where(has_zone, offset, 0), ok & ~has_zone, zone)
+    ok &= _in_range(epoch)
     result = pa.array(epoch, pa.int64(), mask=~ok)
     if formats and not ok.all():
         result = _with_formats(values, result, ok, zone, formats)
@@ -212,43 +267,198 @@ def _parse_general(values: pa.Array, zone: str, formats: Sequence[str]) -> pa.Ar
 
 
 def _with_formats(values: pa.Array, result: pa.Array, ok: np.ndarray, zone: str, formats: Sequence[str]) -> pa.Array:
-    out = result.to_numpy(zero_copy_only=False).astype(object)
-    todo = ~ok
+    """The configured patterns, each on the rows nothing before it matched."""
+    out = _np(pc.fill_null(result, 0))
+    ok = ok.copy()
     for fmt in formats:
-        if not todo.any():
+        todo = np.flatnonzero(~ok)
+        if not len(todo):
             break
-        idx = np.nonzero(todo)[0]
-        sub = values.take(pa.array(idx))
-        ts = pc.strptime(sub, format=fmt, unit="s", error_is_null=True)
-        if "%z" not in fmt and zone not in ("UTC", "GMT") and not fmt.endswith(("GMT", "UTC", "Z")):
-            ts = pc.assume_timezone(ts, zone, ambiguous="earliest", nonexistent="latest")
-        secs = pc.cast(ts, pa.int64())
-        got = pc.is_valid(secs).to_numpy(zero_copy_only=False)
-        vals = pc.fill_null(secs, 0).to_numpy(zero_copy_only=False)
-        out[idx[got]] = vals[got]
-        todo[idx[got]] = False
-    return pa.array([None if todo[i] else int(out[i]) for i in range(len(out))], pa.int64())
+        secs, got = _strptime(values.take(pa.array(todo)), fmt, zone)
+        out[todo[got]] = secs[got]
+        ok[todo[got]] = True
+    return pa.array(out, pa.int64(), mask=~ok)
+
+
+_MAX_OFFSET = 18 * 3600  # what the ISO path accepts
+# directives whose fields glibc's strptime range-checks (but for the day against its month, and second 60-61)
+# and Arrow keeps: a row they parse can only have been changed where that day or second overflowed
+_RANGE_CHECKED = frozenset({"%Y", "%m", "%d", "%e", "%H", "%M", "%S", "%b", "%B", "%h", "%a", "%A", "%y", "%z",
+                            "%p", "%I", "%T", "%R", "%D", "%n", "%t", "%%"})
+
+
+def _strptime(values: pa.Array, fmt: str, zone: str) -> tuple[np.ndarray, np.ndarray]:
+    """One strptime pattern -> (epoch seconds, where it matched), with the ISO path's rules.
+
+    Arrow's strptime takes a field out of its range (31 Feb, 31/04, second 60, an offset of +25:00) and
+    normalises the date (2 Mar, 1 May, the next minute). Formatting a parsed value back with the same
+    pattern shows where that cannot have happened: the text comes back unchanged. The rows that could have
+    been changed and do not come back unchanged (an impossible date, or a spelling the pattern writes
+    differently: no zero padding, `+01:00` for `%z`) are decided by Python's strptime, which rejects
+    impossible dates, one row at a time."""
+    directives = set(re.findall(r"%.", fmt))
+    has_offset = "%z" in directives
+    parsed = pc.strptime(values, format=fmt, unit="s", error_is_null=True)
+    got = _valid(parsed)
+    secs = _np(pc.fill_null(pc.cast(parsed, pa.int64()), 0))
+    if not got.any():
+        return secs, got
+    if has_offset:  # the wall clock (%Z skips the offset), hence each row's offset
+        wall_parsed = pc.strptime(values, format=fmt.replace("%z", "%Z"), unit="s", error_is_null=True)
+        wall = _np(pc.fill_null(pc.cast(wall_parsed, pa.int64()), 0))
+        offset = wall - secs
+        suspect = got & ~(_valid(wall_parsed) & (np.abs(offset) <= _MAX_OFFSET) & (offset % 60 == 0))
+    else:
+        wall, offset, suspect = secs, np.zeros_like(secs), ~got
+    if directives <= _RANGE_CHECKED:
+        # an out-of-range day (29-31) or second (60, 61) normalises into days 1-3 or seconds 0-1: only those
+        # rows can have been changed, only they are formatted back
+        day = _np(pc.day(pa.array(wall, pa.timestamp("s"))))
+        suspect |= got & ((day <= 3) | (wall % 60 <= 1))
+    else:
+        suspect = got
+    same = _formats_back(values, secs, offset, suspect & got, fmt, zoned=has_offset)
+    recheck = np.flatnonzero(suspect & got & ~same)
+    is_wall = np.full(len(secs), not has_offset)
+    for i, text in zip(recheck.tolist(), values.take(pa.array(recheck)).to_pylist(), strict=True):
+        secs[i], is_wall[i], got[i] = _python_strptime(text, fmt)
+    if not fmt.endswith(("GMT", "UTC", "Z")):  # a pattern that ends in a UTC designator gives UTC already
+        secs = _local_to_utc(secs, got & is_wall, zone)
+    return secs, got & _in_range(secs)
+
+
+def _formats_back(values: pa.Array, secs: np.ndarray, offset: np.ndarray, rows: np.ndarray, fmt: str,
+                  zoned: bool) -> np.ndarray:
+    """Where `values` is what `fmt` writes for the parsed value (an instant shown in its own offset when
+    `zoned`, else a wall clock), one pass per distinct offset."""
+    same = np.zeros(len(secs), dtype=bool)
+    fits = rows & (np.abs(offset) <= _MAX_OFFSET) & (offset % 60 == 0)
+    for off in np.unique(offset[fits]).tolist():
+        at = np.flatnonzero(fits & (offset == off))
+        sign, minutes = "-" if off < 0 else "+", abs(off) // 60
+        tz = pa.timestamp("s", f"{sign}{minutes // 60:02d}:{minutes % 60:02d}" if zoned else None)
+        try:
+            text = pc.strftime(pa.array(secs[at], tz), format=fmt)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a directive Arrow cannot write: Python decides
+            return same
+        same[at] = _np(pc.fill_null(pc.equal(text, values.take(pa.array(at))), False))
+    return same
+
+
+def _python_strptime(text: str, fmt: str) -> tuple[int, bool, bool]:
+    """(seconds, whether they are a wall clock still to be placed in the zone, whether it parsed)."""
+    try:
+        parsed = datetime.strptime(text, fmt)
+    except ValueError:
+        return 0, False, False
+    seconds = (parsed.replace(tzinfo=None) - _EPOCH_NAIVE) // timedelta(seconds=1)
+    offset = parsed.utcoffset()
+    if offset is None:
+        return seconds, True, True
+    offset_seconds = offset // timedelta(seconds=1)
+    return seconds - offset_seconds, False, abs(offset_seconds) <= _MAX_OFFSET
+
+
+_PLAIN_INT = r"^-?\d{1,18}$"  # what DynamoDB writes for a whole number that fits: Arrow's cast reads it as is
+
+
+def _numbers(values: pa.Array, unit: int, whole: bool) -> pa.Array:
+    """DynamoDB N strings -> floor(value / unit) as int64 (null where not a number by DynamoDB's grammar,
+    past int64 or, with `whole`, not a whole number).
+
+    A plain integer of up to 18 digits (what an export holds) is cast as is; the other shapes are split by
+    the grammar's regular expression and read column-wise, except the ones with an exponent, a long integer
+    part or a long fraction (which DynamoDB never writes: it stores numbers normalised), which go through
+    `decimal`, exactly, one value at a time."""
+    values = pc.cast(values, pa.string())
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    ok = _np(pc.fill_null(pc.match_substring_regex(values, _PLAIN_INT), False))
+    plain = values if ok.all() else pc.if_else(pa.array(ok), values, "0")
+    out = np.floor_divide(_np(pc.cast(plain, pa.int64())), unit)
+    rest = np.flatnonzero(~ok & _valid(values))
+    if len(rest):
+        shaped, shaped_ok = _shaped_numbers(values.take(pa.array(rest)), unit, whole)
+        out[rest], ok[rest] = shaped, shaped_ok
+    return pa.array(out, pa.int64(), mask=~ok)
+
+
+def _shaped_numbers(values: pa.Array, unit: int, whole: bool) -> tuple[np.ndarray, np.ndarray]:
+    """`_numbers` for what is not a plain integer: (floor(value / unit), where it is one)."""
+    parts = pc.extract_regex(values, _NUM)
+    ok = _valid(parts)
+    i_part = pc.fill_null(pc.utf8_ltrim(parts.field("i"), "0"), "")
+    f_part = pc.fill_null(parts.field("f"), "")
+    i_len, f_len = _np(pc.utf8_length(i_part)), _np(pc.utf8_length(f_part))
+    raw_len = _np(pc.fill_null(pc.utf8_length(parts.field("i")), 0))
+    ok &= (raw_len + f_len) > 0
+    exponent = _np(pc.fill_null(pc.not_equal(parts.field("e"), ""), False))
+    slow = ok & ((i_len > 18) | (i_len + f_len > _NUM_DIGITS) | exponent)
+    fast = ok & ~slow
+    ip = _np(pc.cast(pc.if_else(pa.array(fast & (i_len > 0)), i_part, "0"), pa.int64()))
+    negative = _np(pc.fill_null(pc.equal(parts.field("s"), "-"), False))
+    frac = _np(pc.match_substring_regex(f_part, "[1-9]"))
+    ip = np.where(negative, -ip, ip)
+    if whole:
+        ok &= ~(fast & frac)
+    # floor(i.f / unit): the fraction only matters when i is an exact multiple of the unit and negative
+    out = np.floor_divide(ip, unit) - ((ip % unit == 0) & negative & frac)
+    rows = np.flatnonzero(slow)
+    for r, text in zip(rows.tolist(), values.take(pa.array(rows)).to_pylist(), strict=True):
+        value = _decimal_floor(text, unit, whole)
+        ok[r] = value is not None and -(2**63) <= value < 2**63
+        out[r] = value if ok[r] else 0
+    return out, ok
+
+
+def _decimal_floor(text: str, unit: int, whole: bool) -> int | None:
+    try:
+        number = Decimal(text.strip())
+    except InvalidOperation:
+        return None
+    sign, digits, exponent = number.as_tuple()
+    significant = "".join(map(str, digits)).strip("0")
+    if not significant:
+        return 0
+    assert isinstance(exponent, int)  # a finite number: the grammar has no NaN or Infinity
+    if len(significant) > _NUM_DIGITS or not _NUM_EXPONENTS[0] <= number.adjusted() <= _NUM_EXPONENTS[1]:
+        return None
+    if number.adjusted() > 40:  # past int64 in any unit, and not worth the big integer
+        return None
+    mantissa = -int("".join(map(str, digits))) if sign else int("".join(map(str, digits)))
+    if exponent >= 0:
+        return mantissa * 10**exponent // unit
+    if whole and mantissa % 10**-exponent:
+        return None
+    return mantissa // (unit * 10**-exponent)
+
+
+_UNITS = {"s": 1, "ms": 1000}
 
 
 def parse_epoch_numbers(values: pa.Array, unit: str = "s") -> pa.Array:
-    """DynamoDB N strings (epoch seconds or milliseconds) -> floor epoch seconds."""
-    values = pc.cast(values, pa.string())
-    parts = pc.extract_regex(values, _NUM)
-    ok = pc.is_valid(parts).to_numpy(zero_copy_only=False)
-    ip, _ = _ints(pc.if_else(pc.is_valid(parts), parts.field("i"), pa.scalar("0")))
-    frac = pc.fill_null(parts.field("f"), "")
-    frac_nonzero = pc.match_substring_regex(frac, "[1-9]").to_numpy(zero_copy_only=False)
-    negative = ip < 0
-    if unit == "ms":
-        # floor(i.f / 1000): the fraction only matters when i is an exact negative multiple
-        secs = np.floor_divide(ip, 1000) - ((ip % 1000 == 0) & negative & frac_nonzero)
-    else:
-        secs = ip - (negative & frac_nonzero)
-    return pa.array(secs, pa.int64(), mask=~ok)
+    """DynamoDB N strings (epoch seconds or milliseconds) -> floor epoch seconds; null outside years
+    0001..9999 (a 13-digit millisecond value read as seconds is year 48,000: not a date)."""
+    out = _numbers(values, _UNITS[unit], whole=False)
+    return pc.if_else(pa.array(_in_range(_np(pc.fill_null(out, 0)))), out, pa.scalar(None, pa.int64()))
+
+
+def parse_integers(values: pa.Array) -> pa.Array:
+    """DynamoDB N strings -> int64: null where not a whole number or past int64 (`5.0` and `1E2` are whole,
+    as DynamoDB itself stores them as `5` and `100`)."""
+    return _numbers(values, 1, whole=True)
 
 
 def ttl(epoch: pa.Array, ttl_seconds: int) -> pa.Array:
-    return pc.add(epoch, pa.scalar(ttl_seconds, pa.int64()))
+    """epoch + ttl_seconds; null where either is null or the sum leaves years 0001..9999 (never wrapped)."""
+    if isinstance(epoch, pa.ChunkedArray):
+        epoch = epoch.combine_chunks()
+    low, high = max(MIN_EPOCH, MIN_EPOCH - ttl_seconds), min(MAX_EPOCH, MAX_EPOCH - ttl_seconds)
+    if low > high:  # a TTL longer than the whole range: no sum fits (and ttl_seconds may not fit int64)
+        return pa.nulls(len(epoch), pa.int64())
+    secs = _np(pc.fill_null(pc.cast(epoch, pa.int64()), 0))
+    ok = _valid(epoch) & (secs >= low) & (secs <= high)
+    return pa.array(np.where(ok, secs, 0) + np.int64(ttl_seconds), pa.int64(), mask=~ok)
 
 
 def to_epoch_seconds(value: str | int | float | datetime, zone: str = "UTC", formats: Sequence[str] = ()) -> int:

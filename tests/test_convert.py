@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl.convert import parse_datetimes, parse_epoch_numbers, to_epoch_seconds
+from etl.convert import MAX_EPOCH, MIN_EPOCH, parse_datetimes, parse_epoch_numbers, to_epoch_seconds
 
 instants = st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 12, 31),
                         timezones=st.just(UTC))
@@ -63,7 +63,7 @@ def test_date_only_is_midnight_in_the_configured_zone(day: datetime, zone: str) 
 
 
 @settings(max_examples=200, deadline=None)
-@given(seconds=st.integers(min_value=-(10**11), max_value=10**11), millis=st.integers(0, 999))
+@given(seconds=st.integers(min_value=MIN_EPOCH + 1, max_value=MAX_EPOCH), millis=st.integers(0, 999))
 def test_epoch_numbers_in_seconds_and_millis(seconds: int, millis: int) -> None:
     assert parse_epoch_numbers(pa.array([str(seconds)])).to_pylist() == [seconds]
     ms = seconds * 1000 + millis
