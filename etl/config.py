@@ -403,8 +403,11 @@ def _validate_mapping(cfg: Config, where: _Where) -> None:
     if d.sort_key and d.sort_key == d.partition_key:
         raise _fail("destination.sort_key", where["destination.sort_key"], d.sort_key,
                     "a column other than the partition key (or \"\" for a table without a sort key)")
-    if t.ttl_seconds < 0:
-        raise _fail("transform.ttl_seconds", where["transform.ttl_seconds"], t.ttl_seconds, "an integer >= 0")
+    from etl.convert import MAX_EPOCH, MIN_EPOCH
+
+    if not 0 <= t.ttl_seconds <= MAX_EPOCH - MIN_EPOCH:
+        raise _fail("transform.ttl_seconds", where["transform.ttl_seconds"], t.ttl_seconds,
+                    f"an integer from 0 to {MAX_EPOCH - MIN_EPOCH} (years 0001 to 9999)")
     if t.epoch_unit not in ("s", "ms"):
         raise _fail("transform.epoch_unit", where["transform.epoch_unit"], t.epoch_unit, "'s' or 'ms'")
     if t.hook and not re.match(r"^[\w.]+:\w+$", t.hook):

@@ -449,3 +449,20 @@ def test_every_dirty_seeded_row_gets_its_reason(moto: str, make_config: Callable
     assert set(got) == {k for k, v in dirty_keys.items() if v.startswith("rejected")}  # nothing else rejected
     assert m["filtered_by"]["empty_OrderID"] == expected["filtered:empty_OrderID"]
     assert m["items_in"] == 4000 == m["written"] + m["filtered"] + m["rejected"]
+
+
+def test_numbers_past_int64_and_expiries_past_year_9999_are_quarantined_not_crashes(
+        make_config: Callable[..., Config], tmp_path: Path) -> None:
+    cfg = make_config()
+    store = stage(cfg, tmp_path, [[
+        row("C1", {"N": "+1460000000"}, "O1"),  # DynamoDB's grammar allows a plus sign
+        row("C2", {"N": "99999999999999999999999"}, "O2"),  # past int64
+        row("C3", "9999-06-01T00:00:00Z", "O3"),  # a date that fits, an expiry a year later that does not
+        row("C4", "2016-04-12T10:15:30Z", "O4"),
+    ]])
+    [m] = run_transform(cfg, [M])
+    assert (m["items_in"], m["written"], m["rejected"]) == (4, 2, 2)
+    assert sorted(r["CustomerID"] for r in parquet_rows(store)) == ["C1", "C4"]
+    rej = {json.loads(r["line"])["Item"]["CustomerID"]["S"]: r for r in rejected(store)}
+    assert rej["C2"]["reason"] == "bad_datetime"
+    assert rej["C3"]["reason"] == "bad_datetime" and "past 9999-12-31" in rej["C3"]["message"]

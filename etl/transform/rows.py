@@ -19,6 +19,8 @@ from etl.config import Config
 from etl.mapping import REASONS, expected_types, source_attributes
 from etl.transform.lines import Parsed, parse
 
+TTL_PAST_RANGE = "a date-time whose TTL fits"  # `expected` of a row whose TTL would pass year 9999
+
 
 @dataclass
 class ChunkResult:
@@ -76,6 +78,9 @@ def _messages(kind: str, source: str, attr: pa.Array, rows: np.ndarray, expected
         return [text[c] if c else head + _actual_type(line, source)
                 for c, line in zip(code.tolist(), lines, strict=True)]
     values = pc.coalesce(*[attr.field(k).take(at) for k in kinds]).to_pylist()
+    if expected == TTL_PAST_RANGE:
+        return [f"{source}: {v!r} plus ttl_seconds is past 9999-12-31, the last expiry DynamoDB can hold"
+                for v in values]
     if kind == "bad_int":
         return [f"{source}: {v!r} is not an integer" for v in values]
     return [f"{source}: {v!r} is not a date-time (ISO-8601, yyyy-MM-dd, epoch or a configured pattern)"
@@ -159,10 +164,7 @@ def _convert(cfg: Config, item: pa.StructArray, out: _Outcomes, present_of: dict
             values[col.name] = a.field("S").take(idx)
             continue
         if col.converter == "int":
-            n_val = a.field("N").take(idx)
-            conv = convert.parse_epoch_numbers(n_val)
-            whole = pc.fill_null(pc.match_substring_regex(n_val, r"^\s*[+-]?\d+\s*$"), False)
-            conv = pc.if_else(whole, conv, pa.scalar(None, pa.int64()))
+            conv = convert.parse_integers(a.field("N").take(idx))
             kind = "bad_int"
         else:
             conv = convert.parse_datetimes(a.field("S").take(idx), t.date_zone, t.date_formats)
@@ -174,6 +176,14 @@ def _convert(cfg: Config, item: pa.StructArray, out: _Outcomes, present_of: dict
         bad = np.zeros(n, dtype=bool)
         bad[cand[present_of[col.source][cand] & ~_np(pc.is_valid(conv))]] = True
         out.mark(bad, kind, col.source, a, checks[col.source])
+    sources = {c.name: c.source for c in t.columns}
+    for col in t.columns:  # a TTL past the accepted range (year 9999) would wrap: the row is quarantined
+        if col.converter == "ttl":
+            base = values[col.base]
+            values[col.name] = expiry = convert.ttl(base, t.ttl_seconds)
+            bad = np.zeros(n, dtype=bool)
+            bad[cand[_np(pc.is_valid(base)) & ~_np(pc.is_valid(expiry))]] = True
+            out.mark(bad, "bad_datetime", sources[col.base], item.field(sources[col.base]), TTL_PAST_RANGE)
     return values
 
 
@@ -214,9 +224,6 @@ def convert_chunk(chunk: bytes | memoryview, cfg: Config, schema: pa.Schema, out
     result.rejected.extend(_rejections(parsed, chunk, out))
     result.filtered = out.filtered_counts()
     keep_in_cand = pa.array(out.reason[cand] < 0)
-    cols = {c.name: pc.filter(values[c.name], keep_in_cand) for c in t.columns if c.converter != "ttl"}
-    for col in t.columns:
-        if col.converter == "ttl":
-            cols[col.name] = convert.ttl(cols[col.base], t.ttl_seconds)
+    cols = {c.name: pc.filter(values[c.name], keep_in_cand) for c in t.columns}
     result.table = pa.table([cols[c.name] for c in t.columns], schema=out_schema)
     return result
