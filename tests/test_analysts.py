@@ -444,3 +444,20 @@ def test_duckdb_local_answers_the_same_questions_on_a_local_root(staged: Staged)
         got = local.execute(questions[name]).fetchall()
         assert got, name
         assert got == athena.execute(query_file(name)).fetchall(), name
+
+
+def test_register_suggests_queries_that_run(staged: Staged) -> None:
+    from etl.catalog import DATABASE, queries
+
+    con = athena_like(staged.local)
+    con.execute(f"CREATE SCHEMA {DATABASE}")
+    for table in TABLES.values():
+        con.execute(f"CREATE VIEW {DATABASE}.{table} AS SELECT * FROM main.{table}")
+    suggested = queries(DATABASE, {"export": "anniversary_promo_export", "transformed": "anniversary_promo_staged",
+                                   "rejected": "anniversary_promo_rejected"})
+    answers = {q["title"]: con.execute(to_duckdb(sqlglot.parse_one(q["sql"], read="athena"))).fetchall()
+               for q in suggested}
+    assert [m for m, *_ in answers["orders per month"]] == [A, B]
+    lines = dict(answers["export lines per month (the manifests are not data)"])
+    assert lines == {m: staged.manifests[m]["items_in"] for m in (A, B)}
+    assert answers["keys more than one row lands on"][0][3] == 3  # C1's three rows on one second
