@@ -108,7 +108,7 @@ def register(cfg: Config, database: str = DATABASE, table: str = TRANSFORMED_TAB
     store = staging.open_store(cfg.staging.root, cfg.staging)
     session = aws.session_for(cfg.staging)
     span = projection_range(store)
-    done = []
+    done: list[dict[str, Any]] = []
     try:
         with _glue_endpoint(cfg.staging.endpoint_url):
             wr.catalog.create_database(database, description="DynamoDB backfill staging", exist_ok=True,
