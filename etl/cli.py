@@ -341,22 +341,26 @@ def ttl_preview(obj: Ctx, at_text: str) -> None:
 
 @cli.group()
 def catalog() -> None:
-    """The staged Parquet in the Glue catalog, for Athena."""
+    """The staged datasets in the Glue catalog, for Athena."""
 
 
 @catalog.command("register")
 @click.option("--database", default="dynamodb_backfill", show_default=True)
-@click.option("--table", "table_name", default="anniversary_promo_staged", show_default=True)
+@click.option("--table", "table_name", default="anniversary_promo_staged", show_default=True,
+              help="The table over transformed/.")
+@click.option("--export-table", default="anniversary_promo_export", show_default=True)
+@click.option("--rejected-table", default="anniversary_promo_rejected", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 @handle_errors
-def catalog_register(obj: Ctx, database: str, table_name: str) -> None:
-    """Create (or update) one Glue table over transformed/, partitioned by month, and add a partition for
-    every month with a committed transform (idempotent)."""
-    from etl.catalog import register
+def catalog_register(obj: Ctx, database: str, table_name: str, export_table: str, rejected_table: str,
+                     as_json: bool) -> None:
+    """Create (or replace) the Glue tables over export/, transformed/ and rejected/, partitioned by month with
+    partition projection (new months need no repair); idempotent. Prints Athena queries to try."""
+    from etl.catalog import register, summary
 
-    r = register(obj.config(), database, table_name)
-    click.echo(f"{r['database']}.{r['table']} at {r['location']}: {'created' if r['created'] else 'updated'}, "
-               f"{len(r['partitions_added'])} partition(s) added, {len(r['partitions'])} in all")
+    r = register(obj.config(), database, table_name, export_table=export_table, rejected_table=rejected_table)
+    click.echo(json.dumps(r, indent=2, default=str) if as_json else summary(r))
 
 
 @cli.command("iam-policy")
