@@ -18,6 +18,11 @@
 --     JSON type ({"S": 123}) as malformed_line. Here a line that is not JSON has a NULL Item and is
 --     dropped, and {"S": 123} reads as the string '123': such a row is written. A real export never
 --     writes either.
+--   * Numbers in exponent notation ({"N": "1e9"}). Python reads N by DynamoDB's number grammar (sign,
+--     digits, fraction, exponent); here only [+-]digits[.digits] is an epoch, so such a row is left out.
+--     DynamoDB stores numbers normalised, so a real export never writes an exponent.
+--   * The accepted range. Python refuses an instant outside years 0001-9999 (and a row whose expiry would
+--     pass 9999-12-31); here such a row is written.
 --   * No quarantine. Rows that fail a rule are left out, not written with a reason: read rejected/
 --     (create_rejected_table.sql) for Python's reasons and messages.
 --   * Key collisions: like Python, every colliding row is kept; which one the load writes (the greatest
@@ -88,8 +93,9 @@ epochs AS (
                 AND zh <= 18 AND zm <= 59 AND zs <= 59
            THEN date_diff('day', DATE '1970-01-01', day) * 86400 + hh * 3600 + mi * 60 + ss
                 - zone_sign * (zh * 3600 + zm * 60 + zs) END,
-      -- an N: epoch seconds, floored (as Python: a negative integer part with a non-zero fraction is one less)
-      CASE WHEN n_int < 0 AND regexp_like(n_frac, '[1-9]') THEN n_int - 1 ELSE n_int END
+      -- an N: epoch seconds, floored (a negative number with a non-zero fraction is one less: -0.5 -> -1)
+      CASE WHEN regexp_like(created.N, '^[\t\n\f\r ]*-') AND regexp_like(n_frac, '[1-9]') THEN n_int - 1
+           ELSE n_int END
     ) AS epoch
   FROM zones
 ),
