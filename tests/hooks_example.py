@@ -32,3 +32,12 @@ def giant_first_order(table: pa.Table) -> pa.Table:
     if orders and orders[0] == "O0000000":
         orders[0] = "X" * 450_000
     return table.set_column(table.schema.get_field_index("OrderID"), "OrderID", pa.array(orders, pa.string()))
+
+
+def slow_for_slow_customers(table: pa.Table) -> pa.Table:
+    """Takes two seconds over a chunk with a customer named SLOW* (to hold one month's transform back)."""
+    import time
+
+    if pc.any(pc.starts_with(table["CustomerID"], "SLOW")).as_py():
+        time.sleep(2)
+    return table
