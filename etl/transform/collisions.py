@@ -105,7 +105,7 @@ def _repeated(values: np.ndarray) -> np.ndarray:
     """Positions (ascending) of the values that occur more than once.
 
     The position rides in the low bits of each value, so a plain sort (numpy's SIMD quicksort) stands in
-    for an argsort and a gather (16 -> 7 ms per 860k keys, measured alone); an argsort when the values
+    for an argsort and a gather (half the time: BENCHMARKS.md); an argsort when the values
     span too widely to pack."""
     n = len(values)
     if n < 2:
