@@ -10,7 +10,7 @@ import time
 
 from bench.common import ROOT
 
-SECTIONS = ("transform", "load", "lookup")
+SECTIONS = ("transform", "load", "lookup", "pipeline")
 
 
 def write_section(name: str, body: str) -> None:
@@ -27,7 +27,8 @@ def write_section(name: str, body: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench")
-    ap.add_argument("which", nargs="*", metavar="{transform,load,lookup}", help="which benchmarks (default: all)")
+    ap.add_argument("which", nargs="*", metavar="{" + ",".join(SECTIONS) + "}",
+                    help="which benchmarks (default: all)")
     ap.add_argument("--quick", action="store_true", help="small data, one run each (a smoke test)")
     args = ap.parse_args()
     unknown = set(args.which) - set(SECTIONS)
@@ -39,6 +40,8 @@ def main() -> None:
             from bench.transform_run import run
         elif which == "load":
             from bench.load_run import run  # type: ignore[no-redef]
+        elif which == "pipeline":
+            from bench.pipeline_run import run  # type: ignore[no-redef]
         else:
             from bench.lookup_run import run  # type: ignore[no-redef]
         body = run(args.quick)
