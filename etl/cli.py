@@ -34,6 +34,12 @@ class Ctx:
         return self._cfg
 
 
+def _say(exc: EtlError) -> None:
+    click.secho(f"error: {exc.message}", fg="red", err=True)
+    if exc.hint:
+        click.echo(f"  -> {exc.hint}", err=True)
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -44,9 +50,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except EtlError as exc:
             if debug:
                 traceback.print_exc()
-            click.secho(f"error: {exc.message}", fg="red", err=True)
-            if exc.hint:
-                click.echo(f"  -> {exc.hint}", err=True)
+            _say(exc)
             sys.exit(1)
         except KeyboardInterrupt:
             click.secho("interrupted: committed work is kept; rerun the same command to resume", fg="yellow",
@@ -55,11 +59,18 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (click.ClickException, click.exceptions.Exit, SystemExit):
             raise
         except Exception as exc:
+            from etl import aws
+
             if debug:
                 traceback.print_exc()
-            else:
-                click.secho(f"error: {type(exc).__name__}: {exc}", fg="red", err=True)
-                click.echo("  -> rerun with --debug for the full traceback", err=True)
+            explained = aws.explain(exc, ctx._cfg if ctx else None)
+            if explained is not None:
+                _say(explained)
+                sys.exit(1)
+            if not debug:
+                click.secho(f"error: an unexpected {type(exc).__name__}: {exc}", fg="red", err=True)
+                click.echo("  -> this is a bug or an unhandled case: rerun with --debug for the full traceback, and "
+                           "report it", err=True)
             sys.exit(2)
 
     return wrapper
@@ -393,6 +404,7 @@ def status(obj: Ctx, as_json: bool, months: tuple[str, ...], month_ranges: tuple
 
     cfg = obj.config()
     store = staging.open_store(require_staging_root(cfg), cfg.staging)
+    store.check()
     rows = collect(store, resolve_months(months, month_ranges) or None)
     if as_json:
         click.echo(json.dumps(rows, indent=2))

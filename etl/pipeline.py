@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from etl import export, load, staging, verify
+from etl import aws, export, load, staging, verify
 from etl.config import Config
 from etl.engine import LocalEngine, TaskContext
 from etl.errors import EtlError
@@ -155,6 +155,7 @@ class Runner:
             try:
                 out[stage] = self.stage_month(stage, month)
             except Exception as exc:  # recorded per month; the others go on
+                exc = aws.explain(exc, self.cfg) or exc
                 failures.append(_Failure(stage, month, exc))
                 self._record(stage, month, exc)
                 return
@@ -224,6 +225,7 @@ def run(cfg: Config, months: list[str], stages: tuple[str, ...] = ORDER, *, repo
     if opts.use_existing and len(months) != 1:
         raise EtlError("--use-existing adopts one export: give exactly one --month")
     store = staging.open_store(cfg.staging.root, cfg.staging)
+    store.check()
     runner = Runner(cfg, store, reporter, opts)
     if "load" in stages:  # the destination, the budget and the confirmation before anything runs
         todo = [m for m in months if skip_reason(cfg, store, "load", m, opts.force) is None]

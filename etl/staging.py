@@ -110,6 +110,10 @@ class Store:
         """(bucket, object key) of a key, for the AWS APIs that write to S3 themselves (exports)."""
         raise EtlError(f"{self.uri} is a local directory, not S3")
 
+    def check(self) -> None:
+        """Fail clearly when the store itself is missing (a missing bucket would otherwise read as "nothing
+        committed yet")."""
+
 
 class LocalStore(Store):
     def __init__(self, root: str | os.PathLike[str]) -> None:
@@ -260,6 +264,9 @@ class S3Store(Store):
 
     def s3_location(self, key: str) -> tuple[str, str]:
         return self.bucket, self.bucket_key(key)
+
+    def check(self) -> None:
+        self.bucket_region()
 
     def bucket_region(self) -> str:
         """The bucket's region; a missing bucket is a clear error."""
