@@ -413,6 +413,7 @@ def status(obj: Ctx, as_json: bool, months: tuple[str, ...], month_ranges: tuple
         click.echo(f"nothing staged under {store.uri} yet; start with `etl export --month YYYYMM`")
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     colour = {"done": "green", "failed": "red", "running": "yellow", "stale": "yellow", "-": "dim"}
@@ -432,7 +433,7 @@ def status(obj: Ctx, as_json: bool, months: tuple[str, ...], month_ranges: tuple
                 text += f"\n{c['duration_s']:.1f}s"
             if c.get("error"):
                 text += f"\n{c['error'][:200]}"
-            cells.append(f"[{colour.get(c['state'], 'white')}]{text}[/]")
+            cells.append(f"[{colour.get(c['state'], 'white')}]{escape(text)}[/]")
         table.add_row(row["month"], *cells, row["next"] or "[green]complete[/]")
     Console(width=max(120, Console().width)).print(table)
 

@@ -74,13 +74,17 @@ class Reporter:
             from rich.console import Console
 
             console = self._progress.console if self._progress else Console(file=self.stream)
-            console.print(message, highlight=False)
+            console.print(message, highlight=False, markup=False)  # a "[source]" in a message is text
 
     def warn(self, message: str, **fields: Any) -> None:
         if self.mode == "json":
             self._json({"event": "warning", "message": message, **fields})
         elif self.mode != "quiet":
-            self.info(f"[yellow]warning:[/yellow] {message}")
+            from rich.console import Console
+            from rich.text import Text
+
+            console = self._progress.console if self._progress else Console(file=self.stream)
+            console.print(Text.assemble(("warning: ", "yellow"), message), highlight=False)
 
     def task(self, name: str, total: float | None = None, unit: str = "items") -> Task:
         t = Task(self, name, total, unit)

@@ -81,3 +81,16 @@ def test_refused_credentials_name_the_side_and_the_action(moto: str, make_config
     assert not any(w in r.output for w in RAW), r.output
     r = invoke(cfg, "--debug", "status")
     assert "Traceback" in r.output  # the full one under --debug
+
+
+def test_brackets_in_messages_are_text_on_a_terminal() -> None:
+    import io
+
+    from etl.progress import Reporter
+
+    out = io.StringIO()
+    r = Reporter("rich", out)
+    r.info("set [source] endpoint_url")
+    r.warn("check [destination] table_template")
+    assert "set [source] endpoint_url" in out.getvalue()
+    assert "warning: check [destination] table_template" in out.getvalue()
