@@ -19,8 +19,8 @@ def test_default_mapping(make_config: Callable[..., Config]) -> None:
         ("CustomerID", "string", False), ("CreationDateTime", "int64", False), ("OrderID", "string", False),
         ("ExpirationTimestamp", "int64", False)]
     item = mapping.parse_schema(cfg).field("Item").type
-    assert {f.name: [g.name for g in f.type] for f in item} == {"CustomerID": ["S"], "DateTime": ["S", "N"],
-                                                               "OrderID": ["S"]}
+    assert {f.name: [g.name for g in f.type] for f in item} == {"CustomerID": ["S", "N"], "DateTime": ["S", "N"],
+                                                               "OrderID": ["S", "N"]}
     assert mapping.expected_types(cfg) == {"CustomerID": "S", "DateTime": "S or N", "OrderID": "S"}
     assert mapping.key_columns(cfg) == ["CustomerID", "CreationDateTime"]
     assert mapping.ttl_column(cfg) == "ExpirationTimestamp" == mapping.require_ttl_column(cfg)

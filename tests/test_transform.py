@@ -466,3 +466,19 @@ def test_numbers_past_int64_and_expiries_past_year_9999_are_quarantined_not_cras
     rej = {json.loads(r["line"])["Item"]["CustomerID"]["S"]: r for r in rejected(store)}
     assert rej["C2"]["reason"] == "bad_datetime"
     assert rej["C3"]["reason"] == "bad_datetime" and "past 9999-12-31" in rej["C3"]["message"]
+
+
+def test_a_value_with_two_type_tags_is_malformed(make_config: Callable[..., Config], tmp_path: Path) -> None:
+    cfg = make_config()
+    store = stage(cfg, tmp_path, [[
+        row("C1", {"S": "2016-04-12T10:15:30Z", "N": "1460456130"}, "O1"),
+        row("C2", "2016-04-12T10:15:30Z", {"N": "7", "S": "O2"}),
+        {"CustomerID": {"S": "C3", "N": "3"}, "DateTime": {"S": "2016-04-12T10:15:30Z"}, "OrderID": {"S": "O3"}},
+        row("C4", "2016-04-12T10:15:30Z", "O4"),
+    ]])
+    [m] = run_transform(cfg, [M])
+    assert (m["written"], m["rejected_by"]) == (1, {"malformed_line": 3})
+    msgs = {json.loads(r["line"])["Item"]["OrderID"].get("S"): r["message"] for r in rejected(store)}
+    assert msgs == {"O1": "DateTime has two type tags (S and N); a DynamoDB value has exactly one",
+                    "O2": "OrderID has two type tags (S and N); a DynamoDB value has exactly one",
+                    "O3": "CustomerID has two type tags (S and N); a DynamoDB value has exactly one"}

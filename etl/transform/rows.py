@@ -20,6 +20,7 @@ from etl.mapping import REASONS, expected_types, source_attributes
 from etl.transform.lines import Parsed, parse
 
 TTL_PAST_RANGE = "a date-time whose TTL fits"  # `expected` of a row whose TTL would pass year 9999
+TWO_TAGS = "one type tag"  # `expected` of a value with both S and N
 
 
 @dataclass
@@ -67,6 +68,8 @@ def _messages(kind: str, source: str, attr: pa.Array, rows: np.ndarray, expected
     """Messages for rejected rows sharing one reason and attribute, a column at a time."""
     if kind == "missing_attribute":
         return [f"{source} is missing"] * len(rows)
+    if expected == TWO_TAGS:
+        return [f"{source} has two type tags (S and N); a DynamoDB value has exactly one"] * len(rows)
     at = pa.array(rows, pa.int64())
     kinds = [k for k in ("S", "N") if attr.type.get_field_index(k) >= 0]
     if kind == "type_mismatch":  # the few distinct messages, by which of S and N each row has
@@ -132,9 +135,9 @@ def _classify(cfg: Config, item: pa.StructArray, out: _Outcomes) -> dict[str, np
         a = item.field(name)
         present = _np(pc.is_valid(a)) & has_item
         present_of[name] = present
-        ok = _np(pc.is_valid(a.field("S"))) if "S" in expected else np.zeros(n, dtype=bool)
-        if "N" in expected:
-            ok |= _np(pc.is_valid(a.field("N")))
+        s_set, n_set = _np(pc.is_valid(a.field("S"))), _np(pc.is_valid(a.field("N")))
+        out.mark(present & s_set & n_set, "malformed_line", name, a, TWO_TAGS)
+        ok = (s_set if "S" in expected else np.zeros(n, dtype=bool)) | (n_set if "N" in expected else False)
         out.mark(present & ~ok, "type_mismatch", name, a, expected)
     for name in t.non_empty:  # rows that are not orders are filtered, not errors
         empty = _empty(item.field(name).field("S"))
