@@ -84,6 +84,12 @@ def month_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def break_lease_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--break-lease", is_flag=True,
+                        help="Take over the lease of a run that died on another machine (a run refuses to start "
+                             "while another one holds its month and stage, or its destination).")(fn)
+
+
 def _months(months: tuple[str, ...], ranges: tuple[str, ...]) -> list[str]:
     out = resolve_months(months, ranges)
     if not out:
@@ -184,17 +190,18 @@ def local_lookups(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ..
 @click.option("--use-existing", metavar="URI", help="Adopt an existing export folder (.../AWSDynamoDB/<id>).")
 @click.option("--force", is_flag=True, help="Export again even if the month is committed.")
 @click.option("--enable-pitr", is_flag=True, help="Turn on point-in-time recovery where it is off.")
+@break_lease_option
 @click.pass_obj
 @handle_errors
 def export(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mode: str | None,
-           use_existing: str | None, force: bool, enable_pitr: bool) -> None:
+           use_existing: str | None, force: bool, enable_pitr: bool, break_lease: bool) -> None:
     """Export monthly tables to the staging store (no read capacity used in pitr mode)."""
     from etl.pipeline import run_export
 
     cfg = obj.config()
     require_staging_root(cfg)
     results = run_export(cfg, _months(months, month_ranges), mode=mode, use_existing=use_existing, force=force,
-                         enable_pitr=enable_pitr, reporter=obj.reporter)
+                         enable_pitr=enable_pitr, break_lease=break_lease, reporter=obj.reporter)
     for r in results:
         if not r.get("skipped"):
             click.echo(f"export {r['month']}: {r.get('item_count') or r.get('describe_item_count') or '?'} items, "
@@ -204,9 +211,10 @@ def export(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mod
 @cli.command()
 @month_options
 @click.option("--force", is_flag=True, help="Transform again even if the month is committed and unchanged.")
+@break_lease_option
 @click.pass_obj
 @handle_errors
-def transform(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], force: bool) -> None:
+def transform(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], force: bool, break_lease: bool) -> None:
     """Committed exports -> projected Parquet (transformed/month=M/), bad rows to rejected/ with a reason.
 
     Counts reconcile (items_in = written + filtered + rejected) before the manifest is committed. A month
@@ -215,7 +223,8 @@ def transform(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], 
 
     cfg = obj.config()
     require_staging_root(cfg)
-    for r in run_transform(cfg, _months(months, month_ranges), force=force, reporter=obj.reporter):
+    for r in run_transform(cfg, _months(months, month_ranges), force=force, break_lease=break_lease,
+                           reporter=obj.reporter):
         if not r.get("skipped"):
             c = r["collisions"]
             click.echo(f"transform {r['month']}: {r['items_in']:,} items -> {r['written']:,} rows written, "
@@ -230,10 +239,11 @@ def transform(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], 
 @click.option("--include-expired", is_flag=True, default=None,
               help="Also write items whose ExpirationTimestamp has passed (skipped and counted by default).")
 @click.option("--force", is_flag=True, help="Ignore the part checkpoints and write every part again.")
+@break_lease_option
 @click.pass_obj
 @handle_errors
 def load(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], yes: bool, dry_run: bool,
-         include_expired: bool | None, force: bool) -> None:
+         include_expired: bool | None, force: bool, break_lease: bool) -> None:
     """Committed Parquet -> the destination table with BatchWriteItem, within the write budget.
 
     Shows the destination, account, item count, budget and estimated duration, and asks before writing
@@ -245,6 +255,7 @@ def load(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], yes: 
     require_staging_root(cfg)
     ms = _months(months, month_ranges)
     results = run_load(cfg, ms, yes=yes, dry_run=dry_run, include_expired=include_expired, force=force,
+                       break_lease=break_lease,
                        confirm=lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False,
                        reporter=obj.reporter)
     for r in results:
@@ -260,15 +271,16 @@ def load(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], yes: 
 
 @cli.command()
 @month_options
+@break_lease_option
 @click.pass_obj
 @handle_errors
-def verify(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...]) -> None:
+def verify(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], break_lease: bool) -> None:
     """Read every loaded key back (BatchGetItem, within a read budget) and compare values with the Parquet."""
     from etl.pipeline import run_verify
 
     cfg = obj.config()
     require_staging_root(cfg)
-    results = run_verify(cfg, _months(months, month_ranges), reporter=obj.reporter)
+    results = run_verify(cfg, _months(months, month_ranges), break_lease=break_lease, reporter=obj.reporter)
     bad = [r for r in results if not r["ok"]]
     for r in results:
         click.echo(f"verify {r['month']}: {r['checked']:,} checked, {r['missing']:,} missing, "
@@ -442,9 +454,11 @@ def status(obj: Ctx, as_json: bool, months: tuple[str, ...], month_ranges: tuple
 @month_options
 @click.option("--mode", type=click.Choice(["pitr", "scan"]), help="Export mode (default from config).")
 @click.option("--yes", is_flag=True, help="Do not ask before writing to the destination.")
+@break_lease_option
 @click.pass_obj
 @handle_errors
-def run(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mode: str | None, yes: bool) -> None:
+def run(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mode: str | None, yes: bool,
+        break_lease: bool) -> None:
     """Every stage in order for the months, skipping what is already committed (resumes a backfill).
 
     Each month moves to its next stage as soon as its previous one committed, so months overlap: one loads
@@ -454,7 +468,7 @@ def run(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mode: 
     cfg = obj.config()
     require_staging_root(cfg)
     ms = _months(months, month_ranges)
-    run_pipeline(cfg, ms, mode=mode, yes=yes, reporter=obj.reporter,
+    run_pipeline(cfg, ms, mode=mode, yes=yes, break_lease=break_lease, reporter=obj.reporter,
                  confirm=lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False)
     obj.reporter.info(f"run: every stage committed for {len(ms)} month(s); `etl status` shows them")
 

@@ -11,6 +11,7 @@ and reported with the others at the end.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from etl import aws, export, load, staging, verify
+from etl import aws, export, lease, load, staging, verify
 from etl.config import Config
 from etl.engine import LocalEngine, TaskContext
 from etl.errors import EtlError
@@ -69,6 +70,7 @@ class Options:
     include_expired: bool | None = None
     now: int | None = None
     confirm: Callable[[str], bool] | None = None
+    break_lease: bool = False  # take over a lease another run left behind
 
 
 @dataclass
@@ -128,6 +130,16 @@ class Runner:
         if reason is not None:
             self.reporter.info(f"{stage} {month}: {reason}")
             return {**(staging.read_manifest(store, month, stage) or {}), "skipped": True}
+        dry = stage == "load" and self.opts.dry_run
+        with contextlib.ExitStack() as held:
+            if not dry:  # one run per month and stage at a time
+                held.enter_context(lease.acquire(store, staging.lease_key(month, stage), f"{stage} {month}",
+                                                 rerun_command(stage, month, self._extra(stage)),
+                                                 break_lease=self.opts.break_lease))
+            return self._stage_month(stage, month)
+
+    def _stage_month(self, stage: str, month: str) -> dict[str, Any]:
+        cfg, store = self.cfg, self.store
         started = time.time()
         plan = self._plan(stage, month)
         if plan.note:
@@ -157,7 +169,8 @@ class Runner:
             except Exception as exc:  # recorded per month; the others go on
                 exc = aws.explain(exc, self.cfg) or exc
                 failures.append(_Failure(stage, month, exc))
-                self._record(stage, month, exc)
+                if not isinstance(exc, lease.LeaseHeld):  # the month is not failing: another run has it
+                    self._record(stage, month, exc)
                 return
 
     def _record(self, stage: str, month: str, exc: BaseException) -> None:
@@ -227,20 +240,23 @@ def run(cfg: Config, months: list[str], stages: tuple[str, ...] = ORDER, *, repo
     store = staging.open_store(cfg.staging.root, cfg.staging)
     store.check()
     runner = Runner(cfg, store, reporter, opts)
-    if "load" in stages:  # the destination, the budget and the confirmation before anything runs
-        todo = [m for m in months if skip_reason(cfg, store, "load", m, opts.force) is None]
-        if todo:
-            runner.load_setup = load.preflight(cfg, store, todo, include_expired=opts.include_expired, now=opts.now,
-                                               dry_run=opts.dry_run, yes=opts.yes, force=opts.force,
-                                               confirm=opts.confirm, reporter=reporter)
-            runner.load_setup.watch()
-    if "verify" in stages and any(skip_reason(cfg, store, "verify", m, opts.force) is None for m in months):
-        runner.read_budget = verify.preflight(cfg)
-    try:
+    with contextlib.ExitStack() as held:
+        if "load" in stages:  # the destination, the budget and the confirmation before anything runs
+            todo = [m for m in months if skip_reason(cfg, store, "load", m, opts.force) is None]
+            if todo:
+                runner.load_setup = load.preflight(cfg, store, todo, include_expired=opts.include_expired,
+                                                   now=opts.now, dry_run=opts.dry_run, yes=opts.yes,
+                                                   force=opts.force, confirm=opts.confirm, reporter=reporter)
+                held.callback(runner.load_setup.close)
+                if not opts.dry_run:  # one budget per destination: one loading run at a time
+                    table = runner.load_setup.table
+                    held.enter_context(lease.acquire(store, staging.destination_lease_key(table), f"loading {table}",
+                                                     "etl load " + " ".join(f"--month {m}" for m in todo),
+                                                     break_lease=opts.break_lease))
+                runner.load_setup.watch()
+        if "verify" in stages and any(skip_reason(cfg, store, "verify", m, opts.force) is None for m in months):
+            runner.read_budget = verify.preflight(cfg)
         return runner.run(months, stages)
-    finally:
-        if runner.load_setup is not None:
-            runner.load_setup.close()
 
 
 def run_export(cfg: Config, months: list[str], *, reporter: Reporter = QUIET, **options: Any) -> list[dict[str, Any]]:
@@ -256,6 +272,7 @@ def run_load(cfg: Config, months: list[str], *, reporter: Reporter = QUIET, **op
     return run(cfg, months, ("load",), reporter=reporter, **options)["load"]
 
 
-def run_verify(cfg: Config, months: list[str], *, reporter: Reporter = QUIET) -> list[dict[str, Any]]:
+def run_verify(cfg: Config, months: list[str], *, reporter: Reporter = QUIET,
+               break_lease: bool = False) -> list[dict[str, Any]]:
     """Asked for alone, verify always reads the table again (the table may have changed since)."""
-    return run(cfg, months, ("verify",), reporter=reporter, force=True)["verify"]
+    return run(cfg, months, ("verify",), reporter=reporter, force=True, break_lease=break_lease)["verify"]

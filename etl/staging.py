@@ -103,6 +103,13 @@ class Store:
     def write_json(self, key: str, body: Any) -> None:
         self.write(key, (json.dumps(body, indent=2, sort_keys=False, default=str) + "\n").encode())
 
+    def create(self, key: str, data: bytes) -> bool:
+        """Write only if the key does not exist yet (atomically); False when it does."""
+        raise NotImplementedError
+
+    def create_json(self, key: str, body: Any) -> bool:
+        return self.create(key, (json.dumps(body, indent=2, default=str) + "\n").encode())
+
     def sub(self, prefix: str) -> Store:
         raise NotImplementedError
 
@@ -188,6 +195,17 @@ class LocalStore(Store):
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
 
+    def create(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+
     def sub(self, prefix: str) -> Store:
         return LocalStore(self._path(prefix))
 
@@ -258,6 +276,18 @@ class S3Store(Store):
 
     def delete(self, key: str) -> None:
         self.s3.delete_object(Bucket=self.bucket, Key=self.bucket_key(key))
+
+    def create(self, key: str, data: bytes) -> bool:
+        import botocore.exceptions
+
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=self.bucket_key(key), Body=data, IfNoneMatch="*")
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict",
+                                                             "412"):
+                return False
+            raise
+        return True
 
     def sub(self, prefix: str) -> Store:
         return S3Store(self.bucket, self.bucket_key(prefix), self.s3)
@@ -365,6 +395,15 @@ def checkpoints_prefix(month: str) -> str:
 
 def checkpoint_key(month: str, part: int) -> str:
     return f"{checkpoints_prefix(month)}part-{part:05d}.done"
+
+
+def lease_key(month: str, stage: str) -> str:
+    return state_key(month, f"{stage}.lease")
+
+
+def destination_lease_key(table: str) -> str:
+    """One loading run per destination table at a time (its budget is one)."""
+    return f"_state/destination={table}/load.lease"
 
 
 def collisions_key(month: str) -> str:

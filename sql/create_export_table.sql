@@ -12,7 +12,7 @@
 -- Replace s3://my-backfill-staging/anniversary with your [staging] root and 201501 with your first
 -- month, or run `etl catalog register`, which creates this table in Glue from the config.
 CREATE EXTERNAL TABLE IF NOT EXISTS anniversary_promo_export (
-  Item struct<CustomerID:struct<S:string>, DateTime:struct<S:string,N:string>, OrderID:struct<S:string>>
+  Item struct<CustomerID:struct<S:string,N:string>, DateTime:struct<S:string,N:string>, OrderID:struct<S:string,N:string>>
 )
 PARTITIONED BY (month string)
 ROW FORMAT SERDE 'org.openx.data.jsonserde.JsonSerDe'

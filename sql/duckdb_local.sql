@@ -12,7 +12,7 @@ SELECT Item, "$path", month
 FROM read_json(
   coalesce(getvariable('staging_root'), '.') || '/export/*/AWSDynamoDB/*/data/*',
   format = 'newline_delimited', ignore_errors = true, filename = '$path',
-  columns = {Item: 'STRUCT(CustomerID STRUCT(S VARCHAR), DateTime STRUCT(S VARCHAR, N VARCHAR), OrderID STRUCT(S VARCHAR))'},
+  columns = {Item: 'STRUCT(CustomerID STRUCT(S VARCHAR, N VARCHAR), DateTime STRUCT(S VARCHAR, N VARCHAR), OrderID STRUCT(S VARCHAR, N VARCHAR))'},
   hive_partitioning = true, hive_types = {'month': 'VARCHAR'});
 
 CREATE OR REPLACE VIEW anniversary_promo_staged AS

@@ -50,8 +50,8 @@ def test_catalog_registers_three_projected_tables_idempotently(moto: str, make_c
     columns = {name: [(c["Name"], c["Type"]) for c in t["StorageDescriptor"]["Columns"]] for name, t in tables.items()}
     assert columns == {
         "anniversary_promo_export": [
-            ("item", "struct<CustomerID:struct<S:string>,DateTime:struct<S:string,N:string>,"
-                     "OrderID:struct<S:string>>")],
+            ("item", "struct<CustomerID:struct<S:string,N:string>,DateTime:struct<S:string,N:string>,"
+                     "OrderID:struct<S:string,N:string>>")],
         "promo": [("customerid", "string"), ("creationdatetime", "bigint"), ("orderid", "string"),
                   ("expirationtimestamp", "bigint")],
         "anniversary_promo_rejected": [("reason", "string"), ("message", "string"), ("file", "string"),
