@@ -16,7 +16,7 @@ import click
 
 from etl import __version__
 from etl.config import Config, load_config, require_staging_root
-from etl.errors import EtlError
+from etl.errors import EtlError, PartlyDone
 from etl.months import resolve_months
 from etl.progress import Reporter
 
@@ -51,7 +51,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if debug:
                 traceback.print_exc()
             _say(exc)
-            sys.exit(1)
+            sys.exit(3 if isinstance(exc, PartlyDone) else 1)
         except KeyboardInterrupt:
             click.secho("interrupted: committed work is kept; rerun the same command to resume", fg="yellow",
                         err=True)
@@ -71,7 +71,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 click.secho(f"error: an unexpected {type(exc).__name__}: {exc}", fg="red", err=True)
                 click.echo("  -> this is a bug or an unhandled case: rerun with --debug for the full traceback, and "
                            "report it", err=True)
-            sys.exit(2)
+            sys.exit(1)
 
     return wrapper
 
@@ -107,6 +107,10 @@ def _months(months: tuple[str, ...], ranges: tuple[str, ...]) -> list[str]:
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, debug: bool, progress: str) -> None:
     """Backfill monthly DynamoDB tables into one index table, staged in S3.
+
+    \b
+    Exit codes: 0 done, 1 refused or failed (one line says why), 2 a usage error,
+    3 partly done (some months failed: `etl status` shows which), 130 interrupted.
 
     \b
     Stages (each restartable; state lives in the staging store's _state/ manifests):
@@ -384,6 +388,31 @@ def catalog_register(obj: Ctx, database: str, table_name: str, export_table: str
 
     r = register(obj.config(), database, table_name, export_table=export_table, rejected_table=rejected_table)
     click.echo(json.dumps(r, indent=2, default=str) if as_json else summary(r))
+
+
+@cli.group("config")
+def config_group() -> None:
+    """The effective configuration."""
+
+
+@config_group.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of {key, value, source}.")
+@click.pass_obj
+@handle_errors
+def config_show(obj: Ctx, as_json: bool) -> None:
+    """Every setting with its effective value and where it came from: the config file, an ETL_* or AWS_*
+    variable, the command line, or the default. Secrets are never shown."""
+    from etl.config import effective
+
+    cfg = obj.config()
+    rows = effective(cfg)
+    if as_json:
+        click.echo(json.dumps({"config_file": cfg.path, "settings": rows}, indent=2))
+        return
+    width = max(len(r["key"]) for r in rows)
+    click.echo(f"config file: {cfg.path}")
+    for r in rows:
+        click.echo(f"{r['key']:<{width}}  {json.dumps(r['value'])}  ({r['source']})")
 
 
 @cli.command("iam-policy")

@@ -27,7 +27,7 @@ AWS_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 class AwsSide:
     """Where one side of the pipeline lives: region, optional role (cross-account) and endpoint."""
 
-    aws_region: str = "us-east-1"
+    aws_region: str = ""  # unset: AWS_REGION, AWS_DEFAULT_REGION or the profile's region, as boto3 finds it
     role_arn: str | None = None  # assumed with STS before any call of this side
     endpoint_url: str | None = None  # e.g. a local emulator; AWS_ENDPOINT_URL also works
     profile: str | None = None  # a named profile; AWS_PROFILE also works
@@ -143,6 +143,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
     path: str = "<defaults>"  # where the config came from (not a TOML key)
+    sources: tuple[tuple[str, str], ...] = ()  # key -> where its value came from, for values not defaulted
 
     def source_table(self, month: str) -> str:
         self._names_needed("source.table_template", self.source.table_template)
@@ -227,7 +228,7 @@ def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
 
 def _build(cls: Any, data: dict[str, Any], prefix: str, where: str) -> Any:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.name != "path"}
+    names = {f.name for f in dataclasses.fields(cls) if f.name not in ("path", "sources")}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(
@@ -245,7 +246,7 @@ def _env_overrides(env: typing.Mapping[str, str]) -> list[tuple[str, str, str]]:
     """ETL_<SECTION>_<KEY> (or ETL_<KEY> for top-level keys) -> (section, key, value)."""
     out = []
     for f in dataclasses.fields(Config):
-        if f.name == "path":
+        if f.name in ("path", "sources"):
             continue
         sub = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
         if dataclasses.is_dataclass(sub):
@@ -299,11 +300,84 @@ def load_config(
         else:
             hints = typing.get_type_hints(Config)
             cfg = dataclasses.replace(cfg, **{k: _coerce(hints[k], v, k, w) for k, (v, w) in kv.items()})
-    cfg = dataclasses.replace(cfg, path=where)
-    sources = {(f"{section}.{key}" if section else key): w
-               for section, kv in changes.items() for key, (_, w) in kv.items()}
+    sources = {key: where for key in _keys(data)}
+    sources.update({(f"{section}.{key}" if section else key): w
+                    for section, kv in changes.items() for key, (_, w) in kv.items()})
+    cfg = _regions(dataclasses.replace(cfg, path=where), env, sources)
+    cfg = dataclasses.replace(cfg, sources=tuple(sorted(sources.items())))
     validate(cfg, sources)
     return cfg
+
+
+def _keys(data: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys a TOML document sets (tables of tables flattened; a list of tables is one key)."""
+    out = []
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out += _keys(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def _regions(cfg: Config, env: typing.Mapping[str, str], sources: dict[str, str]) -> Config:
+    """A side without aws_region takes the region boto3 would: AWS_REGION, AWS_DEFAULT_REGION, then the
+    profile's (or the default profile's) region in ~/.aws/config."""
+    for side in ("source", "staging", "destination"):
+        s: AwsSide = getattr(cfg, side)
+        if s.aws_region:
+            continue
+        region, source = "", ""
+        for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+            if env.get(name):
+                region, source = env[name], f"environment {name}"
+                break
+        if not region:
+            import botocore.session
+
+            session = botocore.session.Session(profile=s.profile or env.get("AWS_PROFILE") or None)
+            try:
+                region = session.get_config_variable("region") or ""
+            except Exception:  # a profile that does not exist: said by validate() as a missing region
+                region = ""
+            source = f"profile {s.profile or env.get('AWS_PROFILE') or 'default'}" if region else ""
+        if not region:
+            raise ConfigError(f"config: {side}.aws_region is not set (looked in {cfg.path}, "
+                              f"ETL_{side.upper()}_AWS_REGION, AWS_REGION, AWS_DEFAULT_REGION, the profile)",
+                              hint=f"set [{side}] aws_region, e.g. us-east-1")
+        sources[f"{side}.aws_region"] = source
+        new: dict[str, Any] = {side: dataclasses.replace(s, aws_region=region)}
+        cfg = dataclasses.replace(cfg, **new)
+    return cfg
+
+
+SECRET_WORDS = ("secret", "password", "token", "credential")
+
+
+def effective(cfg: Config) -> list[dict[str, Any]]:
+    """Every setting with its value and where it came from (a file, a variable, the command line or the
+    default); a URL's user:password part and anything that looks like a secret are masked."""
+    sources = dict(cfg.sources)
+    rows: list[dict[str, Any]] = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            if f.name in ("path", "sources"):
+                continue
+            value = getattr(obj, f.name)
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                walk(value, key + ".")
+                continue
+            value = _jsonable(value)
+            if isinstance(value, str):
+                value = re.sub(r"//[^/@\s]+@", "//***@", value)
+            if any(w in f.name.lower() for w in SECRET_WORDS) and value:
+                value = "***"
+            rows.append({"key": key, "value": value, "source": sources.get(key, "default")})
+
+    walk(cfg, "")
+    return rows
 
 
 class _Where(dict[str, str]):

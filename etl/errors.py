@@ -47,6 +47,10 @@ class Stopped(EtlError):
     Never the cause of a failure: the error that caused the stop is the one reported."""
 
 
+class PartlyDone(EtlError):
+    """Some months finished and others failed (exit code 3)."""
+
+
 class DeadlineReached(EtlError):
     """The load's deadline passed; finished parts are checkpointed."""
 

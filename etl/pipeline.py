@@ -22,7 +22,7 @@ from typing import Any
 from etl import aws, export, lease, load, staging, verify
 from etl.config import Config
 from etl.engine import LocalEngine, TaskContext
-from etl.errors import EtlError
+from etl.errors import EtlError, PartlyDone
 from etl.progress import QUIET, Reporter
 from etl.transform import stage as transform
 
@@ -214,7 +214,8 @@ class Runner:
         stages = sorted({f.stage for f in failures}, key=ORDER.index)
         listed = "; ".join(f"{f.month}: {_message(f.exc)}" for f in failures)
         first = failures[0]
-        return EtlError(
+        partly = len({f.month for f in failures}) < len(months)
+        return (PartlyDone if partly else EtlError)(
             f"{'/'.join(stages)} failed for {len(failures)} of {len(months)} month(s): {listed}",
             hint=f"fix the cause, then rerun e.g. `{rerun_command(first.stage, first.month, self._extra(first.stage))}`"
                  " (committed months are skipped); `etl status` shows every month")

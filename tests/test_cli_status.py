@@ -59,7 +59,7 @@ def test_status_from_manifests_alone(moto: str, make_config: Callable[..., Confi
     runner = CliRunner()
     r = runner.invoke(cli, ["--config", str(path), "--progress", "quiet", "export", "--month", "201604",
                             "--month", "201605"])
-    assert r.exit_code == 1 and "1 of 2 month(s)" in r.output and "201605" in r.output
+    assert r.exit_code == 3 and "1 of 2 month(s)" in r.output and "201605" in r.output
     store = staging.open_store(cfg.staging.root, cfg.staging)
     rows = {row["month"]: row for row in collect(store)}
     assert rows["201604"]["stages"]["export"]["state"] == "done"

@@ -154,3 +154,46 @@ def test_mappings_that_cannot_run_are_refused_at_load(tmp_path: Path) -> None:
         load(dest='sort_key = "CustomerID"')
     load(dest='sort_key = "OrderID"')  # a string sort key that is also a mapped column: runs
     load(dest='sort_key = ""')  # a table without a sort key: runs
+
+
+def test_the_region_falls_back_as_boto3_finds_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, 'domain="d"\nregion="r"\n[staging]\naws_region = "eu-west-1"\n')
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    cfg = load_config(path, env={"AWS_REGION": "ap-south-1", "AWS_DEFAULT_REGION": "us-west-2"})
+    assert (cfg.source.aws_region, cfg.staging.aws_region) == ("ap-south-1", "eu-west-1")
+    assert dict(cfg.sources)["source.aws_region"] == "environment AWS_REGION"
+    cfg = load_config(path, env={"AWS_DEFAULT_REGION": "us-west-2"})
+    assert cfg.destination.aws_region == "us-west-2"
+    aws_config = tmp_path / "aws-config"
+    aws_config.write_text("[profile shop]\nregion = sa-east-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(aws_config))
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    cfg = load_config(write(tmp_path, 'domain="d"\nregion="r"\n[source]\nprofile = "shop"\n'
+                                      '[staging]\naws_region = "eu-west-1"\n[destination]\naws_region = "eu-west-1"\n'),
+                      env={})
+    assert cfg.source.aws_region == "sa-east-1" and dict(cfg.sources)["source.aws_region"] == "profile shop"
+    with pytest.raises(ConfigError, match=r"destination.aws_region is not set .* AWS_REGION"):
+        load_config(write(tmp_path, 'domain="d"\nregion="r"\n[source]\naws_region = "eu-west-1"\n'
+                                    '[staging]\naws_region = "eu-west-1"\n'), env={})
+
+
+def test_config_show_names_every_source_and_masks_secrets(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from etl.cli import cli
+
+    path = write(tmp_path, 'domain="d"\nregion="r"\n[source]\naws_region = "eu-west-1"\n'
+                           'endpoint_url = "http://user:pw@127.0.0.1:9"\n[staging]\naws_region = "eu-west-1"\n'
+                           '[destination]\naws_region = "eu-west-1"\n')
+    r = CliRunner(env={"ETL_LOAD_MAX_WCU": "500"}).invoke(cli, ["--config", path, "config", "show", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {x["key"]: x for x in json.loads(r.output)["settings"]}
+    assert rows["domain"] == {"key": "domain", "value": "d", "source": path}
+    assert rows["load.max_wcu"] == {"key": "load.max_wcu", "value": 500.0, "source": "environment ETL_LOAD_MAX_WCU"}
+    assert rows["load.concurrency"]["source"] == "default"
+    assert rows["source.endpoint_url"]["value"] == "http://***@127.0.0.1:9" and "pw" not in r.output
+    r = CliRunner().invoke(cli, ["--config", path, "config", "show"])
+    assert r.exit_code == 0 and "transform.ttl_seconds" in r.output and "(default)" in r.output
