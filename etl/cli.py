@@ -22,9 +22,10 @@ from etl.progress import Reporter
 
 
 class Ctx:
-    def __init__(self, config_path: str | None, debug: bool, progress: str) -> None:
+    def __init__(self, config_path: str | None, debug: bool, progress: str, as_json: bool = False) -> None:
         self.config_path = config_path
         self.debug = debug
+        self.json = as_json
         self.reporter = Reporter(progress)
         self._cfg: Config | None = None
 
@@ -76,6 +77,27 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+BULKY = ("parts", "files", "inputs", "schema")  # per-file detail: in the manifest, not in a summary
+
+
+def _counts(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in BULKY}
+
+
+def _reasons(by: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(by.items(), key=lambda kv: -kv[1]))
+
+
+def report(obj: Ctx, command: str, results: list[dict[str, Any]], line: Callable[[dict[str, Any]], str]) -> None:
+    """The command's result: one JSON object with every month's counts under --json, else a line per month."""
+    if obj.json:
+        click.echo(json.dumps({"command": command, "months": [_counts(r) for r in results]}, default=str))
+        return
+    for r in results:
+        if not r.get("skipped"):  # the progress output said so
+            click.echo(line(r))
+
+
 def month_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--months", "month_ranges", multiple=True, metavar="FIRST-LAST",
                       help="An inclusive range, e.g. 201505-201705 (repeatable).")(fn)
@@ -101,11 +123,13 @@ def _months(months: tuple[str, ...], ranges: tuple[str, ...]) -> list[str]:
 @click.option("--config", "config_path", metavar="FILE", envvar="ETL_CONFIG",
               help="Pipeline TOML config (default: $ETL_CONFIG, else ./pipeline.toml).")
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the command's result as one JSON object on stdout (progress stays on stderr).")
 @click.option("--progress", type=click.Choice(["auto", "rich", "json", "quiet"]), default="auto",
               show_default=True, help="Progress display: rich bars on a terminal, JSON lines otherwise.")
 @click.version_option(__version__, prog_name="etl")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, debug: bool, progress: str) -> None:
+def cli(ctx: click.Context, config_path: str | None, debug: bool, as_json: bool, progress: str) -> None:
     """Backfill monthly DynamoDB tables into one index table, staged in S3.
 
     \b
@@ -119,7 +143,7 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool, progress: str)
       load       Parquet -> destination table, within a write budget, checkpointed
     `etl status` shows every month and the command to run next.
     """
-    ctx.obj = Ctx(config_path, debug, progress)
+    ctx.obj = Ctx(config_path, debug, progress, as_json)
 
 
 # --------------------------------------------------------------------------- local AWS
@@ -206,10 +230,9 @@ def export(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mod
     require_staging_root(cfg)
     results = run_export(cfg, _months(months, month_ranges), mode=mode, use_existing=use_existing, force=force,
                          enable_pitr=enable_pitr, break_lease=break_lease, reporter=obj.reporter)
-    for r in results:
-        if not r.get("skipped"):
-            click.echo(f"export {r['month']}: {r.get('item_count') or r.get('describe_item_count') or '?'} items, "
-                       f"{len(r['files'])} file(s), {'verified' if r['verified'] else 'unverified'}")
+    report(obj, "export", results, lambda r: (
+        f"export {r['month']}: {r.get('item_count') or r.get('describe_item_count') or '?'} items, "
+        f"{len(r['files'])} file(s), {'verified' if r['verified'] else 'unverified'}"))
 
 
 @cli.command()
@@ -227,13 +250,13 @@ def transform(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], 
 
     cfg = obj.config()
     require_staging_root(cfg)
-    for r in run_transform(cfg, _months(months, month_ranges), force=force, break_lease=break_lease,
-                           reporter=obj.reporter):
-        if not r.get("skipped"):
-            c = r["collisions"]
-            click.echo(f"transform {r['month']}: {r['items_in']:,} items -> {r['written']:,} rows written, "
-                       f"{r['filtered']:,} filtered, {r['rejected']:,} rejected {r['rejected_by']}, "
-                       f"{c['keys']} colliding keys")
+    results = run_transform(cfg, _months(months, month_ranges), force=force, break_lease=break_lease,
+                            reporter=obj.reporter)
+    report(obj, "transform", results, lambda r: (
+        f"transform {r['month']}: {r['items_in']:,} items -> {r['written']:,} rows written, "
+        f"{r['filtered']:,} filtered, {r['rejected']:,} rejected"
+        + (f" ({_reasons(r['rejected_by'])})" if r["rejected_by"] else "")
+        + f", {r['collisions']['keys']:,} colliding keys"))
 
 
 @cli.command()
@@ -262,15 +285,13 @@ def load(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], yes: 
                        break_lease=break_lease,
                        confirm=lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False,
                        reporter=obj.reporter)
-    for r in results:
-        if r.get("dry_run"):
-            click.echo(f"load {r['month']}: dry run, nothing written: {r['written']:,} would be written, "
-                       f"{r['skipped_expired']:,} expired skipped, {r['deduplicated']:,} deduplicated, "
-                       f"{r['quarantined']:,} quarantined")
-        elif not r.get("skipped"):
-            click.echo(f"load {r['month']}: {r['written']:,} written, {r['skipped_expired']:,} expired skipped, "
-                       f"{r['deduplicated']:,} deduplicated, {r['quarantined']:,} quarantined, "
-                       f"{r['wcu_consumed']:,} WCU at {r['average_wcu_per_s']} WCU/s")
+    report(obj, "load", results, lambda r: (
+        f"load {r['month']}: dry run, nothing written: {r['written']:,} would be written, "
+        f"{r['skipped_expired']:,} expired skipped, {r['deduplicated']:,} deduplicated, {r['quarantined']:,} "
+        "quarantined" if r.get("dry_run") else
+        f"load {r['month']}: {r['written']:,} written, {r['skipped_expired']:,} expired skipped, "
+        f"{r['deduplicated']:,} deduplicated, {r['quarantined']:,} quarantined, "
+        f"{r['wcu_consumed']:,} WCU at {r['average_wcu_per_s']:,} WCU/s"))
 
 
 @cli.command()
@@ -286,10 +307,9 @@ def verify(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], bre
     require_staging_root(cfg)
     results = run_verify(cfg, _months(months, month_ranges), break_lease=break_lease, reporter=obj.reporter)
     bad = [r for r in results if not r["ok"]]
-    for r in results:
-        click.echo(f"verify {r['month']}: {r['checked']:,} checked, {r['missing']:,} missing, "
-                   f"{r['different']:,} different"
-                   + ("" if r["ok"] else f" (examples in _state/month={r['month']}/verify.json)"))
+    report(obj, "verify", results, lambda r: (
+        f"verify {r['month']}: {r['checked']:,} checked, {r['missing']:,} missing, {r['different']:,} different"
+        + ("" if r["ok"] else f" (examples in _state/month={r['month']}/verify.json)")))
     if bad:
         raise EtlError(f"verify found differences in {len(bad)} month(s)",
                        hint="`etl load --month M --force` writes the month again (puts are idempotent)")
@@ -321,6 +341,7 @@ def lookup(obj: Ctx, customer_id: str, at_text: str | None, as_json: bool) -> No
     One Query on the index table: this customer's newest unexpired order since the anniversary window
     started. Loyalty if it falls in the last loyalty_months, anniversary if in the last
     anniversary_months, else none ([promo] in the config)."""
+    as_json = as_json or obj.json
     from etl import aws
     from etl.promo import discount_for
 
@@ -384,6 +405,7 @@ def catalog_register(obj: Ctx, database: str, table_name: str, export_table: str
                      as_json: bool) -> None:
     """Create (or replace) the Glue tables over export/, transformed/ and rejected/, partitioned by month with
     partition projection (new months need no repair); idempotent. Prints Athena queries to try."""
+    as_json = as_json or obj.json
     from etl.catalog import register, summary
 
     r = register(obj.config(), database, table_name, export_table=export_table, rejected_table=rejected_table)
@@ -402,6 +424,7 @@ def config_group() -> None:
 def config_show(obj: Ctx, as_json: bool) -> None:
     """Every setting with its effective value and where it came from: the config file, an ETL_* or AWS_*
     variable, the command line, or the default. Secrets are never shown."""
+    as_json = as_json or obj.json
     from etl.config import effective
 
     cfg = obj.config()
@@ -440,6 +463,7 @@ def iam_policy(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...],
 @handle_errors
 def status(obj: Ctx, as_json: bool, months: tuple[str, ...], month_ranges: tuple[str, ...]) -> None:
     """Months x stages from the staging store's manifests: state, counts, times, failures, next step."""
+    as_json = as_json or obj.json
     from etl import staging
     from etl.status import collect
 
@@ -497,8 +521,12 @@ def run(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mode: 
     cfg = obj.config()
     require_staging_root(cfg)
     ms = _months(months, month_ranges)
-    run_pipeline(cfg, ms, mode=mode, yes=yes, break_lease=break_lease, reporter=obj.reporter,
-                 confirm=lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False)
+    out = run_pipeline(cfg, ms, mode=mode, yes=yes, break_lease=break_lease, reporter=obj.reporter,
+                       confirm=lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False)
+    if obj.json:
+        click.echo(json.dumps({"command": "run", "stages": {stage: [_counts(r) for r in rs]
+                                                            for stage, rs in out.items()}}, default=str))
+        return
     obj.reporter.info(f"run: every stage committed for {len(ms)} month(s); `etl status` shows them")
 
 

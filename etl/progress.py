@@ -94,6 +94,7 @@ class Reporter:
                     from rich.progress import (
                         BarColumn,
                         Progress,
+                        TaskProgressColumn,
                         TextColumn,
                         TimeElapsedColumn,
                         TimeRemainingColumn,
@@ -102,7 +103,9 @@ class Reporter:
                     self._progress = Progress(
                         TextColumn("{task.description}"),
                         BarColumn(),
-                        TextColumn("{task.completed:,.0f}/{task.fields[total_text]} {task.fields[unit]}"),
+                        TaskProgressColumn(),  # the percentage, when the total is known
+                        TextColumn("{task.fields[count]}"),
+                        TextColumn("{task.fields[rate]}"),
                         TextColumn("{task.fields[extra]}"),
                         TimeElapsedColumn(),
                         TimeRemainingColumn(),
@@ -110,9 +113,7 @@ class Reporter:
                     )
                     self._progress.start()
                 self._active += 1
-                t._rich_id = self._progress.add_task(
-                    name, total=total, unit=unit, extra="", total_text=f"{total:,.0f}" if total else "?"
-                )
+                t._rich_id = self._progress.add_task(name, total=total, count="", rate="", extra="")
         elif self.mode == "json":
             self._json({"event": "start", "task": name, "total": total, "unit": unit})
         return t
@@ -121,9 +122,16 @@ class Reporter:
     def _extra(self, t: Task) -> str:
         return " ".join(f"{k}={v}" for k, v in t.fields.items())
 
+    def _columns(self, t: Task) -> dict[str, str]:
+        """The count and the rate in the task's own unit (a wait counted in seconds shows neither)."""
+        if t.unit == "s":
+            return {"count": "", "rate": ""}
+        total = f"/{t.total:,.0f}" if t.total else ""
+        return {"count": f"{t.done:,.0f}{total} {t.unit}", "rate": f"{t.rate():,.0f} {t.unit}/s"}
+
     def _update(self, t: Task) -> None:
         if self.mode == "rich" and self._progress is not None:
-            self._progress.update(t._rich_id, completed=t.done, extra=self._extra(t))
+            self._progress.update(t._rich_id, completed=t.done, extra=self._extra(t), **self._columns(t))
         elif self.mode == "json":
             now = time.monotonic()
             if now - t._last_emit >= self.interval:
@@ -132,7 +140,7 @@ class Reporter:
 
     def _finish(self, t: Task) -> None:
         if self.mode == "rich" and self._progress is not None:
-            self._progress.update(t._rich_id, completed=t.done, extra=self._extra(t))
+            self._progress.update(t._rich_id, completed=t.done, extra=self._extra(t), **self._columns(t))
             with self._lock:
                 self._active -= 1
                 if self._active == 0:
@@ -149,6 +157,7 @@ class Reporter:
             "done": round(t.done, 3),
             "total": t.total,
             "unit": t.unit,
+            "percent": round(100 * t.done / t.total, 1) if t.total else None,
             "rate_per_s": round(t.rate(), 1),
             "elapsed_s": round(time.monotonic() - t.started, 1),
             "eta_s": None if eta is None else round(eta, 1),
