@@ -39,7 +39,7 @@ def month_status(store: staging.Store, month: str, stages: tuple[str, ...] = sta
             cell = {"state": "failed", "error": _summary(stage, manifest), "at": manifest.get("committed_at"),
                     "rerun": f"etl load --month {month} --force"}
         elif manifest:
-            cell: dict[str, Any] = {"state": "done", "summary": _summary(stage, manifest), "at": manifest.get("committed_at"),
+            cell = {"state": "done", "summary": _summary(stage, manifest), "at": manifest.get("committed_at"),
                     "duration_s": manifest.get("duration_s")}
             if previous is not None and manifest.get("upstream_run") != previous.get("run_id"):
                 cell["state"] = "stale"
@@ -68,7 +68,8 @@ def catchup_status(store: staging.Store, month: str, load: dict[str, Any] | None
     if not m:
         return {"state": "-"}
     windows = m.get("windows", [])
-    cell: dict[str, Any] = {"state": "done", "synced_to": m.get("synced_to"), "windows": len(windows), "at": m.get("committed_at"),
+    cell: dict[str, Any] = {"state": "done", "synced_to": m.get("synced_to"), "windows": len(windows),
+                            "at": m.get("committed_at"),
             "runs": [{k: w.get(k) for k in ("window", "mode", "from", "to", "puts", "deletes", "rejected")}
                      for w in windows],
             "summary": f"in sync to {m.get('synced_to')}\n{len(windows)} window(s): {m.get('puts', 0):,} puts, "
