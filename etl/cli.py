@@ -147,6 +147,20 @@ def local_seed(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...],
     local_mod.seed(obj.config(), _months(months, month_ranges), rows_per_month, seed_value, obj.reporter)
 
 
+@local.command("change")
+@click.option("--month", required=True, metavar="YYYYMM")
+@click.pass_obj
+@handle_errors
+def local_change(obj: Ctx, month: str) -> None:
+    """Demo: change the month's source table after its backfill: cancel one order, add one."""
+    from etl import local as local_mod
+
+    r = local_mod.change(obj.config(), month)
+    c, a = r["cancelled"], r["added"]
+    click.echo(f"changed {r['table']}: cancelled order {c['OrderID']} of {c['CustomerID']} ({c['DateTime']}), "
+               f"added order {a['OrderID']} of {a['CustomerID']} ({a['DateTime']})")
+
+
 @local.command("lookups")
 @month_options
 @click.pass_obj
@@ -467,7 +481,8 @@ def _print_catchup(results: list[dict[str, Any]]) -> None:
             click.echo(f"catch-up {r['month']}: nothing applied yet")
             continue
         click.echo(f"catch-up {r['month']}: in sync up to {r['synced_to']} ({len(r['windows'])} window(s), "
-                   f"{r['windows_this_run']} this run): {r['changes_in']:,} changes -> {r['applied']:,} applied, "
+                   f"{r['windows_this_run']} this run): {r['changes_in'] - r['before_sync']:,} changes after the "
+                   f"export ({r['before_sync']:,} older skipped) -> {r['applied']:,} applied, "
                    f"{r['filtered']:,} filtered, {r['rejected']:,} rejected; {r['keys_touched']:,} keys: "
                    f"{r['puts']:,} puts, {r['deletes']:,} deletes, {r['unchanged']:,} unchanged; "
                    f"{r['written']:,} written, {r['skipped_expired']:,} expired skipped")

@@ -53,7 +53,7 @@ def month_status(store: staging.Store, month: str, stages: tuple[str, ...] = sta
         previous = manifest
         row["stages"][stage] = cell
     row["next"] = next_command(row, stages)
-    row["catchup"] = catchup_status(store, month, previous if "load" in stages else None)
+    row["catchup"] = catchup_status(store, month, staging.read_manifest(store, month, "load"))
     return row
 
 

@@ -136,10 +136,14 @@ def _shards(streams: Any, arn: str) -> list[dict[str, Any]]:
     return ordered
 
 
+def _when(record: dict[str, Any]) -> datetime:
+    when: datetime = record["dynamodb"]["ApproximateCreationDateTime"]
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 def _line(record: dict[str, Any]) -> bytes:
     d = record["dynamodb"]
-    when = d["ApproximateCreationDateTime"]
-    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    when = _when(record)
     body: dict[str, Any] = {"Metadata": {"WriteTimestampMicros": {"N": str(micros(when))}}, "Keys": d["Keys"]}
     for image in ("OldImage", "NewImage"):
         if image in d:
@@ -198,6 +202,7 @@ def read_stream(cfg: Config, store: staging.Store, month: str, window: int, sinc
     store.delete_prefix(prefix + "/")
     task = reporter.task(f"stream {month}", None, "records")
     written: list[tuple[str, bytes, int]] = []
+    whole_minutes = True  # every record time a whole minute: the emulator's rounding (DynamoDB Local)
     for n, shard in enumerate(shards):
         sid = shard["ShardId"]
         pos = positions.get(sid, {})
@@ -215,6 +220,7 @@ def read_stream(cfg: Config, store: staging.Store, month: str, window: int, sinc
             page = streams.get_records(ShardIterator=iterator, Limit=1000)
             records = page.get("Records", [])
             lines += [_line(r) for r in records]
+            whole_minutes &= all(_when(r).second == 0 and _when(r).microsecond == 0 for r in records)
             if records:
                 pos = {"sequence": records[-1]["dynamodb"]["SequenceNumber"]}
                 task.advance(len(records))
@@ -236,7 +242,8 @@ def read_stream(cfg: Config, store: staging.Store, month: str, window: int, sinc
                            "exportToTime": iso(now), "outputView": view})
     checked = export.inspect_export(folder)
     return {"mode": "stream", "stream_arn": arn, "from": iso(since), "to": iso(now), "view": view,
-            "positions": positions, "verified": checked["verified"], "verification": checked["verification"],
+            "positions": positions, "times_in_minutes": bool(written) and whole_minutes,
+            "verified": checked["verified"], "verification": checked["verification"],
             "item_count": checked["item_count"], "files": _files(checked)}
 
 

@@ -171,11 +171,12 @@ def capture(cfg: Config, store: staging.Store, task: WindowTask, body: dict[str,
         since = source.micros(synced)
     elif mode == "stream":
         got = source.read_stream(cfg, store, task.month, task.window, synced, body.get("stream"), reporter)
-        # the first window skips what the full export already holds, from the minute before it: a record's
-        # ApproximateCreationDateTime is rounded down (to the second by DynamoDB, to the minute by DynamoDB Local),
-        # and replaying an item's changes from before the snapshot ends in the same rows. Later windows start at
-        # the stored positions.
-        since = source.micros(synced.replace(second=0, microsecond=0)) if first else 0
+        # the first window skips what the full export already holds: a record's ApproximateCreationDateTime is
+        # rounded down (to the second by DynamoDB, to the minute by DynamoDB Local), so from the export's second
+        # (minute); replaying an item's changes from before the snapshot ends in the same rows. Later windows
+        # start at the stored positions.
+        floor = synced.replace(second=0, microsecond=0) if got["times_in_minutes"] else synced.replace(microsecond=0)
+        since = source.micros(floor) if first else 0
     else:
         start, end = source.parse_time(record.get("from", task.start)), source.parse_time(record.get("to", task.end))
         record = {**record, "window": task.window, "mode": "pitr", "from": source.iso(start), "to": source.iso(end),
