@@ -47,6 +47,8 @@ demo: $(STAMP)
 	$(ETL) --config demo.toml local up
 	$(ETL) --config demo.toml local seed $(foreach m,$(DEMO_MONTHS),--month $(m)) --rows-per-month 20000
 	$(ETL) --config demo.toml run $(foreach m,$(DEMO_MONTHS),--month $(m)) --yes
+	$(ETL) --config demo.toml local change --month $(lastword $(DEMO_MONTHS))
+	$(ETL) --config demo.toml catch-up $(foreach m,$(DEMO_MONTHS),--month $(m)) --mode stream --yes
 	$(ETL) --config demo.toml status
 	$(ETL) --config demo.toml local lookups $(foreach m,$(DEMO_MONTHS),--month $(m))
 

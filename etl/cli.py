@@ -192,6 +192,20 @@ def local_seed(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...],
     local_mod.seed(obj.config(), _months(months, month_ranges), rows_per_month, seed_value, obj.reporter)
 
 
+@local.command("change")
+@click.option("--month", required=True, metavar="YYYYMM")
+@click.pass_obj
+@handle_errors
+def local_change(obj: Ctx, month: str) -> None:
+    """Demo: change the month's source table after its backfill: cancel one order, add one."""
+    from etl import local as local_mod
+
+    r = local_mod.change(obj.config(), month)
+    c, a = r["cancelled"], r["added"]
+    click.echo(f"changed {r['table']}: cancelled order {c['OrderID']} of {c['CustomerID']} ({c['DateTime']}), "
+               f"added order {a['OrderID']} of {a['CustomerID']} ({a['DateTime']})")
+
+
 @local.command("lookups")
 @month_options
 @click.pass_obj
@@ -309,6 +323,7 @@ def verify(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], bre
     bad = [r for r in results if not r["ok"]]
     report(obj, "verify", results, lambda r: (
         f"verify {r['month']}: {r['checked']:,} checked, {r['missing']:,} missing, {r['different']:,} different"
+        + (f", {r['undeleted']:,} not deleted" if r.get("undeleted") else "")
         + ("" if r["ok"] else f" (examples in _state/month={r['month']}/verify.json)")))
     if bad:
         raise EtlError(f"verify found differences in {len(bad)} month(s)",
@@ -486,6 +501,8 @@ def status(obj: Ctx, as_json: bool, months: tuple[str, ...], month_ranges: tuple
     table.add_column("month")
     for stage in staging.STAGES:
         table.add_column(stage)
+    if any(r["catchup"]["state"] != "-" for r in rows):
+        table.add_column("catch-up")
     table.add_column("next")
     for row in rows:
         cells = []
@@ -499,6 +516,11 @@ def status(obj: Ctx, as_json: bool, months: tuple[str, ...], month_ranges: tuple
             if c.get("error"):
                 text += f"\n{c['error'][:200]}"
             cells.append(f"[{colour.get(c['state'], 'white')}]{escape(text)}[/]")
+        if any(r["catchup"]["state"] != "-" for r in rows):
+            c = row["catchup"]
+            text = c["state"] + (f"\n{c['summary']}" if c.get("summary") else "") + \
+                (f"\n{c['error'][:200]}" if c.get("error") else "")
+            cells.append(f"[{colour.get(c['state'], 'white')}]{escape(text)}[/]")
         table.add_row(row["month"], *cells, row["next"] or "[green]complete[/]")
     Console(width=max(120, Console().width)).print(table)
 
@@ -507,11 +529,13 @@ def status(obj: Ctx, as_json: bool, months: tuple[str, ...], month_ranges: tuple
 @month_options
 @click.option("--mode", type=click.Choice(["pitr", "scan"]), help="Export mode (default from config).")
 @click.option("--yes", is_flag=True, help="Do not ask before writing to the destination.")
+@click.option("--catch-up", "catch_up", type=click.Choice(["pitr", "stream"]), default=None,
+              help="End with a catch-up of every month in this mode (see `etl catch-up --help`).")
 @break_lease_option
 @click.pass_obj
 @handle_errors
 def run(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mode: str | None, yes: bool,
-        break_lease: bool) -> None:
+        catch_up: str | None, break_lease: bool) -> None:
     """Every stage in order for the months, skipping what is already committed (resumes a backfill).
 
     Each month moves to its next stage as soon as its previous one committed, so months overlap: one loads
@@ -521,13 +545,61 @@ def run(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mode: 
     cfg = obj.config()
     require_staging_root(cfg)
     ms = _months(months, month_ranges)
-    out = run_pipeline(cfg, ms, mode=mode, yes=yes, break_lease=break_lease, reporter=obj.reporter,
-                       confirm=lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False)
-    if obj.json:
+    confirm = lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False  # noqa: E731
+    out = run_pipeline(cfg, ms, mode=mode, yes=yes, break_lease=break_lease, reporter=obj.reporter, confirm=confirm)
+    if obj.json and not catch_up:
         click.echo(json.dumps({"command": "run", "stages": {stage: [_counts(r) for r in rs]
                                                             for stage, rs in out.items()}}, default=str))
         return
     obj.reporter.info(f"run: every stage committed for {len(ms)} month(s); `etl status` shows them")
+    if catch_up:
+        from etl.catchup.stage import run as run_catchup
+
+        _print_catchup(run_catchup(cfg, ms, mode=catch_up, yes=yes, confirm=confirm, reporter=obj.reporter))
+
+
+def _print_catchup(results: list[dict[str, Any]]) -> None:
+    for r in results:
+        if not r.get("windows"):
+            click.echo(f"catch-up {r['month']}: nothing applied yet")
+            continue
+        click.echo(f"catch-up {r['month']}: in sync up to {r['synced_to']} ({len(r['windows'])} window(s), "
+                   f"{r['windows_this_run']} this run): {r['changes_in'] - r['before_sync']:,} changes after the "
+                   f"export ({r['before_sync']:,} older skipped) -> {r['applied']:,} applied, "
+                   f"{r['filtered']:,} filtered, {r['rejected']:,} rejected; {r['keys_touched']:,} keys: "
+                   f"{r['puts']:,} puts, {r['deletes']:,} deletes, {r['unchanged']:,} unchanged; "
+                   f"{r['written']:,} written, {r['skipped_expired']:,} expired skipped")
+
+
+@cli.command("catch-up")
+@month_options
+@click.option("--to", "to_text", metavar="ISO8601", help="pitr: catch up to this instant (default: now).")
+@click.option("--mode", type=click.Choice(["pitr", "stream"]), default="pitr", show_default=True,
+              help="pitr: incremental exports (PITR on, S3 staging); stream: the table's stream "
+                   "(NEW_AND_OLD_IMAGES), which keeps records for 24 hours only: catch up at least daily.")
+@click.option("--use-existing", metavar="URI", help="Adopt an incremental export (.../AWSDynamoDB/<id>).")
+@click.option("--yes", is_flag=True, help="Do not ask before writing to the destination.")
+@click.option("--include-expired", is_flag=True, default=None, help="Also write puts whose TTL has passed.")
+@click.pass_obj
+@handle_errors
+def catch_up(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], to_text: str | None, mode: str,
+             use_existing: str | None, yes: bool, include_expired: bool | None) -> None:
+    """Apply the changes made to loaded months since they were last in sync: puts and deletes on the index.
+
+    The first catch-up starts at the full export's time, each next one where the last ended. pitr chains
+    incremental exports (ExportType=INCREMENTAL_EXPORT) of 15 minutes to 24 hours up to --to; stream reads
+    every shard of the table's stream from the stored position (a stream keeps 24 hours of records); both write
+    the incremental-export layout under export/month=M/changes/. Changes are applied in write-time order with
+    the full transform's winner rule, and loaded within the write budget, checkpointed per window.
+    `etl status` shows the time each month is in sync up to."""
+    from etl.catchup.stage import run as run_catchup
+
+    cfg = obj.config()
+    require_staging_root(cfg)
+    results = run_catchup(cfg, _months(months, month_ranges), mode=mode, to=_at(to_text), use_existing=use_existing,
+                          yes=yes, include_expired=include_expired, reporter=obj.reporter,
+                          confirm=lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False)
+    _print_catchup(results)
 
 
 def configure_process() -> None:

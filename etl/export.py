@@ -55,6 +55,10 @@ def inspect_export(folder: staging.Store) -> dict[str, Any]:
     exists, its md5 matches `md5Checksum`, the item counts add up to the summary, no data file is
     unlisted, and the manifests match their `.md5` files. Without them (moto writes only one data
     file), the data files are listed and the export is recorded as unverified.
+
+    An incremental export (`exportType: INCREMENTAL_EXPORT`) keeps its data files under the prefix's shared
+    `AWSDynamoDB/data/`, beside the export's folder, not in it: they are looked up there (and files of
+    other incremental exports in that shared folder are not "unlisted"). Its window and view are returned.
     """
     problems: list[str] = []
     if folder.exists("manifest-summary.json"):
@@ -78,6 +82,8 @@ def inspect_export(folder: staging.Store) -> dict[str, Any]:
                 f"{folder.uri}: outputFormat {summary.get('outputFormat')!r} is not supported; "
                 "export with ExportFormat=DYNAMODB_JSON"
             )
+        incremental = summary.get("exportType") == "INCREMENTAL_EXPORT"
+        data_root = _parent(folder) if incremental else folder
         listed: set[str] = set()
 
         def check(entry: dict[str, Any]) -> dict[str, Any] | None:
@@ -87,14 +93,15 @@ def inspect_export(folder: staging.Store) -> dict[str, Any]:
                 return None
             rel = "data/" + key.rsplit("data/", 1)[1]
             listed.add(rel)
-            info = folder.head(rel)
+            info = data_root.head(rel)
             if info is None:
-                problems.append(f"data file {rel} is listed in manifest-files.json but does not exist")
+                problems.append(f"data file {data_root.key_uri(rel)} is listed in manifest-files.json but does not "
+                                "exist")
                 return None
-            b64, hexd = folder.md5(rel)
+            b64, hexd = data_root.md5(rel)
             if b64 != entry.get("md5Checksum"):
                 problems.append(f"data file {rel}: md5 {b64} does not match the manifest's {entry.get('md5Checksum')}")
-            return {"uri": folder.key_uri(rel), "size": info.size, "etag": info.etag or hexd,
+            return {"uri": data_root.key_uri(rel), "size": info.size, "etag": info.etag or hexd,
                     "md5": b64, "item_count": int(entry.get("itemCount", 0))}
 
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -105,7 +112,7 @@ def inspect_export(folder: staging.Store) -> dict[str, Any]:
                 f"item counts in manifest-files.json add up to {total}, "
                 f"but manifest-summary.json says {summary.get('itemCount')}"
             )
-        unlisted = [o.key for o in folder.list("data/") if o.key not in listed]
+        unlisted = [] if incremental else [o.key for o in folder.list("data/") if o.key not in listed]
         if unlisted:
             problems.append(f"{len(unlisted)} data file(s) not listed in manifest-files.json, e.g. {unlisted[0]}")
         if problems:
@@ -120,6 +127,9 @@ def inspect_export(folder: staging.Store) -> dict[str, Any]:
             "export_time": summary.get("exportTime"),
             "item_count": total,
             "files": files,
+            **({"export_type": "INCREMENTAL_EXPORT", "export_from_time": summary.get("exportFromTime"),
+                "export_to_time": summary.get("exportToTime"), "output_view": summary.get("outputView")}
+               if incremental else {}),
         }
     data = [o for o in folder.list("data/") if o.key.endswith((".gz", ".json"))]
     if not data:
@@ -133,6 +143,15 @@ def inspect_export(folder: staging.Store) -> dict[str, Any]:
         "item_count": None,
         "files": files,
     }
+
+
+def _parent(folder: staging.Store) -> staging.Store:
+    """The store one folder up (an incremental export's `AWSDynamoDB/`, which holds the shared `data/`)."""
+    if isinstance(folder, staging.S3Store):
+        return staging.S3Store(folder.bucket, folder.prefix.rsplit("/", 1)[0] if "/" in folder.prefix else "",
+                               folder.s3)
+    assert isinstance(folder, staging.LocalStore)
+    return staging.LocalStore(folder.root.parent)
 
 
 # --------------------------------------------------------------------------- PITR export
@@ -336,6 +355,45 @@ def _warn_forward_writes(cfg: Config, export_time: datetime, month: str, reporte
         )
 
 
+# --------------------------------------------------------------------------- incremental export (catch-up)
+
+
+def start_incremental_export(cfg: Config, store: staging.Store, month: str, prefix: str, start: datetime,
+                             end: datetime, view: str = "NEW_AND_OLD_IMAGES") -> tuple[str, str]:
+    """Start (or find again) an incremental export of the month's table: the changes in [start, end) into
+    `prefix`. The ClientToken, derived from (table ARN, start, end), makes a retried start the same export;
+    returns (its ARN, the token)."""
+    if not isinstance(store, staging.S3Store):
+        raise EtlError(
+            f"DynamoDB can only export to S3, but the staging root is the local directory {store.uri}",
+            hint="use `etl catch-up --mode stream` with a local staging root, or set [staging] root to s3://...",
+        )
+    ddb = aws.client(cfg.source, "dynamodb")
+    table = cfg.source_table(month)
+    table_arn = _describe_source(cfg, ddb, table, month)["TableArn"]
+    _check_pitr(ddb, table, False, QUIET)
+    bucket, key_prefix = store.s3_location(prefix)
+    token = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{table_arn}|{start.isoformat()}|{end.isoformat()}"))
+    found = _find_started(ddb, table_arn, bucket, key_prefix)
+    if found:
+        return found, token
+    r = ddb.export_table_to_point_in_time(
+        TableArn=table_arn,
+        ClientToken=token,
+        S3Bucket=bucket,
+        S3Prefix=key_prefix,
+        ExportFormat="DYNAMODB_JSON",
+        ExportType="INCREMENTAL_EXPORT",
+        IncrementalExportSpecification={"ExportFromTime": start, "ExportToTime": end, "ExportViewType": view},
+    )
+    return str(r["ExportDescription"]["ExportArn"]), token
+
+
+def wait_export(cfg: Config, month: str, arn: str, reporter: Reporter) -> dict[str, Any]:
+    """DescribeExport until the export is COMPLETED (a FAILED one or the timeout is an error)."""
+    return _wait(aws.client(cfg.source, "dynamodb"), arn, cfg, month, reporter)
+
+
 # --------------------------------------------------------------------------- adopt
 
 
@@ -343,6 +401,13 @@ def adopt_existing(cfg: Config, store: staging.Store, month: str, uri: str, repo
     started = time.time()
     folder = staging.open_store(uri.rstrip("/"), cfg.staging)
     checked = inspect_export(folder)
+    if checked.get("export_type") == "INCREMENTAL_EXPORT":
+        raise EtlError(
+            f"{folder.uri} is an incremental export (changes from {checked['export_from_time']} to "
+            f"{checked['export_to_time']}), not a full export of the table",
+            hint=f"adopt it with `etl catch-up --month {month} --use-existing {uri}` once the month's full export "
+                 "is loaded",
+        )
     if not checked["verified"]:
         reporter.warn(f"export {month}: {checked['verification']}")
     return {

@@ -185,6 +185,11 @@ class PartTask:
     include_expired: bool
     dry_run: bool
     deadline: float | None
+    checkpoint: str = ""  # a catch-up window's part: its checkpoint key (no collision losers apply)
+    rejected: str = ""  # and its quarantine key
+
+
+OP = "op"  # a catch-up part's operation column: put or delete (etl.catchup)
 
 
 def reset_checkpoints(cfg: Config, months: list[str]) -> int:
@@ -317,8 +322,8 @@ class _Batches:
 
 
 def _kept(rb: pa.RecordBatch, row0: int, losers: np.ndarray | None, ttl_col: str | None,
-          task: PartTask) -> tuple[np.ndarray, int, int]:
-    """Which rows of a record batch to write, and how many were collision losers and expired."""
+          task: PartTask, deletes: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Which rows of a record batch to write, and how many were collision losers and expired (puts only)."""
     n = rb.num_rows
     keep = np.ones(n, dtype=bool)
     if losers is not None:
@@ -327,7 +332,7 @@ def _kept(rb: pa.RecordBatch, row0: int, losers: np.ndarray | None, ttl_col: str
     expired = 0
     if ttl_col and not task.include_expired:
         ttl = np.asarray(pc.fill_null(rb.column(ttl_col), np.iinfo(np.int64).max).to_numpy(zero_copy_only=False))
-        exp_mask = keep & (ttl <= task.now)
+        exp_mask = keep & (ttl <= task.now) & ~deletes
         expired = int(exp_mask.sum())
         keep &= ~exp_mask
     return keep, dedup, expired
@@ -341,7 +346,8 @@ def run_task(cfg: Config, task: PartTask, ctx: TaskContext) -> dict[str, Any]:
     keys = mapping.key_columns(cfg)
     quarantine: list[bytes] = []
     futures: list[Future[None]] = []
-    losers = staging.read_losers(store, task.month).get(task.part)
+    losers = None if task.checkpoint else staging.read_losers(store, task.month).get(task.part)
+    deleted = 0
     assert ctx.budget is not None and ctx.io is not None
     sender = Sender(_writer(cfg.destination, task.table), ctx.budget, ctx, task.deadline,
                     max_delay=cfg.load.max_backoff_seconds)
@@ -368,7 +374,12 @@ def run_task(cfg: Config, task: PartTask, ctx: TaskContext) -> dict[str, Any]:
     row0 = 0
     try:
         for rb in pf.iter_batches(batch_size=10_000):
-            keep, dedup, expired = _kept(rb, row0, losers, ttl_col, task)
+            is_del = np.zeros(rb.num_rows, dtype=bool)
+            if OP in rb.schema.names:  # a catch-up part: puts and deletes, in one batch stream
+                is_del = np.asarray(pc.fill_null(pc.equal(rb.column(OP), "delete"), False)
+                                    .to_numpy(zero_copy_only=False), dtype=bool)
+                rb = rb.drop_columns([OP])
+            keep, dedup, expired = _kept(rb, row0, losers, ttl_col, task, is_del)
             row0 += rb.num_rows
             c.add(deduplicated=dedup, skipped_expired=expired)
             ctx.progress(dedup + expired)
@@ -377,6 +388,11 @@ def run_task(cfg: Config, task: PartTask, ctx: TaskContext) -> dict[str, Any]:
                 continue
             sizes = items.item_sizes(sel)
             puts = items.to_puts(sel)
+            dels = np.flatnonzero(is_del[keep])
+            if len(dels):  # a delete costs 1 WCU per KB of the item it removes: estimated 1, settled by the reply
+                for i, frag in zip(dels.tolist(), items.to_deletes(sel.take(pa.array(dels)), keys), strict=True):
+                    puts[i], sizes[i] = frag, 1
+                deleted += len(dels)
             key_values = list(zip(*(sel.column(k).to_pylist() for k in keys), strict=True))
             for i, put in enumerate(puts):
                 size = int(sizes[i])
@@ -397,15 +413,17 @@ def run_task(cfg: Config, task: PartTask, ctx: TaskContext) -> dict[str, Any]:
         raise failed
     ctx.check()  # another task failed: this one is unfinished, so no checkpoint
     if quarantine and not task.dry_run:
-        store.write(staging.load_rejected_key(task.month, task.part), gzip.compress(b"\n".join(quarantine) + b"\n"))
-    result = {"part": task.part, "rows": task.rows, "written": c.written, "skipped_expired": c.skipped_expired,
+        store.write(task.rejected or staging.load_rejected_key(task.month, task.part),
+                    gzip.compress(b"\n".join(quarantine) + b"\n"))
+    result = {"part": task.part, "rows": task.rows, "written": c.written, "deletes": deleted,
+              "skipped_expired": c.skipped_expired,
               "deduplicated": c.deduplicated, "quarantined": c.quarantined, "wcu": round(c.wcu, 1),
               "requests": c.requests, "retries": c.retries, "throttles": c.throttles, "at": staging.utcnow_iso(),
               "transform_run": task.transform_run}
     if c.written + c.skipped_expired + c.deduplicated + c.quarantined != task.rows:
         raise EtlError(f"load {task.month} part {task.part}: counts do not reconcile ({result})")
     if not task.dry_run:
-        store.write_json(staging.checkpoint_key(task.month, task.part), result)
+        store.write_json(task.checkpoint or staging.checkpoint_key(task.month, task.part), result)
     return result
 
 

@@ -187,9 +187,15 @@ def generate_month(month: str, rows: int, seed: int, customers: int | None = Non
     return out
 
 
-def _ensure_table(ddb: Any, name: str, key: list[tuple[str, str, str]], provisioned: int | None) -> bool:
+STREAM = {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
+
+
+def _ensure_table(ddb: Any, name: str, key: list[tuple[str, str, str]], provisioned: int | None,
+                  stream: bool = False) -> bool:
     try:
-        ddb.describe_table(TableName=name)
+        d = ddb.describe_table(TableName=name)["Table"]
+        if stream and not (d.get("StreamSpecification") or {}).get("StreamEnabled"):
+            ddb.update_table(TableName=name, StreamSpecification=STREAM)
         return False
     except botocore.exceptions.ClientError as exc:
         if exc.response["Error"]["Code"] != "ResourceNotFoundException":
@@ -203,6 +209,8 @@ def _ensure_table(ddb: Any, name: str, key: list[tuple[str, str, str]], provisio
         kwargs["ProvisionedThroughput"] = {"ReadCapacityUnits": provisioned, "WriteCapacityUnits": provisioned}
     else:
         kwargs["BillingMode"] = "PAY_PER_REQUEST"
+    if stream:
+        kwargs["StreamSpecification"] = STREAM
     ddb.create_table(**kwargs)
     ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
     return True
@@ -233,8 +241,9 @@ def seed(
     reporter: Reporter = QUIET,
     destination_wcu: int = 4000,
 ) -> dict[str, Any]:
-    """Create the monthly source tables (PITR on), the staging bucket and the destination table; fill
-    each month with synthetic rows. Rerunning replaces the months' rows (same seed, same rows)."""
+    """Create the monthly source tables (PITR on, a NEW_AND_OLD_IMAGES stream for `etl catch-up --mode stream`),
+    the staging bucket and the destination table; fill each month with synthetic rows. Rerunning replaces the
+    months' rows (same seed, same rows)."""
     for side in (cfg.source, cfg.staging, cfg.destination):
         if not aws.is_loopback(side.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")):
             raise EtlError(
@@ -272,12 +281,40 @@ def seed(
             kind = r.pop("_dirty", None)
             if kind:
                 dirty[kind] = dirty.get(kind, 0) + 1
+        # the rows go in before the stream is on, as in a table whose stream came later: a first catch-up does
+        # not read the whole table back from the stream (moto's streams are slow)
         _write_items(ddb, table, rows)
+        _ensure_table(ddb, table, [("CustomerID", "S", "HASH"), ("DateTime", "S", "RANGE")], None, stream=True)
         seconds = time.monotonic() - t0
         summary["months"][month] = {"table": table, "rows": len(rows), "dirty": dirty, "created": created,
                                     "seconds": round(seconds, 2)}
         reporter.info(f"seeded {table}: {len(rows):,} rows ({sum(dirty.values())} dirty) in {seconds:.1f}s")
     return summary
+
+
+def change(cfg: Config, month: str, at: datetime | None = None) -> dict[str, Any]:
+    """Demo of what a catch-up is for: after the backfill, one order of the month is cancelled (its OrderID
+    removed) and one is added (a new customer ordering now)."""
+    ddb = aws.client(cfg.source, "dynamodb")
+    table = cfg.source_table(month)
+    cancelled = None
+    kwargs: dict[str, Any] = {"TableName": table, "Limit": 500}
+    while cancelled is None:
+        page = ddb.scan(**kwargs)
+        orders = [it for it in page["Items"] if it.get("OrderID", {}).get("S", "").startswith("O")
+                  and "T" in it["DateTime"].get("S", "")]  # the greatest customer: not the lookups' sample
+        cancelled = max(orders, key=lambda it: it["CustomerID"]["S"]) if orders else None
+        if cancelled is None and "LastEvaluatedKey" not in page:
+            raise EtlError(f"{table} holds no order to cancel", hint="seed it first: `etl local seed`")
+        kwargs["ExclusiveStartKey"] = page.get("LastEvaluatedKey")
+    key = {"CustomerID": cancelled["CustomerID"], "DateTime": cancelled["DateTime"]}
+    ddb.update_item(TableName=table, Key=key, UpdateExpression="REMOVE OrderID")
+    when = (at or datetime.now().astimezone()).replace(microsecond=0).isoformat()
+    added = {"CustomerID": {"S": "C-DEMO-NEW"}, "DateTime": {"S": when}, "OrderID": {"S": f"O-DEMO-{month}"},
+             "URLClicked": {"S": "https://shop.example.com/p/1?ref=mail"}, "ProductID": {"S": "P00001"}}
+    ddb.put_item(TableName=table, Item=added)
+    return {"table": table, "cancelled": {k: v["S"] for k, v in cancelled.items() if "S" in v},
+            "added": {k: v["S"] for k, v in added.items()}}
 
 
 def sample_customers(cfg: Config, months: list[str]) -> list[tuple[str, str]]:

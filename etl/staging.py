@@ -11,6 +11,14 @@ Layout under the staging root (S3 `s3://bucket/prefix` or a local directory):
     _state/month=YYYYMM/load/part-NNNNN.done           load checkpoints
     _state/month=YYYYMM/transform-collisions.parquet   rows that lost a key collision (the load skips them)
     rejected/month=YYYYMM/load-part-NNNNN.jsonl.gz     items the load quarantined (DynamoDB would refuse them)
+    export/month=YYYYMM/changes/window-NNNNN/AWSDynamoDB/...  a catch-up window's changes (incremental export layout)
+    changes/month=YYYYMM/window-NNNNN.parquet          a window's puts and deletes for the index (`op` column)
+    rejected/month=YYYYMM/changes-window-NNNNN.jsonl.gz  change lines and images the catch-up quarantined
+    _state/month=YYYYMM/catchup.json                   the catch-up's manifest: windows applied, in sync up to
+    _state/month=YYYYMM/catchup/window-NNNNN.json      one window's record (source, counts, load), phase by phase
+    _state/month=YYYYMM/catchup/rows-NNNNN.parquet     every key a window touched, with all its rows after it
+    _state/month=YYYYMM/catchup/load-NNNNN.done        a window's load checkpoint
+    _state/month=YYYYMM/catchup/final.parquet          every touched key's final winner or delete (for verify)
 
 Every key is built here, and only here; a store hides whether it is a directory or an S3 prefix.
 """
@@ -408,6 +416,51 @@ def destination_lease_key(table: str) -> str:
 
 def collisions_key(month: str) -> str:
     return state_key(month, "transform-collisions.parquet")
+
+
+def window_name(window: int) -> str:
+    return f"window-{window:05d}"
+
+
+def changes_source_prefix(month: str, window: int) -> str:
+    """Where a catch-up window's changes are exported (AWS writes `AWSDynamoDB/` under it)."""
+    return f"{export_prefix(month)}/changes/{window_name(window)}"
+
+
+def changes_prefix(month: str) -> str:
+    return f"changes/{month_dir(month)}/"
+
+
+def changes_key(month: str, window: int) -> str:
+    return f"{changes_prefix(month)}{window_name(window)}.parquet"
+
+
+def changes_rejected_key(month: str, window: int) -> str:
+    return f"{rejected_prefix(month)}changes-{window_name(window)}.jsonl.gz"
+
+
+def catchup_prefix(month: str) -> str:
+    return state_key(month, "catchup/")
+
+
+def catchup_window_key(month: str, window: int) -> str:
+    return f"{catchup_prefix(month)}{window_name(window)}.json"
+
+
+def catchup_rows_key(month: str, window: int) -> str:
+    return f"{catchup_prefix(month)}rows-{window:05d}.parquet"
+
+
+def catchup_checkpoint_key(month: str, window: int) -> str:
+    return f"{catchup_prefix(month)}load-{window:05d}.done"
+
+
+def catchup_load_rejected_key(month: str, window: int) -> str:
+    return f"{rejected_prefix(month)}load-changes-{window_name(window)}.jsonl.gz"
+
+
+def catchup_final_key(month: str) -> str:
+    return f"{catchup_prefix(month)}final.parquet"
 
 
 # --------------------------------------------------------------------------- the collisions file

@@ -53,7 +53,31 @@ def month_status(store: staging.Store, month: str, stages: tuple[str, ...] = sta
         previous = manifest
         row["stages"][stage] = cell
     row["next"] = next_command(row, stages)
+    row["catchup"] = catchup_status(store, month, staging.read_manifest(store, month, "load"))
     return row
+
+
+def catchup_status(store: staging.Store, month: str, load: dict[str, Any] | None) -> dict[str, Any]:
+    """The time up to which the month's index is in sync, and its catch-up runs (windows)."""
+    m = staging.read_manifest(store, month, "catchup")
+    key = staging.failed_key(month, "catchup")
+    failure = store.read_json(key) if store.exists(key) else None
+    if failure and (not m or failure.get("failed_at", "") >= m.get("committed_at", "")):
+        return {"state": "failed", "error": failure.get("error"), "rerun": failure.get("rerun"),
+                "at": failure.get("failed_at"), "synced_to": m.get("synced_to") if m else None}
+    if not m:
+        return {"state": "-"}
+    windows = m.get("windows", [])
+    cell: dict[str, Any] = {"state": "done", "synced_to": m.get("synced_to"), "windows": len(windows),
+                            "at": m.get("committed_at"),
+            "runs": [{k: w.get(k) for k in ("window", "mode", "from", "to", "puts", "deletes", "rejected")}
+                     for w in windows],
+            "summary": f"in sync to {m.get('synced_to')}\n{len(windows)} window(s): {m.get('puts', 0):,} puts, "
+                       f"{m.get('deletes', 0):,} deletes"}
+    if load is not None and load.get("run_id") != m.get("load_run"):
+        cell.update(state="stale", rerun=f"etl catch-up --month {month}",
+                    summary=cell["summary"] + " (loaded again since: `etl catch-up` applies the windows again)")
+    return cell
 
 
 def next_command(row: dict[str, Any], stages: tuple[str, ...]) -> str | None:
