@@ -165,7 +165,7 @@ def run_task(cfg: Config, task: FileTask, ctx: TaskContext) -> dict[str, Any]:
             if converters is not None:
                 converters.shutdown(wait=True, cancel_futures=True)
             part.writer.close()
-    part.rej_gz.close()
+            part.rej_gz.close()
     counts = part.counts
     if counts["rejected"]:
         store.write(task.rejected, part.rej_buf.getvalue())
