@@ -32,17 +32,18 @@ def generate(target_mb: int, files: int) -> dict[str, Any]:
 # Export shapes for the transform benchmark: data file sizes in MB of uncompressed lines, in listing order
 # (the transform takes the files in this order); 0 is an empty data file (a gzip stream of no lines, which
 # real exports hold), and `malformed` lines are cut in half in the middle of the largest file (DuckDB reads
-# such an export only with ignore_errors=true).
+# such an export only with ignore_errors=true). `uneven` lists its largest file last: a real export's file
+# names are random, and that is the order a file-at-a-time schedule handles worst.
 SHAPES: dict[str, dict[str, Any]] = {
     "even": {"sizes": [500 / 6] * 6, "dir": "export-500mb"},
     "one-big": {"sizes": [1000], "dir": "export-1000mb"},
-    "uneven": {"sizes": [144, 60, 36, 0], "malformed": 1, "dir": "export-uneven-240mb"},
+    "uneven": {"sizes": [60, 36, 0, 144], "malformed": 1, "dir": "export-uneven-biglast-240mb"},
     "many-small": {"sizes": [2] * 120, "dir": "export-many-120x2mb"},
 }
 QUICK_SHAPES: dict[str, dict[str, Any]] = {
     "even": {"sizes": [20] * 2, "dir": "export-40mb"},
     "one-big": {"sizes": [80], "dir": "export-80mb"},
-    "uneven": {"sizes": [24, 10, 6, 0], "malformed": 1, "dir": "export-uneven-40mb"},
+    "uneven": {"sizes": [10, 6, 0, 24], "malformed": 1, "dir": "export-uneven-biglast-40mb"},
     "many-small": {"sizes": [1] * 24, "dir": "export-many-24x1mb"},
 }
 
