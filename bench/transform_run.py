@@ -47,7 +47,7 @@ def _range(runs: list[float]) -> str:
 
 
 def _files_desc(meta: dict[str, Any]) -> str:
-    """`6 x 83 MB`, or the sizes in listing order when they differ (`4: 144/60/36/0 MB`)."""
+    """`6 x 83 MB`, or the sizes in listing order when they differ (`4: 60/36/0/143 MB`)."""
     sizes = meta.get("file_bytes") or [meta["uncompressed_bytes"] // meta["files"]] * meta["files"]
     full = [b for b in sizes if b]
     if full and len(full) == len(sizes) and max(full) < 1.1 * min(full):
