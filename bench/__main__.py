@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import platform
 import re
+import shlex
+import sys
 import time
 
 from bench.common import ROOT
@@ -30,10 +32,17 @@ def main() -> None:
     ap.add_argument("which", nargs="*", metavar="{" + ",".join(SECTIONS) + "}",
                     help="which benchmarks (default: all)")
     ap.add_argument("--quick", action="store_true", help="small data, one run each (a smoke test)")
+    ap.add_argument("--shapes", help="transform: export shapes to run, comma-separated (default: all of "
+                    "even,one-big,uneven,many-small)")
     args = ap.parse_args()
     unknown = set(args.which) - set(SECTIONS)
     if unknown:
         ap.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    shapes = args.shapes.split(",") if args.shapes else None
+    if shapes and set(shapes) - {"even", "one-big", "uneven", "many-small"}:
+        ap.error(f"unknown shape(s) in --shapes {args.shapes}; choose from even,one-big,uneven,many-small")
+    argv = shlex.join(sys.argv[1:])
+    command = f"make bench ARGS={shlex.quote(argv)}" if argv else "make bench"
     stamp = f"{time.strftime('%Y-%m-%d')} on {platform.machine()}, Python {platform.python_version()}"
     for which in args.which or SECTIONS:
         if which == "transform":
@@ -44,8 +53,9 @@ def main() -> None:
             from bench.pipeline_run import run  # type: ignore[no-redef]
         else:
             from bench.lookup_run import run  # type: ignore[no-redef]
-        body = run(args.quick)
-        write_section(which, body.replace("{stamp}", stamp))
+        body = run(args.quick, shapes) if which == "transform" else run(args.quick)
+        body = body.replace("{stamp}", stamp).replace("{command}", command)
+        write_section(which, body)
         print(body)
 
 

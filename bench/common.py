@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -16,19 +18,37 @@ DATA = ROOT / "bench" / "data"
 
 def run_contender(module: str, name: str, args: dict[str, Any], repeat: int = 3) -> dict[str, Any]:
     """Run `python -m <module> <name> <json args>` `repeat` times; median wall time, max peak RSS."""
-    walls, rss, extra = [], [], {}
+    walls, rss, extra, others = [], [], {}, []
     for _ in range(repeat):
+        busy0, cpu0 = machine_busy_s(), children_cpu_s()
         t0 = time.perf_counter()
         r = subprocess.run([sys.executable, "-m", module, name, json.dumps(args)], capture_output=True, text=True,
                            cwd=ROOT)
         wall = time.perf_counter() - t0
+        # what the rest of the machine used meanwhile: a share of 0 is a quiet machine, 1 all cores taken
+        others.append(max(0.0, machine_busy_s() - busy0 - (children_cpu_s() - cpu0)) / (wall * (os.cpu_count() or 1)))
         if r.returncode != 0:
             raise RuntimeError(f"{name} failed:\n{r.stderr[-3000:]}")
         out = json.loads(r.stdout.strip().splitlines()[-1])
         walls.append(out.get("seconds", wall))
         rss.append(out["peak_rss_mb"])
         extra = out
-    return {**extra, "name": name, "seconds": statistics.median(walls), "runs": walls, "peak_rss_mb": max(rss)}
+    return {**extra, "name": name, "seconds": statistics.median(walls), "runs": walls, "peak_rss_mb": max(rss),
+            "others_share": others}
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every process of the machine has used since boot (/proc/stat; nan elsewhere)."""
+    try:
+        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return float("nan")
+    return (sum(v[:8]) - v[3] - v[4]) / (os.sysconf("SC_CLK_TCK") or 100)
+
+
+def children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def peak_rss_mb() -> float:

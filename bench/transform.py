@@ -5,8 +5,9 @@
   obvious     json.loads per line + boto3 TypeDeserializer + pandas -> Parquet
   awswrangler wr.s3.read_json(lines=True) (against moto's S3 on 127.0.0.1) + pandas + to_parquet
 
-Each contender runs in its own process (`python -m bench.transform NAME ARGS`), 3 times; we report
-the median wall time, MB/s of uncompressed input, rows/s and peak RSS.
+Each contender runs in its own process (`python -m bench.transform NAME ARGS`); we report the median wall
+time, MB/s of uncompressed input, rows/s, peak RSS and the CPU seconds of the timed section (every thread,
+user + system: steadier than wall time on a shared machine).
 """
 
 from __future__ import annotations
@@ -24,36 +25,76 @@ EXPORT_ID = "01700000000000-bench000"
 
 
 def generate(target_mb: int, files: int) -> dict[str, Any]:
-    """A real-layout export of the seeded value mix, cached under bench/data/."""
+    """A real-layout export of `files` data files of even size, cached under bench/data/export-<N>mb/."""
+    return generate_files(f"export-{target_mb}mb", [target_mb / files] * files)
+
+
+# Export shapes for the transform benchmark: data file sizes in MB of uncompressed lines, in listing order
+# (the transform takes the files in this order); 0 is an empty data file (a gzip stream of no lines, which
+# real exports hold), and `malformed` lines are cut in half in the middle of the largest file (DuckDB reads
+# such an export only with ignore_errors=true). `uneven` lists its largest file last: a real export's file
+# names are random, and that is the order a file-at-a-time schedule handles worst.
+SHAPES: dict[str, dict[str, Any]] = {
+    "even": {"sizes": [500 / 6] * 6, "dir": "export-500mb"},
+    "one-big": {"sizes": [1000], "dir": "export-1000mb"},
+    "uneven": {"sizes": [60, 36, 0, 144], "malformed": 1, "dir": "export-uneven-biglast-240mb"},
+    "many-small": {"sizes": [2] * 120, "dir": "export-many-120x2mb"},
+}
+QUICK_SHAPES: dict[str, dict[str, Any]] = {
+    "even": {"sizes": [20] * 2, "dir": "export-40mb"},
+    "one-big": {"sizes": [80], "dir": "export-80mb"},
+    "uneven": {"sizes": [10, 6, 0, 24], "malformed": 1, "dir": "export-uneven-biglast-40mb"},
+    "many-small": {"sizes": [1] * 24, "dir": "export-many-24x1mb"},
+}
+
+
+def generate_shape(name: str, quick: bool = False) -> dict[str, Any]:
+    spec = (QUICK_SHAPES if quick else SHAPES)[name]
+    return {**generate_files(spec["dir"], spec["sizes"], spec.get("malformed", 0)), "shape": name}
+
+
+def generate_files(dirname: str, sizes_mb: list[float], malformed: int = 0) -> dict[str, Any]:
+    """A real-layout export (manifests with item counts and md5s, data/*.json.gz) of the seeded value mix, one
+    data file per size (MB of uncompressed lines, 0 = an empty file), cached under bench/data/<dirname>/.
+    `malformed` lines of the largest file are cut in half (the manifest still counts them as items)."""
     from etl.items import export_line
     from etl.local import generate_month
     from tests.helpers import b64md5
 
-    folder = DATA / f"export-{target_mb}mb" / "AWSDynamoDB" / EXPORT_ID
+    folder = DATA / dirname / "AWSDynamoDB" / EXPORT_ID
     meta_path = folder.parent.parent / "meta.json"
     if meta_path.exists():
         return dict(json.loads(meta_path.read_text()))
     (folder / "data").mkdir(parents=True, exist_ok=True)
-    rows_per_file = int(target_mb * 1_000_000 / files / 190)
-    entries, raw_total, rows_total = [], 0, 0
-    for i in range(files):
+    biggest = max(range(len(sizes_mb)), key=lambda i: sizes_mb[i])
+    entries, raw_total, rows_total, sizes = [], 0, 0, []
+    for i, size in enumerate(sizes_mb):
         month = f"2016{i % 12 + 1:02d}"
-        items = generate_month(month, rows_per_file, 100 + i)
-        raw = b"".join(export_line({k: v for k, v in it.items() if k != "_dirty"}) for it in items)
+        rows = int(size * 1_000_000 / 190)
+        items = generate_month(month, rows, 100 + i) if rows else []
+        lines = [export_line({k: v for k, v in it.items() if k != "_dirty"}) for it in items]
+        del items
+        if i == biggest and malformed:
+            for j in range(malformed):
+                at = len(lines) * (j + 1) // (malformed + 1)
+                lines[at] = lines[at][: len(lines[at]) // 2] + b"\n"
+        raw = b"".join(lines)
         data = gzip.compress(raw, compresslevel=6)
-        name = f"bench{i:02d}aaaaaaaaaaaaaaaaaaaa.json.gz"
+        name = f"bench{i:03d}aaaaaaaaaaaaaaaaaaa.json.gz"
         (folder / "data" / name).write_bytes(data)
-        entries.append({"itemCount": len(items), "md5Checksum": b64md5(data), "etag": "x",
+        entries.append({"itemCount": len(lines), "md5Checksum": b64md5(data), "etag": "x",
                         "dataFileS3Key": f"p/AWSDynamoDB/{EXPORT_ID}/data/{name}"})
         raw_total += len(raw)
-        rows_total += len(items)
+        rows_total += len(lines)
+        sizes.append(len(raw))
     mf = "".join(json.dumps(e) + "\n" for e in entries).encode()
     (folder / "manifest-files.json").write_bytes(mf)
     (folder / "manifest-files.md5").write_text(b64md5(mf))
     summary = json.dumps({"version": "2020-06-30", "itemCount": rows_total, "outputFormat": "DYNAMODB_JSON"}).encode()
     (folder / "manifest-summary.json").write_bytes(summary)
     (folder / "manifest-summary.md5").write_text(b64md5(summary))
-    meta = {"folder": str(folder), "uncompressed_bytes": raw_total, "rows": rows_total, "files": files,
+    meta = {"folder": str(folder), "uncompressed_bytes": raw_total, "rows": rows_total, "files": len(sizes_mb),
+            "file_bytes": sizes, "malformed": malformed,
             "gz_bytes": sum(p.stat().st_size for p in (folder / "data").iterdir())}
     meta_path.write_text(json.dumps(meta))
     return meta
@@ -80,9 +121,10 @@ def ours(args: dict[str, Any]) -> None:
                         f'[transform]\nconcurrency = {args.get("concurrency", 2)}\n')
     cfg = load_config(str(cfg_path), env={})
     run_export(cfg, ["201601"], use_existing=args["folder"], force=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     [m] = run_transform(cfg, ["201601"], force=True)
-    emit(seconds=time.perf_counter() - t0, written=m["written"], rejected=m["rejected"], items_in=m["items_in"])
+    emit(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0, written=m["written"],
+         rejected=m["rejected"], items_in=m["items_in"])
 
 
 def ours_months(args: dict[str, Any]) -> None:
@@ -99,9 +141,10 @@ def ours_months(args: dict[str, Any]) -> None:
     months = [f"2016{m:02d}" for m in range(1, args["months"] + 1)]
     for m in months:
         run_export(cfg, [m], use_existing=args["folder"], force=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     done = run_transform(cfg, months, force=True)
-    emit(seconds=time.perf_counter() - t0, written=sum(m["written"] for m in done))
+    emit(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0,
+         written=sum(m["written"] for m in done))
 
 
 def duckdb_(args: dict[str, Any]) -> None:
@@ -111,14 +154,15 @@ def duckdb_(args: dict[str, Any]) -> None:
     files = _files(args["folder"])
     con = duckdb.connect()
     con.execute("SET threads TO 2")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     attr = "STRUCT(S VARCHAR, N VARCHAR)"
+    extra = ", ignore_errors=true" if args.get("ignore_errors") else ""  # needed to read a malformed line at all
     cols = f"{{'Item': 'STRUCT(CustomerID {attr}, DateTime {attr}, OrderID {attr})'}}"
     con.execute(f"""
         COPY (
           WITH src AS (
             SELECT Item.CustomerID.S AS cid, Item.DateTime.S AS dt, Item.OrderID.S AS oid
-            FROM read_json({files!r}, format='newline_delimited', columns={cols}, compression='gzip')
+            FROM read_json({files!r}, format='newline_delimited', columns={cols}, compression='gzip'{extra})
           ), conv AS (
             SELECT cid, oid, CAST(floor(epoch(try_cast(dt AS TIMESTAMPTZ))) AS BIGINT) AS ts
             FROM src WHERE oid IS NOT NULL AND oid <> '' AND cid IS NOT NULL AND cid <> ''
@@ -128,7 +172,7 @@ def duckdb_(args: dict[str, Any]) -> None:
         ) TO '{out}' (FORMAT parquet, COMPRESSION zstd)
     """)
     n = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()
-    emit(seconds=time.perf_counter() - t0, written=n[0] if n else 0)
+    emit(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0, written=n[0] if n else 0)
 
 
 def _to_frame(records: list[dict[str, Any]]) -> Any:
@@ -147,7 +191,7 @@ def obvious(args: dict[str, Any]) -> None:
     import pandas as pd
     from boto3.dynamodb.types import TypeDeserializer
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     des = TypeDeserializer()
     frames = []
     for f in _files(args["folder"]):
@@ -159,7 +203,7 @@ def obvious(args: dict[str, Any]) -> None:
         frames.append(_to_frame(records))
     df = pd.concat(frames)
     df.to_parquet(Path(args["out"]) / "obvious.parquet", compression="zstd")
-    emit(seconds=time.perf_counter() - t0, written=len(df))
+    emit(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0, written=len(df))
 
 
 def awswrangler_(args: dict[str, Any]) -> None:
@@ -182,7 +226,7 @@ def awswrangler_(args: dict[str, Any]) -> None:
     s3.create_bucket(Bucket="bench")
     for f in _files(args["folder"]):
         s3.upload_file(f, "bench", f"export/{Path(f).name}")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     frames = []
     for chunk in wr.s3.read_json("s3://bench/export/", lines=True, chunksize=200_000):
         items = chunk["Item"]
@@ -190,7 +234,7 @@ def awswrangler_(args: dict[str, Any]) -> None:
         frames.append(_to_frame(records))
     df = pd.concat(frames)
     df.to_parquet(Path(args["out"]) / "awswrangler.parquet", compression="zstd")
-    emit(seconds=time.perf_counter() - t0, written=len(df))
+    emit(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0, written=len(df))
     server.stop()
 
 
