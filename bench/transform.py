@@ -242,4 +242,8 @@ CONTENDERS = {"ours": ours, "ours_months": ours_months, "duckdb": duckdb_, "obvi
               "awswrangler": awswrangler_}
 
 if __name__ == "__main__":
+    if sys.argv[1].startswith("ours"):  # as the `etl` process sets itself up
+        from etl.cli import configure_process
+
+        configure_process()
     CONTENDERS[sys.argv[1]](json.loads(sys.argv[2]))
