@@ -42,17 +42,19 @@ class FileTask:
     output: str  # staging keys
     rejected: str
     upstream_run: str  # the export's run id
-    helpers: int = 0  # extra threads converting this file's chunks (a month of fewer files than workers)
+    helpers: int = 0  # threads of its own converting this file's chunks, when the context lends none
 
 
 def plan(cfg: Config, store: staging.Store, month: str) -> MonthPlan:
     export = staging.read_manifest(store, month, "export")
     if export is None:
         raise StageNotReady(f"month {month} has no committed export", hint=f"run `etl export --month {month}` first")
-    files = sorted(export["files"], key=lambda f: f["uri"])
-    helpers = max(0, cfg.transform.concurrency - len(files)) // max(1, len(files))
+    files = sorted(export["files"], key=lambda f: f["uri"])  # part numbers: the files in name order
     tasks = [FileTask(month, i, f["uri"], staging.transformed_key(month, i), staging.rejected_key(month, i),
-                      str(export.get("run_id", "")), helpers) for i, f in enumerate(files)]
+                      str(export.get("run_id", ""))) for i, f in enumerate(files)]
+    # the largest files first, so a big file listed last does not run alone at the end
+    size = {f["uri"]: f.get("size") or 0 for f in files}
+    tasks.sort(key=lambda t: -size[t.input])
     return MonthPlan(tasks, export.get("item_count") or export.get("describe_item_count"), "items")
 
 
@@ -121,8 +123,9 @@ class _Part:
 def run_task(cfg: Config, task: FileTask, ctx: TaskContext) -> dict[str, Any]:
     """One export data file -> one Parquet part (+ its quarantine file).
 
-    `task.helpers` > 0: chunks are converted on helpers + 1 threads while this one decompresses, and their
-    results are taken in file order, so the output is the same."""
+    Chunks are converted on `ctx.io` (the engine's conversion threads, shared by the month's files, so a file
+    left alone at the end has every thread) or on `task.helpers` + 1 threads of its own, while this thread
+    decompresses and writes; results are taken in file order, so the output is the same either way."""
     store = staging.open_store(cfg.staging.root, cfg.staging)
     schema, out_schema = mapping.parse_schema(cfg), mapping.output_schema(cfg)
     hook = mapping.load_hook(cfg.transform.hook)
@@ -134,8 +137,10 @@ def run_task(cfg: Config, task: FileTask, ctx: TaskContext) -> dict[str, Any]:
     with store.open_write(task.output) as sink, open_data(task.input, cfg) as stream:
         part = _Part(cfg, task, pq.ParquetWriter(sink, out_schema, **mapping.parquet_options(cfg)), ctx, hook)
         ahead: collections.deque[tuple[Future[ChunkResult], int]] = collections.deque()
-        converters = ThreadPoolExecutor(task.helpers + 1, thread_name_prefix=f"part{task.part}") \
-            if task.helpers > 0 else None
+        own = ThreadPoolExecutor(task.helpers + 1, thread_name_prefix=f"part{task.part}") \
+            if task.helpers > 0 and ctx.io is None else None
+        converters = ctx.io or own
+        window = task.helpers + 1 if own is not None else cfg.transform.concurrency + 1
 
         def drain(keep: int = 0) -> None:
             """Handle the oldest results, in file order, until at most `keep` are in flight."""
@@ -151,7 +156,7 @@ def run_task(cfg: Config, task: FileTask, ctx: TaskContext) -> dict[str, Any]:
                     part.handle(convert(chunk), size)
                 else:
                     ahead.append((converters.submit(convert, chunk), size))
-                    drain(keep=task.helpers + 1)
+                    drain(keep=window)
             drain()
             part.flush(final=True)
         except Truncated as exc:
@@ -162,8 +167,10 @@ def run_task(cfg: Config, task: FileTask, ctx: TaskContext) -> dict[str, Any]:
                 hint=f"the export file is damaged: re-export the month (`etl export --month {task.month} --force`)",
             ) from None
         finally:
-            if converters is not None:
-                converters.shutdown(wait=True, cancel_futures=True)
+            for fut, _ in ahead:  # after an error: what is still queued never starts
+                fut.cancel()
+            if own is not None:
+                own.shutdown(wait=True, cancel_futures=True)
             part.writer.close()
             part.rej_gz.close()
     counts = part.counts
@@ -195,6 +202,7 @@ def commit(cfg: Config, store: staging.Store, month: str, tasks: list[FileTask],
     if tasks and export.get("run_id") != tasks[0].upstream_run:
         raise EtlError(f"transform {month}: the export changed while the month was transformed",
                        hint=f"`etl transform --month {month}` transforms the new export")
+    parts = sorted(parts, key=lambda p: p["part"])
     totals = {k: sum(p[k] for p in parts) for k in ("items_in", "written", "filtered", "rejected")}
     by: dict[str, dict[str, int]] = {"filtered_by": {}, "rejected_by": {}}
     for p in parts:
