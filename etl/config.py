@@ -27,7 +27,7 @@ AWS_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 class AwsSide:
     """Where one side of the pipeline lives: region, optional role (cross-account) and endpoint."""
 
-    aws_region: str = ""  # unset: AWS_REGION, AWS_DEFAULT_REGION or the profile's region, as boto3 finds it
+    aws_region: str = ""  # unset: AWS_REGION, AWS_DEFAULT_REGION, the profile's region, else us-east-1
     role_arn: str | None = None  # assumed with STS before any call of this side
     endpoint_url: str | None = None  # e.g. a local emulator; AWS_ENDPOINT_URL also works
     profile: str | None = None  # a named profile; AWS_PROFILE also works
@@ -341,10 +341,8 @@ def _regions(cfg: Config, env: typing.Mapping[str, str], sources: dict[str, str]
             except Exception:  # a profile that does not exist: said by validate() as a missing region
                 region = ""
             source = f"profile {s.profile or env.get('AWS_PROFILE') or 'default'}" if region else ""
-        if not region:
-            raise ConfigError(f"config: {side}.aws_region is not set (looked in {cfg.path}, "
-                              f"ETL_{side.upper()}_AWS_REGION, AWS_REGION, AWS_DEFAULT_REGION, the profile)",
-                              hint=f"set [{side}] aws_region, e.g. us-east-1")
+        if not region:  # nothing says: us-east-1, AWS's own default, shown as such by `etl config show`
+            region, source = "us-east-1", "default (no AWS_REGION, AWS_DEFAULT_REGION or profile region)"
         sources[f"{side}.aws_region"] = source
         new: dict[str, Any] = {side: dataclasses.replace(s, aws_region=region)}
         cfg = dataclasses.replace(cfg, **new)

@@ -173,9 +173,9 @@ def test_the_region_falls_back_as_boto3_finds_it(tmp_path: Path, monkeypatch: py
                                       '[staging]\naws_region = "eu-west-1"\n[destination]\naws_region = "eu-west-1"\n'),
                       env={})
     assert cfg.source.aws_region == "sa-east-1" and dict(cfg.sources)["source.aws_region"] == "profile shop"
-    with pytest.raises(ConfigError, match=r"destination.aws_region is not set .* AWS_REGION"):
-        load_config(write(tmp_path, 'domain="d"\nregion="r"\n[source]\naws_region = "eu-west-1"\n'
-                                    '[staging]\naws_region = "eu-west-1"\n'), env={})
+    cfg = load_config(write(tmp_path, 'domain="d"\nregion="r"\n'), env={})  # nothing says: AWS's default, named
+    assert cfg.destination.aws_region == "us-east-1"
+    assert dict(cfg.sources)["destination.aws_region"].startswith("default (no AWS_REGION")
 
 
 def test_config_show_names_every_source_and_masks_secrets(tmp_path: Path) -> None:
