@@ -212,7 +212,12 @@ class SharedBudget:
     def __getattr__(self, name: str) -> Callable[..., None]:
         if name.startswith("_"):
             raise AttributeError(name)
-        return functools.partial(self._lease.queue, name)  # a method the bucket gains later
+        lease = self._lease
+
+        def forward(*args: Any, **kwargs: Any) -> None:  # a method the bucket gained later
+            lease.queue(name, args, kwargs)
+
+        return forward
 
     def stats(self) -> dict[str, Any]:
         self._lease.flush(wait=True)
