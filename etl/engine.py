@@ -113,7 +113,7 @@ class LocalEngine:
 
     def shared_budget(self, bucket: Any) -> Budget:
         """In one process the bucket itself is shared."""
-        return bucket  # type: ignore[no-any-return]
+        return bucket
 
     def _attempts(self, run_task: Callable[..., dict[str, Any]], cfg: Any, task: Any,
                   ctx: TaskContext) -> dict[str, Any]:

@@ -383,7 +383,8 @@ class RayEngine:
         self._ready()
         with self._lock:
             if id(bucket) not in self._budgets:
-                make = functools.partial(type(bucket), bucket.target)
+                cls: Callable[..., Any] = type(bucket)
+                make = functools.partial(cls, bucket.target)
                 actor = ray.remote(BudgetActor).options(num_cpus=0, max_concurrency=256).remote(make)
                 self._budgets[id(bucket)] = (bucket, SharedBudget(actor), [bucket.target])
                 if self._sync is None:
@@ -453,10 +454,10 @@ class RayEngine:
                            hint="rerun the same command: finished work is kept") from None
         if out[0] == "ok":
             return dict(out[1])
-        exc = out[1]
+        error: BaseException = out[1]
         if out[2]:
-            exc.add_note(f"on the Ray worker:\n{out[2]}")
-        raise exc
+            error.add_note(f"on the Ray worker:\n{out[2]}")
+        raise error
 
     def _forward(self, run: str, ctx: TaskContext) -> None:
         got = ray.get(self._hub.take.remote(run))
