@@ -58,9 +58,18 @@ class BudgetActor:
     """A destination's token bucket, for every task of the run wherever it runs."""
 
     def __init__(self, make_bucket: Callable[[], Any]) -> None:
-        self.bucket = make_bucket()
+        self.make_bucket = make_bucket
+        self._bucket: Any = None
         self.leases = 0
         self.calls = 0
+
+    @property
+    def bucket(self) -> Any:
+        """Made at the first call, not when the actor started: a bucket fills while it waits (up to its burst),
+        and the tasks' workers may take seconds to start."""
+        if self._bucket is None:
+            self._bucket = self.make_bucket()
+        return self._bucket
 
     def lease(self, n: float, ops: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> tuple[float, float]:
         """Apply a worker's queued calls, then block until `n` tokens are taken; returns them and the size
