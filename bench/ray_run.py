@@ -204,6 +204,9 @@ def section(meta: dict[str, Any], rows: int, r: dict[str, dict[str, Any]], over:
         x = r[key]
         lines.append(f"| {name} | {x['transform']:.2f} ({x['cold_transform']:.2f}) | {mb / x['transform']:,.0f} | "
                      f"{x['load']:.2f} ({x['cold_load']:.2f}) | {rows / x['load']:,.0f} |")
+    if max(load_avg) > (os.cpu_count() or 1):
+        lines += ["", f"The machine was oversubscribed (load average above its {os.cpu_count()} cores): a second "
+                      "worker had no core to itself, so these rows compare the engines, not how they scale."]
     t_worker = mb / r["ray1"]["transform"]
     l_worker = rows / r["ray1"]["load"]
     lines += [
