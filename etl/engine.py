@@ -2,7 +2,8 @@
 the staging store, writes its outputs under deterministic names and returns counts. What a task may reach
 besides the store is the `TaskContext`: the table's shared budget (acquire, settle, refund, throttled),
 progress, a stop signal and an executor for its requests. Nothing else is shared between tasks, so an
-engine may run them anywhere: this module's `LocalEngine` runs them on thread pools in this process.
+engine may run them anywhere: this module's `LocalEngine` runs them on thread pools in this process,
+`etl.ray_engine.RayEngine` as Ray tasks on a cluster (`[engine] kind = "ray"`; only that one imports Ray).
 
 A task that fails with a transient error (`errors.transient`) is run again, up to `[engine] task_retries`
 times; its outputs have deterministic names, so a retry overwrites what the failed try left.
@@ -56,6 +57,45 @@ class TaskContext:
             raise Stopped("stopped: another task of the month failed")
 
 
+class Engine(Protocol):
+    """What the pipeline needs from an engine. `run` returns every task's result in task order, or raises the
+    first real failure once every task has ended; `shared_budget` turns a table's token bucket into one its
+    tasks can share wherever they run; `pool` is an executor for a task's concurrent requests."""
+
+    task_retries: int
+
+    def pool(self, name: str, workers: int) -> Executor: ...
+    def shared_budget(self, bucket: Any) -> Budget: ...
+    def run(self, pool: str, workers: int, run_task: Callable[..., dict[str, Any]], cfg: Any, tasks: list[Any],
+            ctx: TaskContext) -> list[dict[str, Any]]: ...
+    def close(self) -> None: ...
+
+
+def make_engine(cfg: Any) -> Engine:
+    """The engine `[engine] kind` names; Ray is imported only when it is asked for."""
+    e = cfg.engine
+    if e.kind == "ray":
+        from etl.ray_engine import RayEngine
+
+        return RayEngine(address=e.address, task_retries=e.task_retries, worker_retries=e.worker_retries)
+    return LocalEngine(task_retries=e.task_retries)
+
+
+def run_attempts(run_task: Callable[..., dict[str, Any]], cfg: Any, task: Any, ctx: TaskContext, retries: int,
+                 delay: float) -> dict[str, Any]:
+    """One task, run again after a transient failure (up to `retries` times) unless the month was stopped."""
+    attempt = 0
+    while True:
+        ctx.check()
+        try:
+            return run_task(cfg, task, ctx)
+        except Exception as exc:
+            if attempt >= retries or not transient(exc) or ctx.stop.is_set():
+                raise
+            attempt += 1
+            time.sleep(delay * attempt)
+
+
 class LocalEngine:
     """Thread pools in this process, one per kind of task, sized by the caller."""
 
@@ -71,18 +111,13 @@ class LocalEngine:
                 self._pools[name] = ThreadPoolExecutor(max(1, workers), thread_name_prefix=name)
             return self._pools[name]
 
+    def shared_budget(self, bucket: Any) -> Budget:
+        """In one process the bucket itself is shared."""
+        return bucket
+
     def _attempts(self, run_task: Callable[..., dict[str, Any]], cfg: Any, task: Any,
                   ctx: TaskContext) -> dict[str, Any]:
-        attempt = 0
-        while True:
-            ctx.check()
-            try:
-                return run_task(cfg, task, ctx)
-            except Exception as exc:
-                if attempt >= self.task_retries or not transient(exc) or ctx.stop.is_set():
-                    raise
-                attempt += 1
-                time.sleep(self.retry_delay * attempt)
+        return run_attempts(run_task, cfg, task, ctx, self.task_retries, self.retry_delay)
 
     def run(self, pool: str, workers: int, run_task: Callable[..., dict[str, Any]], cfg: Any, tasks: list[Any],
             ctx: TaskContext) -> list[dict[str, Any]]:

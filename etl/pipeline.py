@@ -21,7 +21,7 @@ from typing import Any
 
 from etl import aws, export, lease, load, staging, verify
 from etl.config import Config
-from etl.engine import LocalEngine, TaskContext
+from etl.engine import Engine, LocalEngine, TaskContext, make_engine
 from etl.errors import EtlError, PartlyDone
 from etl.progress import QUIET, Reporter
 from etl.transform import stage as transform
@@ -86,7 +86,7 @@ class Runner:
     store: staging.Store
     reporter: Reporter
     opts: Options
-    engine: LocalEngine = field(default_factory=LocalEngine)
+    engine: Engine = field(default_factory=LocalEngine)
     load_setup: load.Setup | None = None
     read_budget: Any = None
     _commit_locks: dict[str, threading.Lock] = field(default_factory=lambda: {s: threading.Lock() for s in ORDER})
@@ -118,10 +118,10 @@ class Runner:
             return self.engine.run("transform", cfg.transform.concurrency, transform.run_task, cfg, plan.tasks, ctx)
         if stage == "load":
             assert self.load_setup is not None
-            ctx.budget = self.load_setup.budget.bucket
+            ctx.budget = self.engine.shared_budget(self.load_setup.budget.bucket)
             ctx.io = self.engine.pool("send", cfg.load.concurrency)
             return self.engine.run("load", 2, load.run_task, cfg, plan.tasks, ctx)
-        ctx.budget = self.read_budget.bucket
+        ctx.budget = self.engine.shared_budget(self.read_budget.bucket)
         return self.engine.run("verify", 2, verify.run_task, cfg, plan.tasks, ctx)
 
     def stage_month(self, stage: str, month: str) -> dict[str, Any]:
@@ -241,7 +241,7 @@ def run(cfg: Config, months: list[str], stages: tuple[str, ...] = ORDER, *, repo
         raise EtlError("--use-existing adopts one export: give exactly one --month")
     store = staging.open_store(cfg.staging.root, cfg.staging)
     store.check()
-    runner = Runner(cfg, store, reporter, opts)
+    runner = Runner(cfg, store, reporter, opts, engine=make_engine(cfg))
     with contextlib.ExitStack() as held:
         if "load" in stages:  # the destination, the budget and the confirmation before anything runs
             todo = [m for m in months if skip_reason(cfg, store, "load", m, opts.force) is None]
