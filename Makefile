@@ -23,7 +23,7 @@ RAY_ENV := ETL_RAY_TESTS=1 RAY_USAGE_STATS_ENABLED=0 RAY_ENABLE_WINDOWS_OR_OSX_C
 	AWS_EC2_METADATA_DISABLED=true
 TEST_ENV := ETL_DDB_LOCAL_DIR=$(abspath $(DDB_LOCAL_DIR))
 
-.PHONY: setup demo test test-ray lint bench bench-ray export transform load verify run status local-up local-down clean
+.PHONY: setup demo test test-ray test-newest lint bench bench-ray export transform load verify run status local-up local-down clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -65,6 +65,18 @@ demo: $(STAMP)
 test: $(STAMP) $(DDB_LOCAL_STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest $(if $(ARGS),$(ARGS),--ignore=tests/distributed)
 	$(if $(ARGS),,$(MAKE) --no-print-directory test-ray)
+
+# The suite on the newest supported Python too (CI runs both): its own venv, the Ray tests left to `test`.
+NEWEST_PY ?= python3.13
+NEWEST_VENV ?= .venv-newest
+$(NEWEST_VENV)/.installed: pyproject.toml
+	@test -x $(NEWEST_VENV)/bin/python || $(NEWEST_PY) -m venv $(NEWEST_VENV)
+	$(NEWEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(NEWEST_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+test-newest: $(NEWEST_VENV)/.installed $(DDB_LOCAL_STAMP)
+	$(TEST_ENV) $(NEWEST_VENV)/bin/python -m pytest -p no:cacheprovider --ignore=tests/distributed $(ARGS)
 
 test-ray: $(STAMP) $(DDB_LOCAL_STAMP)
 	$(TEST_ENV) $(RAY_ENV) $(LOOPBACK_ONLY) $(BIN)/python -m pytest tests/distributed $(ARGS)
