@@ -23,6 +23,7 @@ from typing import Any
 
 import boto3
 import duckdb
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -198,6 +199,7 @@ poll_max_seconds = 0.5
     run_export(cfg, [B], use_existing=adopted)
     run_transform(cfg, [A, B])
     mirror(s3, BUCKET, "backfill", tmp / "stage")
+    write_changes(cfg, tmp / "stage")
     store = staging.open_store(cfg.staging.root, cfg.staging)
     manifests = {m: staging.read_manifest(store, m, "transform") or {} for m in (A, B)}
     yield Staged(cfg, tmp / "stage", manifests)
@@ -256,6 +258,8 @@ def athena_like(root: Path) -> duckdb.DuckDBPyConnection:
     rejected = ", ".join(f"{c}: '{t}'" for c, t in tables["anniversary_promo_rejected"]["columns"].items())
     con.execute(f"""CREATE VIEW anniversary_promo_rejected AS SELECT * FROM read_json(
         '{root}/rejected/*/*.jsonl.gz', format = 'newline_delimited', columns = {{{rejected}}}, {hive})""")
+    con.execute(f"""CREATE VIEW anniversary_promo_changes AS SELECT *, filename AS "$path" FROM read_parquet(
+        '{root}/changes/*/*.parquet', filename = true, {hive})""")
     return con
 
 
@@ -273,12 +277,41 @@ def rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- tests
 
 
+# What `etl catch-up` writes per window (changes/month=M/window-NNNNN.parquet): (window, puts, deletes) per month
+CHANGES = {A: [(1, 2, 1), (2, 1, 0)], B: [(1, 0, 2)]}
+
+
+def write_changes(cfg: Config, root: Path) -> None:
+    """Catch-up windows in the catch-up's own schema (the catch-up itself is tested in test_catchup*.py)."""
+    from etl.catchup.changes import changes_schema
+
+    for month, windows in CHANGES.items():
+        for window, puts, deletes in windows:
+            rows = [{"CustomerID": f"W{window}C{i}", "CreationDateTime": 1460000000 + i, "OrderID": f"O{i}",
+                     "ExpirationTimestamp": 1491536000 + i, "op": "put" if i < puts else "delete"}
+                    for i in range(puts + deletes)]
+            path = root / "changes" / f"month={month}" / f"window-{window:05d}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(rows, schema=changes_schema(cfg)), path)
+
+
+def test_changes_per_window(staged: Staged) -> None:
+    want = [(m, w, puts, deletes, puts + deletes) for m, ws in sorted(CHANGES.items()) for w, puts, deletes in ws]
+    assert athena_like(staged.local).execute(query_file("changes_per_window")).fetchall() == want
+    local = duckdb.connect()
+    local.execute(f"SET VARIABLE staging_root = '{staged.local}'")
+    for statement in local.extract_statements((SQL / "duckdb_local_changes.sql").read_text()):
+        got = local.execute(statement).fetchall()
+    assert got == want
+
+
 def test_every_sql_file_is_athena_sql_that_runs_in_duckdb(staged: Staged) -> None:
     files = sorted(p.name for p in SQL.glob("*.sql"))
-    assert set(files) == {*TABLES, *(f"{q}.sql" for q in QUESTIONS), "transform_ctas.sql", "duckdb_local.sql"}
+    assert set(files) == {*TABLES, *(f"{q}.sql" for q in QUESTIONS), "transform_ctas.sql", "duckdb_local.sql",
+                          "create_changes_table.sql", "changes_per_window.sql", "duckdb_local_changes.sql"}
     con = athena_like(staged.local)
     for name in files:
-        if name == "duckdb_local.sql":
+        if name in ("duckdb_local.sql", "duckdb_local_changes.sql"):
             continue
         for e in athena_statements(SQL / name):
             if isinstance(e, exp.Create) and e.args.get("kind") == "TABLE" and e.expression is None:
