@@ -176,3 +176,58 @@ def test_pitr_windows_are_chained_incremental_exports_with_idempotent_tokens(
     assert r["applied"] == 0 and r["rejected"] == r["changes_in"] and r["puts"] == r["deletes"] == 0
     [again] = stage.run(cfg, [M], to=start + timedelta(hours=30, minutes=10))  # under 15 minutes: nothing to do
     assert again["windows_this_run"] == 0 and len(sent) == 2
+
+
+def incremental_export(folder: Path, lines: list[dict[str, Any]], start: str, end: str) -> Path:
+    """An incremental export as AWS lays it out: manifests under AWSDynamoDB/<id>/, data under AWSDynamoDB/data/."""
+    root = folder / "AWSDynamoDB" / "01716800000000-ccccdddd"
+    (folder / "AWSDynamoDB" / "data").mkdir(parents=True)
+    root.mkdir()
+    data = gzip.compress("".join(json.dumps(line) + "\n" for line in lines).encode())
+    (folder / "AWSDynamoDB" / "data" / "changesaaaaaaaaaaaaaaaaaaa.json.gz").write_bytes(data)
+    files = (json.dumps({"itemCount": len(lines), "md5Checksum": b64md5(data), "etag": hashlib.md5(data).hexdigest(),
+                         "dataFileS3Key": "AWSDynamoDB/data/changesaaaaaaaaaaaaaaaaaaa.json.gz"}) + "\n").encode()
+    (root / "manifest-files.json").write_bytes(files)
+    (root / "manifest-summary.json").write_bytes(json.dumps({
+        "version": "2023-08-01", "exportArn": "arn:aws:dynamodb:us-east-1:1:table/T/export/y", "itemCount": len(lines),
+        "exportFromTime": start, "exportToTime": end, "outputFormat": "DYNAMODB_JSON",
+        "outputView": "NEW_AND_OLD_IMAGES", "exportType": "INCREMENTAL_EXPORT", "manifestFilesS3Key": "x"}).encode())
+    return root
+
+
+def test_two_items_with_one_identical_row_are_counted_apart(ddb_local: str, dest_table: Callable[..., str],
+                                                            make_config: Callable[..., Config], tmp_path: Path) -> None:
+    """Two source items give the same index row (one customer, one second, one OrderID): deleting one of them
+    leaves the row, which the other still gives."""
+    from datetime import UTC, datetime, timedelta
+
+    day = datetime.now(UTC) - timedelta(days=3)  # recent: not past its TTL
+    month, t0 = day.strftime("%Y%m"), day.replace(hour=12, minute=0, second=0, microsecond=0)
+
+    def item(ms: int) -> dict[str, Any]:
+        return {"CustomerID": {"S": "C1"}, "DateTime": {"S": f"{day:%Y-%m-%d}T10:00:00.{ms:03d}Z"},
+                "OrderID": {"S": "O1"}}
+
+    def micros(minutes: int) -> dict[str, Any]:
+        return {"WriteTimestampMicros": {"N": str(int((t0 + timedelta(minutes=minutes)).timestamp() * 1e6))}}
+
+    def iso(t: datetime) -> str:
+        return t.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+    cfg = make_config(dest_endpoint=ddb_local, dest_table=dest_table(),
+                      extra="[load]\nmax_wcu = 100000\nmax_rcu = 100000\n")
+    run_export(cfg, [month], use_existing=str(full_export(tmp_path / "full", [item(100)], iso(t0))))
+    run_transform(cfg, [month])
+    run_load(cfg, [month])
+    b, a = item(900), item(100)
+    changes = incremental_export(tmp_path / "inc", [
+        {"Metadata": micros(1), "Keys": {k: b[k] for k in ("CustomerID", "DateTime")}, "NewImage": b},  # B added
+        {"Metadata": micros(2), "Keys": {k: a[k] for k in ("CustomerID", "DateTime")}, "OldImage": a},  # A deleted
+    ], iso(t0), iso(t0 + timedelta(minutes=15)))
+    [r] = stage.run(cfg, [month], use_existing=str(changes))
+    assert (r["applied"], r["keys_touched"], r["puts"], r["deletes"], r["unchanged"]) == (2, 1, 0, 0, 1)
+    rows = [it for page in ddb_client(ddb_local).get_paginator("scan").paginate(TableName=cfg.destination_table())
+            for it in page["Items"]]
+    assert [(it["CustomerID"]["S"], it["OrderID"]["S"]) for it in rows] == [("C1", "O1")]
+    [v] = run_verify(cfg, [month])
+    assert v["ok"]

@@ -6,11 +6,12 @@ A change line is `{"Metadata":{"WriteTimestampMicros":{"N":..}},"Keys":{..},"Old
 quarantine reason) the full transform would have made of that item.
 
 For every index key the window touches, its rows before the window are the staged month's rows for that key
-(`transformed/month=M/*.parquet`, identical rows counted once) or, once an earlier window touched it, that
-window's rows file. The changes are applied in write-time order: the OldImage's row leaves its key, the
-NewImage's row joins its key. The key's winner is chosen by the full transform's rule (greatest OrderID; a
-tie is broken by the smallest row, deterministically). A put is emitted when the winner changed or appeared,
-a delete when the key has no row left (the item was deleted, or its OrderID removed or emptied).
+(`transformed/month=M/*.parquet`, each as often as it occurs: two items may give the same row) or, once an
+earlier window touched it, that window's rows file (a row as often as it is held). The changes are applied in
+write-time order: the OldImage's row leaves its key, the NewImage's row joins its key. The key's winner is
+chosen by the full transform's rule (greatest OrderID; a tie is broken by the smallest row,
+deterministically). A put is emitted when the winner changed or appeared, a delete when the key has no row
+left (the item was deleted, or its OrderID removed or emptied).
 
 NEW_IMAGE view: the old row is not in the line. The item's key is its NewImage's (or, for a delete or a
 filtered image, its Keys converted with the key columns alone); the change applies when that key holds at
@@ -26,7 +27,8 @@ import base64
 import dataclasses
 import gzip
 import io
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +63,9 @@ class ChangesTask:
     output: str
     rejected: str
     rows: str
+    # lines written before this may already be in the snapshot (a stream's times are rounded down): their row
+    # joins a key only if the key does not hold it yet, so replaying them changes nothing
+    replay_until_micros: int = 0
 
 
 def changes_schema(cfg: Config) -> pa.Schema:
@@ -217,30 +222,33 @@ def _touched_rows(store: staging.Store, key: str, keys: list[str], wanted: pa.Ar
     return list(table.filter(hit).select(columns).to_pylist())
 
 
-def state_before(cfg: Config, store: staging.Store, task: ChangesTask, touched: set[Key]) -> dict[Key, set[Row]]:
-    """Every touched key's rows before the window: the snapshot's, replaced by the latest earlier window's."""
+def state_before(cfg: Config, store: staging.Store, task: ChangesTask,
+                 touched: set[Key]) -> dict[Key, Counter[Row]]:
+    """Every touched key's rows (with how many items hold each) before the window: the snapshot's, replaced by the
+    latest earlier window's."""
     names = mapping.output_schema(cfg).names
     keys = mapping.key_columns(cfg)
     pos = [names.index(k) for k in keys]
     wanted = pa.array(sorted(_key_text(k) for k in touched), pa.string())
-    state: dict[Key, set[Row]] = {k: set() for k in touched}
+    state: dict[Key, Counter[Row]] = {k: Counter() for k in touched}
     for part in task.snapshot_parts:
         for r in _touched_rows(store, part, keys, wanted, names):
             row = tuple(r[n] for n in names)
-            state[tuple(row[p] for p in pos)].add(row)
+            state[tuple(row[p] for p in pos)][row] += 1
     for rows_key in task.previous_rows:
-        replaced: dict[Key, set[Row]] = {}
+        replaced: dict[Key, Counter[Row]] = {}
         for r in _touched_rows(store, rows_key, keys, wanted, [*names, NONE]):
             row = tuple(r[n] for n in names)
-            got = replaced.setdefault(tuple(row[p] for p in pos), set())
+            got = replaced.setdefault(tuple(row[p] for p in pos), Counter())
             if not r[NONE]:
-                got.add(row)
+                got[row] += 1
         state.update(replaced)
     return state
 
 
-def winner(rows: set[Row], order: int | None) -> Row | None:
+def winner(rows: Iterable[Row], order: int | None) -> Row | None:
     """The full transform's rule: the greatest OrderID (none counts least); then the smallest row."""
+    rows = list(rows)
     if not rows:
         return None
 
@@ -341,7 +349,7 @@ def run_task(cfg: Config, task: ChangesTask, ctx: TaskContext) -> dict[str, Any]
         if c.key is not None:
             touched.add(c.key)
     state = state_before(cfg, store, task, touched)
-    before = {k: winner(rows, order) for k, rows in state.items()}
+    before = {k: winner(+rows, order) for k, rows in state.items()}
     ctx.check()
     for c in changes:
         old_row = c.old_out[1] if c.old_out is not None and c.old_out[0] == "row" else None
@@ -349,21 +357,28 @@ def run_task(cfg: Config, task: ChangesTask, ctx: TaskContext) -> dict[str, Any]
         effect = False
         if task.view == "NEW_IMAGE":
             key = key_of(new_row) if new_row is not None else c.key
-            held = state.get(key, set()) if key is not None else set()
-            if key is None or len(held - {new_row}) > 1:
+            held = +state.get(key, Counter()) if key is not None else Counter()
+            others = sum(n for r, n in held.items() if r != new_row)
+            if key is None or others > 1 or (others and new_row is not None and held[new_row]):
                 why = ("its Keys do not give the index key" if key is None else
-                       f"the key holds {len(held)} rows and the view NEW_IMAGE does not say which was this item's")
+                       f"the key holds {sum(held.values())} rows and the view NEW_IMAGE does not say which was "
+                       "this item's")
                 counts.reject(AMBIGUOUS)
                 quarantine.append(_quarantined(AMBIGUOUS, why, c.uri, c.raw))
                 continue
             effect = bool(held) or new_row is not None
-            state[key] = {new_row} if new_row is not None else set()
+            state[key] = Counter({new_row: 1}) if new_row is not None else Counter()
         else:
+            replay = c.ts < task.replay_until_micros  # may already be in the snapshot: idempotent
             if old_row is not None:
-                state[key_of(old_row)].discard(old_row)
+                held = state[key_of(old_row)]
+                if held[old_row] > 0:
+                    held[old_row] -= 1
                 effect = True
             if new_row is not None:
-                state[key_of(new_row)].add(new_row)
+                held = state[key_of(new_row)]
+                if not (replay and held[new_row] > 0):
+                    held[new_row] += 1
                 effect = True
         if c.new_out is not None and c.new_out[0] == "rejected":
             reason, message = c.new_out[1]
@@ -377,7 +392,7 @@ def run_task(cfg: Config, task: ChangesTask, ctx: TaskContext) -> dict[str, Any]
     ops: list[tuple[Row, str]] = []
     unchanged = 0
     for key in sorted(state, key=_key_text):
-        after = winner(state[key], order)
+        after = winner(+state[key], order)
         if after is not None and after != before[key]:
             ops.append((after, "put"))
         elif after is None and before[key] is not None:
@@ -402,7 +417,7 @@ def _check(r: dict[str, Any]) -> None:
 
 
 def _write(cfg: Config, store: staging.Store, task: ChangesTask, ops: list[tuple[Row, str]],
-           state: dict[Key, set[Row]], quarantine: list[bytes]) -> None:
+           state: dict[Key, Counter[Row]], quarantine: list[bytes]) -> None:
     names = mapping.output_schema(cfg).names
     key_pos = [names.index(k) for k in mapping.key_columns(cfg)]
     table = pa.Table.from_pylist([{**dict(zip(names, row, strict=True)), OP: op} for row, op in ops],
@@ -410,7 +425,7 @@ def _write(cfg: Config, store: staging.Store, task: ChangesTask, ops: list[tuple
     _write_parquet(cfg, store, task.output, table)
     records: list[dict[str, Any]] = []
     for key in sorted(state, key=_key_text):
-        rows = sorted(state[key], key=lambda r: tuple((v is None, "" if v is None else v) for v in r))
+        rows = sorted((+state[key]).elements(), key=lambda r: tuple((v is None, "" if v is None else v) for v in r))
         records += [{**dict(zip(names, r, strict=True)), NONE: False} for r in rows]
         if not rows:
             records.append({**{names[p]: v for p, v in zip(key_pos, key, strict=True)}, NONE: True})

@@ -177,6 +177,8 @@ def capture(cfg: Config, store: staging.Store, task: WindowTask, body: dict[str,
         # start at the stored positions.
         floor = synced.replace(second=0, microsecond=0) if got["times_in_minutes"] else synced.replace(microsecond=0)
         since = source.micros(floor) if first else 0
+        # a record stamped at or before the export's time may already be in the snapshot: applied idempotently
+        replay = source.micros(synced) + 1 if first else 0
     else:
         start, end = source.parse_time(record.get("from", task.start)), source.parse_time(record.get("to", task.end))
         record = {**record, "window": task.window, "mode": "pitr", "from": source.iso(start), "to": source.iso(end),
@@ -184,7 +186,8 @@ def capture(cfg: Config, store: staging.Store, task: WindowTask, body: dict[str,
         save(record)
         got = source.export_window(cfg, store, task.month, task.window, start, end, record, save, reporter)
         since = source.micros(start)
-    record = {**record, **got, "window": task.window, "since_micros": since, "phase": "captured",
+    record = {**record, **got, "window": task.window, "since_micros": since,
+              "replay_until_micros": replay if mode == "stream" else 0, "phase": "captured",
               "captured_at": staging.utcnow_iso()}
     save(record)
     return record
@@ -197,7 +200,8 @@ def changes_task(cfg: Config, store: staging.Store, month: str, record: dict[str
         month, w, tuple(f["uri"] for f in record["files"]), str(record.get("view") or "NEW_AND_OLD_IMAGES"),
         int(record.get("since_micros", 0)), tuple(p["output"] for p in t.get("parts", [])),
         tuple(staging.catchup_rows_key(month, i) for i in range(1, w)), staging.changes_key(month, w),
-        staging.changes_rejected_key(month, w), staging.catchup_rows_key(month, w))
+        staging.changes_rejected_key(month, w), staging.catchup_rows_key(month, w),
+        int(record.get("replay_until_micros", 0)))
 
 
 def load_task(cfg: Config, month: str, w: int, rows: int, setup: load.Setup) -> load.PartTask:
