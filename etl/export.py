@@ -61,8 +61,9 @@ def inspect_export(folder: staging.Store) -> dict[str, Any]:
     other incremental exports in that shared folder are not "unlisted"). Its window and view are returned.
     """
     problems: list[str] = []
-    if folder.exists("manifest-summary.json"):
-        summary_raw = folder.read("manifest-summary.json")
+    has_summary = folder.exists("manifest-summary.json")
+    if has_summary or folder.exists("manifest-files.json"):
+        summary_raw = folder.read("manifest-summary.json") if has_summary else b"{}"
         files_raw = folder.read("manifest-files.json") if folder.exists("manifest-files.json") else None
         if files_raw is None:
             raise ValidationFailed(f"{folder.uri}: manifest-summary.json exists but manifest-files.json is missing")
@@ -72,11 +73,13 @@ def inspect_export(folder: staging.Store) -> dict[str, Any]:
                 got = base64.b64encode(hashlib.md5(raw).digest()).decode()
                 if want != got:
                     problems.append(f"{name}.json md5 {got} does not match {name}.md5 ({want})")
-        try:
-            summary = json.loads(summary_raw)
-            entries = [json.loads(line) for line in files_raw.decode().splitlines() if line.strip()]
-        except ValueError as exc:
-            raise ValidationFailed(f"{folder.uri}: a manifest is not valid JSON: {exc}") from None
+        summary = _json_of(folder, "manifest-summary.json", summary_raw)
+        entries = [_json_of(folder, "manifest-files.json", line, n)
+                   for n, line in enumerate(files_raw.splitlines(), 1) if line.strip()]
+        if not has_summary:
+            problems_note = "manifest-summary.json is missing: each listed file's md5 and item count checked"
+        else:
+            problems_note = ""
         if summary.get("outputFormat", "DYNAMODB_JSON") != "DYNAMODB_JSON":
             raise ValidationFailed(
                 f"{folder.uri}: outputFormat {summary.get('outputFormat')!r} is not supported; "
@@ -86,13 +89,24 @@ def inspect_export(folder: staging.Store) -> dict[str, Any]:
         data_root = _parent(folder) if incremental else folder
         listed: set[str] = set()
 
-        def check(entry: dict[str, Any]) -> dict[str, Any] | None:
+        todo: list[tuple[dict[str, Any], str]] = []
+        for entry in entries:  # the keys first, in order: a file listed twice is refused, not read twice
             key = str(entry.get("dataFileS3Key", ""))
             if "/data/" not in "/" + key:
                 problems.append(f"manifest-files.json lists {key!r}, which is not under data/")
-                return None
+                continue
             rel = "data/" + key.rsplit("data/", 1)[1]
+            if ".." in rel.split("/") or "//" in rel:
+                problems.append(f"manifest-files.json lists {key!r}, which points outside the export's data/")
+                continue
+            if rel in listed:
+                problems.append(f"manifest-files.json lists {rel} twice (its items would be read twice)")
+                continue
             listed.add(rel)
+            todo.append((entry, rel))
+
+        def check(job: tuple[dict[str, Any], str]) -> dict[str, Any] | None:
+            entry, rel = job
             info = data_root.head(rel)
             if info is None:
                 problems.append(f"data file {data_root.key_uri(rel)} is listed in manifest-files.json but does not "
@@ -105,9 +119,9 @@ def inspect_export(folder: staging.Store) -> dict[str, Any]:
                     "md5": b64, "item_count": int(entry.get("itemCount", 0))}
 
         with ThreadPoolExecutor(max_workers=8) as pool:
-            files = [f for f in pool.map(check, entries) if f]
+            files = [f for f in pool.map(check, todo) if f]
         total = sum(int(e.get("itemCount", 0)) for e in entries)
-        if total != int(summary.get("itemCount", -1)):
+        if has_summary and total != int(summary.get("itemCount", -1)):
             problems.append(
                 f"item counts in manifest-files.json add up to {total}, "
                 f"but manifest-summary.json says {summary.get('itemCount')}"
@@ -122,7 +136,8 @@ def inspect_export(folder: staging.Store) -> dict[str, Any]:
             )
         return {
             "verified": True,
-            "verification": "manifest-files.json checked: files present, md5 match, item counts add up",
+            "verification": problems_note or "manifest-files.json checked: files present, md5 match, item counts "
+                                             "add up",
             "export_arn": summary.get("exportArn"),
             "export_time": summary.get("exportTime"),
             "item_count": total,
@@ -143,6 +158,20 @@ def inspect_export(folder: staging.Store) -> dict[str, Any]:
         "item_count": None,
         "files": files,
     }
+
+
+def _json_of(folder: staging.Store, name: str, raw: bytes, line: int | None = None) -> dict[str, Any]:
+    """One JSON object of a manifest, or a refusal naming the file (and line)."""
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        where = f"{name}, line {line}" if line else name
+        raise ValidationFailed(f"{folder.key_uri(name)}: {where} is not valid JSON ({exc})",
+                               hint="re-export the month (`etl export --month M --force`) or adopt an intact copy"
+                               ) from None
+    if not isinstance(value, dict):
+        raise ValidationFailed(f"{folder.key_uri(name)}: {name}{f', line {line}' if line else ''} is not a JSON object")
+    return value
 
 
 def _parent(folder: staging.Store) -> staging.Store:

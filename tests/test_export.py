@@ -213,3 +213,60 @@ def test_export_warns_when_earlier_than_the_forward_writer(s3cfg: Config) -> Non
     run_export(cfg, [MONTH], reporter=Reporter("json", stream=out))
     warnings = [json.loads(x) for x in out.getvalue().splitlines() if '"warning"' in x]
     assert any("before forward_writes_since" in w["message"] for w in warnings)
+
+
+def _files_manifest(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (folder / "manifest-files.json").read_text().splitlines() if x.strip()]
+
+
+def _write_files_manifest(folder: Path, entries: list[dict[str, Any]]) -> None:
+    (folder / "manifest-files.json").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    (folder / "manifest-files.md5").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("no-summary-short-file", r"md5 .* does not match"),
+    ("outside", r"points outside the export's data/"),
+    ("twice", r"lists data/file00\w+\.json\.gz twice"),
+    ("not-json", r"manifest-files\.json, line 2 is not valid JSON"),
+])
+def test_manifests_are_checked_whatever_is_missing_or_odd(make_config: Callable[..., Config], tmp_path: Path,
+                                                          damage: str, expected: str) -> None:
+    folder = write_real_export(tmp_path / "ext", [[item(i) for i in range(5)], [item(i) for i in range(5, 9)]])
+    entries = _files_manifest(folder)
+    if damage == "no-summary-short-file":  # manifest-files.json alone still checks every file
+        (folder / "manifest-summary.json").unlink()
+        (folder / "manifest-summary.md5").unlink()
+        data = folder / "data" / entries[0]["dataFileS3Key"].rsplit("/", 1)[1]
+        data.write_bytes(gzip.compress(b"".join(json.dumps({"Item": item(i)}).encode() + b"\n" for i in range(3))))
+    elif damage == "outside":
+        entries[1]["dataFileS3Key"] = "pfx/AWSDynamoDB/x/data/../../../../etc/passwd"
+        _write_files_manifest(folder, entries)
+    elif damage == "twice":
+        _write_files_manifest(folder, [entries[0], entries[0], entries[1]])
+    else:
+        (folder / "manifest-files.json").write_text(json.dumps(entries[0]) + "\n{not json\n")
+        (folder / "manifest-files.md5").unlink()
+    with pytest.raises(ValidationFailed, match=expected):
+        run_export(make_config(), [MONTH], use_existing=str(folder))
+
+
+def test_a_manifest_alone_still_verifies(make_config: Callable[..., Config], tmp_path: Path) -> None:
+    folder = write_real_export(tmp_path / "ext", [[item(i) for i in range(5)]])
+    (folder / "manifest-summary.json").unlink()
+    (folder / "manifest-summary.md5").unlink()
+    [m] = run_export(make_config(), [MONTH], use_existing=str(folder))
+    assert m["verified"] and m["item_count"] == 5 and "manifest-summary.json is missing" in m["verification"]
+
+
+def test_a_data_file_replaced_after_adoption_is_refused_by_the_transform(make_config: Callable[..., Config],
+                                                                         tmp_path: Path) -> None:
+    from etl.pipeline import run_transform
+
+    cfg = make_config()
+    folder = write_real_export(tmp_path / "ext", [[item(i) for i in range(5)]])
+    run_export(cfg, [MONTH], use_existing=str(folder))
+    [data] = (folder / "data").iterdir()
+    data.write_bytes(gzip.compress(b"".join(json.dumps({"Item": item(i)}).encode() + b"\n" for i in range(7, 12))))
+    with pytest.raises(EtlError, match="the file changed after the export was adopted"):
+        run_transform(cfg, [MONTH])

@@ -9,8 +9,10 @@ commit:   per-part counts, `items_in = written + filtered + rejected` (checked),
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
+import hashlib
 import io
 import time
 from collections.abc import Iterator
@@ -43,6 +45,7 @@ class FileTask:
     rejected: str
     upstream_run: str  # the export's run id
     helpers: int = 0  # threads of its own converting this file's chunks, when the context lends none
+    md5: str | None = None  # base64 md5 the export's manifest gave the file (checked as it is read)
 
 
 def plan(cfg: Config, store: staging.Store, month: str) -> MonthPlan:
@@ -51,23 +54,51 @@ def plan(cfg: Config, store: staging.Store, month: str) -> MonthPlan:
         raise StageNotReady(f"month {month} has no committed export", hint=f"run `etl export --month {month}` first")
     files = sorted(export["files"], key=lambda f: f["uri"])  # part numbers: the files in name order
     tasks = [FileTask(month, i, f["uri"], staging.transformed_key(month, i), staging.rejected_key(month, i),
-                      str(export.get("run_id", ""))) for i, f in enumerate(files)]
+                      str(export.get("run_id", "")), md5=f.get("md5")) for i, f in enumerate(files)]
     # the largest files first, so a big file listed last does not run alone at the end
     size = {f["uri"]: f.get("size") or 0 for f in files}
     tasks.sort(key=lambda t: -size[t.input])
     return MonthPlan(tasks, export.get("item_count") or export.get("describe_item_count"), "items")
 
 
+class _Hashed:
+    """A file object that hashes the bytes read through it (the data file's md5, checked as it is read)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.md5 = hashlib.md5()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.md5.update(data)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def digest(self) -> str:
+        while self.read(1 << 20):  # bytes after the compressed data count too
+            pass
+        return base64.b64encode(self.md5.digest()).decode()
+
+
 @contextlib.contextmanager
-def open_data(uri: str, cfg: Config) -> Iterator[IO[bytes]]:
-    """A readable stream of the data file's decompressed bytes. Decompression is ISA-L's igzip
-    (zlib-compatible, 2.8x faster here than zlib: BENCHMARKS.md); S3 objects stream, never land on disk."""
+def open_data(uri: str, cfg: Config) -> Iterator[tuple[IO[bytes], _Hashed]]:
+    """A readable stream of the data file's decompressed bytes, and the hashing reader under it. Decompression
+    is ISA-L's igzip (zlib-compatible, 2.8x faster here than zlib: BENCHMARKS.md); S3 objects stream, never land
+    on disk."""
     with staging.open_uri(uri, cfg.staging) as raw:
+        hashed = _Hashed(raw)
         if uri.endswith(".gz"):
-            with igzip.IGzipFile(fileobj=raw, mode="rb") as stream:
-                yield stream  # type: ignore[misc]
+            with igzip.IGzipFile(fileobj=hashed, mode="rb") as stream:
+                yield stream, hashed  # type: ignore[misc]
         else:
-            yield raw
+            yield hashed, hashed  # type: ignore[misc]
 
 
 class _Part:
@@ -134,7 +165,7 @@ def run_task(cfg: Config, task: FileTask, ctx: TaskContext) -> dict[str, Any]:
         return convert_chunk(chunk, cfg, schema, out_schema)
 
     read = 0
-    with store.open_write(task.output) as sink, open_data(task.input, cfg) as stream:
+    with store.open_write(task.output) as sink, open_data(task.input, cfg) as (stream, hashed):
         part = _Part(cfg, task, pq.ParquetWriter(sink, out_schema, **mapping.parquet_options(cfg)), ctx, hook)
         ahead: collections.deque[tuple[Future[ChunkResult], int]] = collections.deque()
         own = ThreadPoolExecutor(task.helpers + 1, thread_name_prefix=f"part{task.part}") \
@@ -159,6 +190,10 @@ def run_task(cfg: Config, task: FileTask, ctx: TaskContext) -> dict[str, Any]:
                     drain(keep=window)
             drain()
             part.flush(final=True)
+            if task.md5 and (got := hashed.digest()) != task.md5:
+                raise EtlError(f"{task.input}: its md5 is {got}, not the {task.md5} the export was verified with: "
+                               "the file changed after the export was adopted",
+                               hint=f"re-export or re-adopt the month (`etl export --month {task.month} --force`)")
         except Truncated as exc:
             drain()
             raise EtlError(
