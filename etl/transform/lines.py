@@ -80,7 +80,7 @@ def parse(chunk: bytes | memoryview, schema: pa.Schema, attrs: list[str]) -> Par
                 return Parsed(table, None, ends, [])
         except pa.ArrowInvalid:
             pass
-    if clean:
+    if clean and not _has_blank_line(buf, ends):
         return _bisect_in_place(chunk, ends, schema, attrs)
     bad: list[tuple[bytes, str]] = []
     lines: list[bytes] = []  # as in the file
@@ -125,10 +125,18 @@ def parse(chunk: bytes | memoryview, schema: pa.Schema, attrs: list[str]) -> Par
     return Parsed(pa.concat_tables(tables), good, None, bad)
 
 
+def _has_blank_line(buf: np.ndarray, ends: np.ndarray) -> bool:
+    """Some line is empty or spaces only (the decoder skips it, so line and row counts would not match)."""
+    content = np.cumsum((buf != 32) & (buf != 10))  # bytes that are neither space nor newline, so far
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    before = np.where(starts > 0, content[np.maximum(starts - 1, 0)], 0)
+    return bool(np.any(content[ends] - before == 0))
+
+
 def _bisect_in_place(chunk: bytes | memoryview, ends: np.ndarray, schema: pa.Schema, attrs: list[str]) -> Parsed:
-    """A chunk without control bytes or escapes the decoder gets wrong, in which some line is not one object:
-    line ranges are decoded straight from the chunk's bytes (no copies) and halved until every refused line
-    stands alone. A blank line is skipped."""
+    """A chunk without control bytes, blank lines or escapes the decoder gets wrong, in which some line is not
+    one object: line ranges are decoded straight from the chunk's bytes (no copies) and halved until every
+    refused line stands alone."""
     view = memoryview(chunk)
     starts = np.concatenate([[0], ends[:-1] + 1])
     bad: list[tuple[bytes, str]] = []
@@ -147,9 +155,7 @@ def _bisect_in_place(chunk: bytes | memoryview, ends: np.ndarray, schema: pa.Sch
                 rows_of.append(np.arange(lo, hi))
                 continue
             if hi - lo == 1:
-                line = bytes(piece[:-1])
-                if line.strip(_BLANK):
-                    bad.append((line, "more than one JSON value on the line"))
+                bad.append((bytes(piece[:-1]), "more than one JSON value on the line"))
                 continue
         except pa.ArrowInvalid as exc:
             if hi - lo == 1:
