@@ -466,20 +466,37 @@ def config_show(obj: Ctx, as_json: bool) -> None:
 
 @cli.command("iam-policy")
 @month_options
-@click.option("--side", type=click.Choice(["source", "staging", "destination", "all"]), default="all",
-              show_default=True)
-@click.option("--account", default="*", show_default=True, help="Account id for the table ARNs.")
+@click.option("--role", type=click.Choice(["all", "export", "catch-up", "staging", "loader", "verify", "ttl",
+                                           "live-service"]), default="all", show_default=True)
+@click.option("--account", help="Account id for the ARNs (default: the account of each side's credentials).")
+@click.option("--mode", type=click.Choice(["pitr", "scan"]), help="Export mode (default from config).")
+@click.option("--enable-pitr", is_flag=True, help="Include UpdateContinuousBackups (for `export --enable-pitr`).")
+@click.option("--catch-up", "catch_up", type=click.Choice(["pitr", "stream"]), default="pitr", show_default=True)
+@click.option("--export-role-arn", help="Also print the staging bucket policy a cross-account export needs.")
 @click.pass_obj
 @handle_errors
-def iam_policy(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], side: str, account: str) -> None:
-    """Print least-privilege IAM policy documents for each side (attach each to that side's role).
+def iam_policy(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], role: str, account: str | None,
+               mode: str | None, enable_pitr: bool, catch_up: str, export_role_arn: str | None) -> None:
+    """Print least-privilege IAM policy documents, one per role (attach each to the role that runs those
+    commands): only the actions each command calls in the configured mode.
 
-    With --month/--months the source policy names exactly those monthly tables; without, the template
-    with a wildcard for the month. The lookup's Query/PutItem statement is for the live service's role."""
-    from etl.iam import policies
+    With --month/--months the source policies name exactly those monthly tables; without, the template
+    with a wildcard for the month."""
+    from etl import aws
+    from etl.iam import bucket_policy, policies
 
-    docs = policies(obj.config(), resolve_months(months, month_ranges) or None, account)
-    click.echo(json.dumps(docs if side == "all" else docs[side], indent=2))
+    cfg = obj.config()
+    if account is None:
+        account = aws.account_of(cfg.destination)
+        if account == "?":
+            raise EtlError("cannot tell the account from the credentials",
+                           hint="pass --account 123456789012 (or run with credentials of that account)")
+    docs = policies(cfg, resolve_months(months, month_ranges) or None, account, mode=mode, enable_pitr=enable_pitr,
+                    catch_up=catch_up)
+    out: dict[str, Any] = docs if role == "all" else docs[role]
+    if export_role_arn:
+        out = {"roles": out, "staging_bucket_policy": bucket_policy(cfg, export_role_arn)}
+    click.echo(json.dumps(out, indent=2))
 
 
 @cli.command()

@@ -1,16 +1,13 @@
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import boto3
 import pytest
-from click.testing import CliRunner
 
 from etl.catalog import register, summary
-from etl.cli import cli
-from etl.config import Config, load_config
+from etl.config import Config
 from etl.errors import EtlError
 from etl.local import seed
 from etl.pipeline import run_export, run_transform
@@ -109,23 +106,3 @@ def test_catalog_tables_match_the_sql_ddl(moto: str, make_config: Callable[..., 
 def test_catalog_needs_s3(make_config: Callable[..., Config]) -> None:
     with pytest.raises(EtlError, match="S3 staging root"):
         register(make_config(), "db", "t")
-
-
-def test_iam_policy_names_exactly_the_resources() -> None:
-    r = CliRunner().invoke(cli, ["--config", "pipeline.example.toml", "iam-policy", "--month", "201604"])
-    assert r.exit_code == 0, r.output
-    docs = json.loads(r.output)
-    src = json.dumps(docs["source"])
-    assert "table/CustomerTracker_shop_eu_201604" in src and "201605" not in src
-    assert "arn:aws:s3:::my-backfill-staging/anniversary/*" in json.dumps(docs["staging"])
-    dest = docs["destination"]["Statement"]
-    assert all(a.startswith(("dynamodb:", "sts:")) for s in dest for a in s["Action"])
-    assert "dynamodb:DeleteItem" not in json.dumps(docs) and '"dynamodb:*"' not in json.dumps(docs)
-
-
-def test_iam_policy_wildcards_the_month_without_months(tmp_path: Path) -> None:
-    from etl.iam import policies
-
-    cfg = load_config("pipeline.example.toml", env={})
-    assert policies(cfg)["source"]["Statement"][0]["Resource"] == [
-        "arn:aws:dynamodb:eu-west-1:*:table/CustomerTracker_shop_eu_*"]
