@@ -87,12 +87,21 @@ def client(side: AwsSide, service: str, max_pool: int = 32, **config: Any) -> An
     return session.client(service, **kwargs)
 
 
+_accounts: dict[tuple[AwsSide, int], str] = {}
+
+
 def account_of(side: AwsSide) -> str:
-    """The account a side's credentials belong to (for confirmations and ARNs); '?' if unknown."""
+    """The account a side's credentials belong to (for confirmations and ARNs), asked once per session; '?' if
+    unknown (not kept, so a later call asks again)."""
+    key = (side, id(session_for(side)))
+    if key in _accounts:
+        return _accounts[key]
     try:
-        return str(client(side, "sts").get_caller_identity()["Account"])
+        account = str(client(side, "sts").get_caller_identity()["Account"])
     except Exception:
         return "?"
+    _accounts[key] = account
+    return account
 
 
 # --------------------------------------------------------------------------- environment errors

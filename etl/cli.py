@@ -483,7 +483,7 @@ def iam_policy(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...],
     With --month/--months the source policies name exactly those monthly tables; without, the template
     with a wildcard for the month."""
     from etl import aws
-    from etl.iam import bucket_policy, policies
+    from etl.iam import bucket_policy, key_policy_statement, policies
 
     cfg = obj.config()
     if account is None:
@@ -495,7 +495,8 @@ def iam_policy(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...],
                     catch_up=catch_up)
     out: dict[str, Any] = docs if role == "all" else docs[role]
     if export_role_arn:
-        out = {"roles": out, "staging_bucket_policy": bucket_policy(cfg, export_role_arn)}
+        out = {"roles": out, "staging_bucket_policy": bucket_policy(cfg, export_role_arn),
+               "kms_key_policy_statement": key_policy_statement(cfg, [export_role_arn])}
     click.echo(json.dumps(out, indent=2))
 
 

@@ -41,6 +41,9 @@ class SourceConfig(AwsSide):
 @dataclass(frozen=True)
 class StagingConfig(AwsSide):
     root: str = ""  # s3://bucket/prefix or a local directory
+    account: str | None = None  # the bucket owner's account (exports name it); default: these credentials'
+    sse: str | None = None  # encryption of every staged object and export: AES256 (SSE-S3) or aws:kms (SSE-KMS)
+    kms_key_id: str | None = None  # with sse = "aws:kms": the key (id, ARN or alias); default: the AWS managed key
 
 
 @dataclass(frozen=True)
@@ -423,6 +426,13 @@ def _validate_sides(cfg: Config, where: _Where) -> None:
         if bad or not needed <= fields:
             raise _fail(key, where[key], template, "a table name using only {domain}, {region} and {month}"
                         + (" and containing {month}" if needed else ""))
+    st = cfg.staging
+    if st.sse not in (None, "AES256", "aws:kms"):
+        raise _fail("staging.sse", where["staging.sse"], st.sse, "'AES256' (SSE-S3) or 'aws:kms' (SSE-KMS)")
+    if st.kms_key_id and st.sse != "aws:kms":
+        raise _fail("staging.kms_key_id", where["staging.kms_key_id"], st.kms_key_id, "only with sse = \"aws:kms\"")
+    if st.account and not re.match(r"^\d{12}$", st.account):
+        raise _fail("staging.account", where["staging.account"], st.account, "a 12-digit AWS account id")
     root = cfg.staging.root
     if (root.startswith("s3://") and not re.match(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$", root)) \
             or (not root.startswith("s3://") and "://" in root):

@@ -186,6 +186,21 @@ def _parent(folder: staging.Store) -> staging.Store:
 # --------------------------------------------------------------------------- PITR export
 
 
+def export_destination(cfg: Config) -> dict[str, str]:
+    """Who owns the staging bucket (AWS requires it when that is another account than the table's) and how
+    the export's files are encrypted, as ExportTableToPointInTime parameters."""
+    st = cfg.staging
+    owner = st.account or aws.account_of(st)
+    out = {"S3BucketOwner": owner} if owner != "?" else {}
+    if st.sse == "aws:kms":
+        out["S3SseAlgorithm"] = "KMS"
+        if st.kms_key_id:
+            out["S3SseKmsKeyId"] = st.kms_key_id
+    elif st.sse == "AES256":
+        out["S3SseAlgorithm"] = "AES256"
+    return out
+
+
 def _describe_source(cfg: Config, ddb: Any, table: str, month: str) -> dict[str, Any]:
     try:
         return dict(ddb.describe_table(TableName=table)["Table"])
@@ -345,6 +360,7 @@ def export_pitr(
             S3Bucket=bucket,
             S3Prefix=prefix,
             ExportFormat="DYNAMODB_JSON",
+            **export_destination(cfg),
         )
         arn = r["ExportDescription"]["ExportArn"]
         pending = {**pending, "export_arn": arn}
@@ -414,6 +430,7 @@ def start_incremental_export(cfg: Config, store: staging.Store, month: str, pref
         ExportFormat="DYNAMODB_JSON",
         ExportType="INCREMENTAL_EXPORT",
         IncrementalExportSpecification={"ExportFromTime": start, "ExportToTime": end, "ExportViewType": view},
+        **export_destination(cfg),
     )
     return str(r["ExportDescription"]["ExportArn"]), token
 

@@ -59,9 +59,11 @@ def policies(cfg: Config, months: list[str] | None = None, account: str = "*", *
     tables = source_tables(cfg, months, account)
     arns = _staging_arns(cfg)
     exports_into = [f"{arns[1].rsplit('/*', 1)[0]}/export/*"] if arns else []
-    # DynamoDB writes an export's files with the caller's identity
-    export_writes = [_allow("ExportWritesToStaging", ["s3:PutObject", "s3:AbortMultipartUpload"], exports_into)] \
-        if arns else []
+    kms = _kms(cfg, account)
+    # DynamoDB writes an export's files with the caller's identity (and its KMS permissions)
+    export_writes = ([_allow("ExportWritesToStaging", ["s3:PutObject", "s3:AbortMultipartUpload"], exports_into)]
+                     + ([_allow("ExportEncryptsWithTheStagingKey", ["kms:GenerateDataKey", "kms:Decrypt"], kms)]
+                        if kms else [])) if arns else []
     if (mode or cfg.export.mode) == "scan":
         export = _doc(_allow("ScanMonthlyTables", ["dynamodb:DescribeTable", "dynamodb:Scan"], tables))
     else:
@@ -92,6 +94,7 @@ def policies(cfg: Config, months: list[str] | None = None, account: str = "*", *
             _allow("StagingList", ["s3:ListBucket"], [base],
                    Condition={"StringLike": {"s3:prefix": [f"{prefix}/*" if prefix else "*"]}}),
             _allow("StagingBucketRegion", ["s3:GetBucketLocation"], [base]),
+            *([_allow("StagingKey", ["kms:GenerateDataKey", "kms:Decrypt"], kms)] if kms else []),
             _allow("CatalogTables", ["glue:GetDatabase", "glue:CreateDatabase", "glue:GetTable", "glue:CreateTable",
                                      "glue:UpdateTable", "glue:DeleteTable", "glue:GetPartitions",
                                      "glue:BatchDeletePartition"],
@@ -103,13 +106,33 @@ def policies(cfg: Config, months: list[str] | None = None, account: str = "*", *
         "export": export,
         "catch-up": catchup,
         "staging": stage,
-        "loader": _doc(_allow("Load", ["dynamodb:DescribeTable", "dynamodb:BatchWriteItem"], [dest]),
-                       _allow("ShowAccountBeforeWriting", ["sts:GetCallerIdentity"], "*")),
+        # (sts:GetCallerIdentity, which names the account before writing, needs no permission)
+        "loader": _doc(_allow("Load", ["dynamodb:DescribeTable", "dynamodb:BatchWriteItem"], [dest])),
         "verify": _doc(_allow("ReadBack", ["dynamodb:DescribeTable", "dynamodb:BatchGetItem"], [dest])),
         "ttl": _doc(_allow("TimeToLive", ["dynamodb:DescribeTimeToLive", "dynamodb:UpdateTimeToLive"], [dest])),
         "live-service": _doc(_allow("CheckoutLookupAndForwardWriter", ["dynamodb:Query", "dynamodb:PutItem"],
                                     [dest])),
     }
+
+
+def _kms(cfg: Config, account: str) -> list[str]:
+    """The staging key's ARN when staged objects are SSE-KMS encrypted (an alias or id: any key of the account,
+    named by the key policy instead)."""
+    st = cfg.staging
+    if st.sse != "aws:kms":
+        return []
+    if st.kms_key_id and st.kms_key_id.startswith("arn:aws:kms:"):
+        return [st.kms_key_id]
+    return [f"arn:aws:kms:{st.aws_region}:{st.account or account}:key/*"]
+
+
+def key_policy_statement(cfg: Config, role_arns: list[str]) -> dict[str, Any] | None:
+    """For the staging KMS key's own policy: the roles that write and read staged objects (the export role
+    among them when it is in another account)."""
+    if cfg.staging.sse != "aws:kms":
+        return None
+    return _allow("BackfillRolesUseTheKey", ["kms:GenerateDataKey", "kms:Decrypt"], "*",
+                  Principal={"AWS": role_arns})
 
 
 def bucket_policy(cfg: Config, export_role_arn: str) -> dict[str, Any] | None:

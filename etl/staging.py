@@ -219,10 +219,11 @@ class LocalStore(Store):
 
 
 class S3Store(Store):
-    def __init__(self, bucket: str, prefix: str, s3: Any) -> None:
+    def __init__(self, bucket: str, prefix: str, s3: Any, encryption: dict[str, str] | None = None) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.s3 = s3
+        self.encryption = encryption or {}  # ServerSideEncryption (and SSEKMSKeyId) of every object written
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
 
     def bucket_key(self, key: str) -> str:
@@ -247,10 +248,10 @@ class S3Store(Store):
         with tempfile.TemporaryFile() as f:
             yield f
             f.seek(0)
-            self.s3.upload_fileobj(f, self.bucket, self.bucket_key(key))
+            self.s3.upload_fileobj(f, self.bucket, self.bucket_key(key), ExtraArgs=self.encryption or None)
 
     def write(self, key: str, data: bytes) -> None:
-        self.s3.put_object(Bucket=self.bucket, Key=self.bucket_key(key), Body=data)
+        self.s3.put_object(Bucket=self.bucket, Key=self.bucket_key(key), Body=data, **self.encryption)
 
     def list(self, prefix: str) -> list[ObjectInfo]:
         out = []
@@ -289,7 +290,8 @@ class S3Store(Store):
         import botocore.exceptions
 
         try:
-            self.s3.put_object(Bucket=self.bucket, Key=self.bucket_key(key), Body=data, IfNoneMatch="*")
+            self.s3.put_object(Bucket=self.bucket, Key=self.bucket_key(key), Body=data, IfNoneMatch="*",
+                               **self.encryption)
         except botocore.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict",
                                                              "412"):
@@ -298,7 +300,7 @@ class S3Store(Store):
         return True
 
     def sub(self, prefix: str) -> Store:
-        return S3Store(self.bucket, self.bucket_key(prefix), self.s3)
+        return S3Store(self.bucket, self.bucket_key(prefix), self.s3, self.encryption)
 
     def s3_location(self, key: str) -> tuple[str, str]:
         return self.bucket, self.bucket_key(key)
@@ -330,8 +332,17 @@ def open_store(uri: str, side: AwsSide) -> Store:
         from etl import aws
 
         bucket, prefix = split_s3(uri)
-        return S3Store(bucket, prefix, aws.client(side, "s3"))
+        return S3Store(bucket, prefix, aws.client(side, "s3"), encryption_args(side))
     return LocalStore(uri)
+
+
+def encryption_args(side: AwsSide) -> dict[str, str]:
+    """The staging side's server-side encryption as S3 request parameters (none configured: the bucket's own)."""
+    sse = getattr(side, "sse", None)
+    if not sse:
+        return {}
+    key = getattr(side, "kms_key_id", None)
+    return {"ServerSideEncryption": sse, **({"SSEKMSKeyId": key} if key else {})}
 
 
 @contextlib.contextmanager

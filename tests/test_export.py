@@ -270,3 +270,43 @@ def test_a_data_file_replaced_after_adoption_is_refused_by_the_transform(make_co
     data.write_bytes(gzip.compress(b"".join(json.dumps({"Item": item(i)}).encode() + b"\n" for i in range(7, 12))))
     with pytest.raises(EtlError, match="the file changed after the export was adopted"):
         run_transform(cfg, [MONTH])
+
+
+def test_exports_name_the_bucket_owner_and_encryption_and_every_staged_object_is_encrypted(
+        moto: str, make_config: Callable[..., Config]) -> None:
+    from etl.pipeline import run_transform
+
+    cfg = make_config(endpoint=moto, root="s3://stage-bucket/backfill", ETL_STAGING_SSE="aws:kms",
+                      ETL_STAGING_KMS_KEY_ID="alias/backfill",
+                      ETL_STAGING_ACCOUNT="123456789012")
+    seed(cfg, [MONTH], 50)
+    sent: list[dict[str, Any]] = []
+    aws.session_for(cfg.source).events.register(
+        "before-parameter-build.dynamodb.ExportTableToPointInTime", lambda params, **_: sent.append(dict(params)))
+    run_export(cfg, [MONTH])
+    [params] = sent
+    assert (params["S3BucketOwner"], params["S3SseAlgorithm"], params["S3SseKmsKeyId"]) == (
+        "123456789012", "KMS", "alias/backfill")
+    [t] = run_transform(cfg, [MONTH])
+    s3 = s3_client(moto)
+    for key in (f"backfill/{t['parts'][0]['output']}", f"backfill/{staging.manifest_key(MONTH, 'transform')}"):
+        head = s3.head_object(Bucket="stage-bucket", Key=key)
+        assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"].endswith("alias/backfill"), key
+    plain = make_config(endpoint=moto, root="s3://stage-bucket/other", ETL_STAGING_SSE="AES256")
+    sent.clear()
+    aws.session_for(plain.source).events.register(
+        "before-parameter-build.dynamodb.ExportTableToPointInTime", lambda params, **_: sent.append(dict(params)))
+    run_export(plain, [MONTH])
+    assert sent[0]["S3SseAlgorithm"] == "AES256" and "S3SseKmsKeyId" not in sent[0]
+    assert sent[0]["S3BucketOwner"] == "123456789012"  # the staging credentials' own account (moto's)
+
+
+def test_encryption_settings_are_checked(make_config: Callable[..., Config]) -> None:
+    from etl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"staging.sse = 'KMS' .* 'AES256' \(SSE-S3\) or 'aws:kms'"):
+        make_config(ETL_STAGING_SSE="KMS")
+    with pytest.raises(ConfigError, match=r"staging.kms_key_id .* only with sse"):
+        make_config(ETL_STAGING_KMS_KEY_ID="k")
+    with pytest.raises(ConfigError, match=r"staging.account = '12' .* 12-digit"):
+        make_config(ETL_STAGING_ACCOUNT="12")
