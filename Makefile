@@ -23,7 +23,7 @@ RAY_ENV := ETL_RAY_TESTS=1 RAY_USAGE_STATS_ENABLED=0 RAY_ENABLE_WINDOWS_OR_OSX_C
 	AWS_EC2_METADATA_DISABLED=true
 TEST_ENV := ETL_DDB_LOCAL_DIR=$(abspath $(DDB_LOCAL_DIR))
 
-.PHONY: setup demo test test-ray test-newest lint bench bench-ray export transform load verify run status local-up local-down clean
+.PHONY: setup demo test test-ray test-newest check-install lint bench bench-ray export transform load verify run status local-up local-down clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -67,16 +67,37 @@ test: $(STAMP) $(DDB_LOCAL_STAMP)
 	$(if $(ARGS),,$(MAKE) --no-print-directory test-ray)
 
 # The suite on the newest supported Python too (CI runs both): its own venv, the Ray tests left to `test`.
-NEWEST_PY ?= python3.13
+# python3.13 from PATH, else pyenv's 3.13 (its shim answers only where 3.13 is the selected version)
+NEWEST_PY ?= $(firstword $(foreach p,python3.13 $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13),\
+	$(shell $(p) -c '' >/dev/null 2>&1 && echo $(p))))
 NEWEST_VENV ?= .venv-newest
 $(NEWEST_VENV)/.installed: pyproject.toml
+	@test -n "$(NEWEST_PY)" || { echo "no Python 3.13 found (PATH or pyenv): set NEWEST_PY"; exit 1; }
 	@test -x $(NEWEST_VENV)/bin/python || $(NEWEST_PY) -m venv $(NEWEST_VENV)
 	$(NEWEST_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(NEWEST_VENV)/bin/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
 test-newest: $(NEWEST_VENV)/.installed $(DDB_LOCAL_STAMP)
+	@test -n "$(NEWEST_PY)" || { echo "no Python 3.13 found (PATH or pyenv): set NEWEST_PY"; exit 1; }
 	$(TEST_ENV) $(NEWEST_VENV)/bin/python -m pytest -p no:cacheprovider --ignore=tests/distributed $(ARGS)
+
+# Installed as a tool (a built wheel in a fresh venv, on the newest Python), not from the clone: `etl --version`
+# and the demo's pipeline for one small month on the local emulator (moto on another port than the demo's).
+INSTALL_CHECK := .etl-local/install-check
+check-install: $(STAMP)
+	rm -rf $(INSTALL_CHECK) && mkdir -p $(INSTALL_CHECK)
+	$(BIN)/python -m pip wheel --quiet --no-deps -w $(INSTALL_CHECK)/dist .
+	$(NEWEST_PY) -m venv $(INSTALL_CHECK)/venv
+	$(INSTALL_CHECK)/venv/bin/python -m pip install --quiet "$$(ls $(INSTALL_CHECK)/dist/*.whl)[local]"
+	$(INSTALL_CHECK)/venv/bin/etl --version
+	cd $(INSTALL_CHECK) && ETL_LOCAL_PORT=5071 ETL_LOCAL_STATE_DIR=state ETL_SOURCE_ENDPOINT_URL=http://127.0.0.1:5071 \
+	  ETL_STAGING_ENDPOINT_URL=http://127.0.0.1:5071 ETL_DESTINATION_ENDPOINT_URL=http://127.0.0.1:5071 sh -c '\
+	  venv/bin/etl --config $(abspath demo.toml) local up && \
+	  venv/bin/etl --config $(abspath demo.toml) --progress quiet local seed --month $(lastword $(DEMO_MONTHS)) \
+	    --rows-per-month 500 && \
+	  venv/bin/etl --config $(abspath demo.toml) --progress quiet run --month $(lastword $(DEMO_MONTHS)) --yes; \
+	  status=$$?; venv/bin/etl --config $(abspath demo.toml) local down; exit $$status'
 
 test-ray: $(STAMP) $(DDB_LOCAL_STAMP)
 	$(TEST_ENV) $(RAY_ENV) $(LOOPBACK_ONLY) $(BIN)/python -m pytest tests/distributed $(ARGS)

@@ -1,0 +1,547 @@
+"""The staging store is the pipeline's state: data under deterministic keys, manifests written last.
+
+Layout under the staging root (S3 `s3://bucket/prefix` or a local directory):
+
+    export/month=YYYYMM/AWSDynamoDB/<exportId>/...     stage 1 output (AWS export layout)
+    transformed/month=YYYYMM/part-NNNNN.parquet        stage 2 output
+    rejected/month=YYYYMM/part-NNNNN.jsonl.gz          stage 2 quarantine
+    _state/month=YYYYMM/<stage>.json                   a stage's manifest: present = done
+    _state/month=YYYYMM/<stage>.failed.json            the last failure of a stage
+    _state/month=YYYYMM/export.pending.json            an export started but not yet committed
+    _state/month=YYYYMM/load/part-NNNNN.done           load checkpoints
+    _state/month=YYYYMM/transform-collisions.parquet   rows that lost a key collision (the load skips them)
+    rejected/month=YYYYMM/load-part-NNNNN.jsonl.gz     items the load quarantined (DynamoDB would refuse them)
+    export/month=YYYYMM/changes/window-NNNNN/AWSDynamoDB/...  a catch-up window's changes (incremental export layout)
+    changes/month=YYYYMM/window-NNNNN.parquet          a window's puts and deletes for the index (`op` column)
+    rejected/month=YYYYMM/changes-window-NNNNN.jsonl.gz  change lines and images the catch-up quarantined
+    _state/month=YYYYMM/catchup.json                   the catch-up's manifest: windows applied, in sync up to
+    _state/month=YYYYMM/catchup/window-NNNNN.json      one window's record (source, counts, load), phase by phase
+    _state/month=YYYYMM/catchup/rows-NNNNN.parquet     every key a window touched, with all its rows after it
+    _state/month=YYYYMM/catchup/load-NNNNN.done        a window's load checkpoint
+    _state/month=YYYYMM/catchup/final.parquet          every touched key's final winner or delete (for verify)
+
+Every key is built here, and only here; a store hides whether it is a directory or an S3 prefix.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from etl import __version__
+from etl.config import AwsSide
+from etl.errors import EtlError
+
+STAGES = ("export", "transform", "load", "verify")
+CHUNK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str  # relative to the store's root
+    size: int
+    etag: str
+    mtime: float
+
+
+class Store:
+    """A tiny object-store interface with two implementations (local directory, S3 prefix)."""
+
+    uri: str
+
+    def key_uri(self, key: str) -> str:
+        raise NotImplementedError
+
+    def read(self, key: str) -> bytes:
+        with self.open_read(key) as f:
+            return f.read()
+
+    def write(self, key: str, data: bytes) -> None:
+        with self.open_write(key) as f:
+            f.write(data)
+
+    def open_read(self, key: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+        raise NotImplementedError
+
+    def open_write(self, key: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+        raise NotImplementedError
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        raise NotImplementedError
+
+    def head(self, key: str) -> ObjectInfo | None:
+        raise NotImplementedError
+
+    def delete_prefix(self, prefix: str) -> int:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        return self.head(key) is not None
+
+    def md5(self, key: str) -> tuple[str, str]:
+        """(base64 md5, hex md5) of an object's bytes, streamed."""
+        h = hashlib.md5()
+        with self.open_read(key) as f:
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+        return base64.b64encode(h.digest()).decode(), h.hexdigest()
+
+    def read_json(self, key: str) -> Any:
+        return json.loads(self.read(key))
+
+    def write_json(self, key: str, body: Any) -> None:
+        self.write(key, (json.dumps(body, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Write only if the key does not exist yet (atomically); False when it does."""
+        raise NotImplementedError
+
+    def create_json(self, key: str, body: Any) -> bool:
+        return self.create(key, (json.dumps(body, indent=2, default=str) + "\n").encode())
+
+    def sub(self, prefix: str) -> Store:
+        raise NotImplementedError
+
+    def s3_location(self, key: str) -> tuple[str, str]:
+        """(bucket, object key) of a key, for the AWS APIs that write to S3 themselves (exports)."""
+        raise EtlError(f"{self.uri} is a local directory, not S3")
+
+    def check(self) -> None:
+        """Fail clearly when the store itself is missing (a missing bucket would otherwise read as "nothing
+        committed yet")."""
+
+
+class LocalStore(Store):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key if key else self.root
+
+    def key_uri(self, key: str) -> str:
+        return str(self._path(key))
+
+    @contextlib.contextmanager
+    def open_read(self, key: str) -> Iterator[IO[bytes]]:
+        try:
+            f = open(self._path(key), "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            raise EtlError(f"{self.key_uri(key)} does not exist") from None
+        with f:
+            yield f
+
+    @contextlib.contextmanager
+    def open_write(self, key: str) -> Iterator[IO[bytes]]:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        base = self._path(prefix)
+        if base.is_file():
+            return [self._info(base)]
+        if not base.is_dir():
+            parent = base.parent
+            if not parent.is_dir():
+                return []
+            paths = [p for p in parent.rglob("*") if str(p).startswith(str(base))]
+        else:
+            paths = list(base.rglob("*"))
+        return sorted(
+            (self._info(p) for p in paths if p.is_file() and not p.name.endswith(".tmp")),
+            key=lambda o: o.key,
+        )
+
+    def _info(self, p: Path) -> ObjectInfo:
+        st = p.stat()
+        return ObjectInfo(str(p.relative_to(self.root)), st.st_size, "", st.st_mtime)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        p = self._path(key)
+        return self._info(p) if p.is_file() else None
+
+    def delete_prefix(self, prefix: str) -> int:
+        p = self._path(prefix)
+        if p.is_dir():
+            n = sum(1 for q in p.rglob("*") if q.is_file())
+            shutil.rmtree(p)
+            return n
+        if p.is_file():
+            p.unlink()
+            return 1
+        return 0
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+    def create(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+
+    def sub(self, prefix: str) -> Store:
+        return LocalStore(self._path(prefix))
+
+
+class S3Store(Store):
+    def __init__(self, bucket: str, prefix: str, s3: Any, encryption: dict[str, str] | None = None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.s3 = s3
+        self.encryption = encryption or {}  # ServerSideEncryption (and SSEKMSKeyId) of every object written
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+
+    def bucket_key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix and key else (key or self.prefix)
+
+    def key_uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.bucket_key(key)}"
+
+    @contextlib.contextmanager
+    def open_read(self, key: str) -> Iterator[IO[bytes]]:
+        try:
+            body = self.s3.get_object(Bucket=self.bucket, Key=self.bucket_key(key))["Body"]
+        except self.s3.exceptions.NoSuchKey:
+            raise EtlError(f"{self.key_uri(key)} does not exist") from None
+        try:
+            yield body
+        finally:
+            body.close()
+
+    @contextlib.contextmanager
+    def open_write(self, key: str) -> Iterator[IO[bytes]]:
+        with tempfile.TemporaryFile() as f:
+            yield f
+            f.seek(0)
+            self.s3.upload_fileobj(f, self.bucket, self.bucket_key(key), ExtraArgs=self.encryption or None)
+
+    def write(self, key: str, data: bytes) -> None:
+        self.s3.put_object(Bucket=self.bucket, Key=self.bucket_key(key), Body=data, **self.encryption)
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        out = []
+        full = self.bucket_key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            for o in page.get("Contents", []):
+                out.append(
+                    ObjectInfo(o["Key"][strip:], o["Size"], o["ETag"].strip('"'), o["LastModified"].timestamp())
+                )
+        return sorted(out, key=lambda o: o.key)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        import botocore.exceptions
+
+        try:
+            r = self.s3.head_object(Bucket=self.bucket, Key=self.bucket_key(key))
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return ObjectInfo(key, r["ContentLength"], r["ETag"].strip('"'), r["LastModified"].timestamp())
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = [self.bucket_key(o.key) for o in self.list(prefix)]
+        for i in range(0, len(keys), 1000):
+            self.s3.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True}
+            )
+        return len(keys)
+
+    def delete(self, key: str) -> None:
+        self.s3.delete_object(Bucket=self.bucket, Key=self.bucket_key(key))
+
+    def create(self, key: str, data: bytes) -> bool:
+        import botocore.exceptions
+
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=self.bucket_key(key), Body=data, IfNoneMatch="*",
+                               **self.encryption)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict",
+                                                             "412"):
+                return False
+            raise
+        return True
+
+    def sub(self, prefix: str) -> Store:
+        return S3Store(self.bucket, self.bucket_key(prefix), self.s3, self.encryption)
+
+    def s3_location(self, key: str) -> tuple[str, str]:
+        return self.bucket, self.bucket_key(key)
+
+    def check(self) -> None:
+        self.bucket_region()
+
+    def bucket_region(self) -> str:
+        """The bucket's region; a missing bucket is a clear error."""
+        import botocore.exceptions
+
+        try:
+            return str(self.s3.get_bucket_location(Bucket=self.bucket).get("LocationConstraint") or "us-east-1")
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchBucket", "404"):
+                raise EtlError(f"staging bucket {self.bucket} does not exist",
+                               hint="create it in the staging region, or fix [staging] root") from None
+            raise
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    rest = uri[len("s3://") :]
+    bucket, _, prefix = rest.partition("/")
+    return bucket, prefix.strip("/")
+
+
+def open_store(uri: str, side: AwsSide) -> Store:
+    if uri.startswith("s3://"):
+        from etl import aws
+
+        bucket, prefix = split_s3(uri)
+        return S3Store(bucket, prefix, aws.client(side, "s3"), encryption_args(side))
+    return LocalStore(uri)
+
+
+def encryption_args(side: AwsSide) -> dict[str, str]:
+    """The staging side's server-side encryption as S3 request parameters (none configured: the bucket's own)."""
+    sse = getattr(side, "sse", None)
+    if not sse:
+        return {}
+    key = getattr(side, "kms_key_id", None)
+    return {"ServerSideEncryption": sse, **({"SSEKMSKeyId": key} if key else {})}
+
+
+@contextlib.contextmanager
+def open_uri(uri: str, side: AwsSide) -> Iterator[IO[bytes]]:
+    """A stream of one object named by its full URI (an export's data file, wherever the export is)."""
+    if uri.startswith("s3://"):
+        bucket, key = split_s3(uri)
+        with open_store(f"s3://{bucket}", side).open_read(key) as f:
+            yield f
+    else:
+        with LocalStore(os.path.dirname(uri) or ".").open_read(os.path.basename(uri)) as f:
+            yield f
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def month_dir(month: str) -> str:
+    return f"month={month}"
+
+
+def export_prefix(month: str) -> str:
+    return f"export/{month_dir(month)}"
+
+
+def export_folder_key(month: str, export_id: str) -> str:
+    return f"{export_prefix(month)}/AWSDynamoDB/{export_id}"
+
+
+def transformed_prefix(month: str) -> str:
+    return f"transformed/{month_dir(month)}/"
+
+
+def rejected_prefix(month: str) -> str:
+    return f"rejected/{month_dir(month)}/"
+
+
+def transformed_key(month: str, part: int) -> str:
+    return f"{transformed_prefix(month)}part-{part:05d}.parquet"
+
+
+def rejected_key(month: str, part: int) -> str:
+    return f"{rejected_prefix(month)}part-{part:05d}.jsonl.gz"
+
+
+def load_rejected_key(month: str, part: int) -> str:
+    return f"{rejected_prefix(month)}load-part-{part:05d}.jsonl.gz"
+
+
+def state_key(month: str, name: str) -> str:
+    return f"_state/{month_dir(month)}/{name}"
+
+
+def manifest_key(month: str, stage: str) -> str:
+    return state_key(month, f"{stage}.json")
+
+
+def failed_key(month: str, stage: str) -> str:
+    return state_key(month, f"{stage}.failed.json")
+
+
+def pending_export_key(month: str) -> str:
+    return state_key(month, "export.pending.json")
+
+
+def checkpoints_prefix(month: str) -> str:
+    return state_key(month, "load/")
+
+
+def checkpoint_key(month: str, part: int) -> str:
+    return f"{checkpoints_prefix(month)}part-{part:05d}.done"
+
+
+def lease_key(month: str, stage: str) -> str:
+    return state_key(month, f"{stage}.lease")
+
+
+def destination_lease_key(table: str) -> str:
+    """One loading run per destination table at a time (its budget is one)."""
+    return f"_state/destination={table}/load.lease"
+
+
+def collisions_key(month: str) -> str:
+    return state_key(month, "transform-collisions.parquet")
+
+
+def window_name(window: int) -> str:
+    return f"window-{window:05d}"
+
+
+def changes_source_prefix(month: str, window: int) -> str:
+    """Where a catch-up window's changes are exported (AWS writes `AWSDynamoDB/` under it)."""
+    return f"{export_prefix(month)}/changes/{window_name(window)}"
+
+
+def changes_prefix(month: str) -> str:
+    return f"changes/{month_dir(month)}/"
+
+
+def changes_key(month: str, window: int) -> str:
+    return f"{changes_prefix(month)}{window_name(window)}.parquet"
+
+
+def changes_rejected_key(month: str, window: int) -> str:
+    return f"{rejected_prefix(month)}changes-{window_name(window)}.jsonl.gz"
+
+
+def catchup_prefix(month: str) -> str:
+    return state_key(month, "catchup/")
+
+
+def catchup_window_key(month: str, window: int) -> str:
+    return f"{catchup_prefix(month)}{window_name(window)}.json"
+
+
+def catchup_rows_key(month: str, window: int) -> str:
+    return f"{catchup_prefix(month)}rows-{window:05d}.parquet"
+
+
+def catchup_checkpoint_key(month: str, window: int) -> str:
+    return f"{catchup_prefix(month)}load-{window:05d}.done"
+
+
+def catchup_load_rejected_key(month: str, window: int) -> str:
+    return f"{rejected_prefix(month)}load-changes-{window_name(window)}.jsonl.gz"
+
+
+def catchup_final_key(month: str) -> str:
+    return f"{catchup_prefix(month)}final.parquet"
+
+
+# --------------------------------------------------------------------------- the collisions file
+
+
+def write_collisions(store: Store, month: str, losers: pa.Table) -> str:
+    """The rows that lost a key collision (their `_part` and `_row`, with their keys); none: no file."""
+    key = collisions_key(month)
+    if losers.num_rows == 0:
+        store.delete(key)
+        return key
+    buf = io.BytesIO()
+    pq.write_table(losers, buf, compression="zstd")
+    store.write(key, buf.getvalue())
+    return key
+
+
+def read_losers(store: Store, month: str) -> dict[int, np.ndarray]:
+    """Part -> the row numbers (ascending) in it that lost a key collision, which the load skips."""
+    key = collisions_key(month)
+    if not store.exists(key):
+        return {}
+    t = pq.read_table(pa.BufferReader(store.read(key)), columns=["_part", "_row"])
+    parts = np.asarray(t["_part"].to_numpy(), dtype=np.int64)
+    rows = np.asarray(t["_row"].to_numpy(), dtype=np.int64)
+    return {int(p): np.sort(rows[parts == p]) for p in np.unique(parts).tolist()}
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def utcnow_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def read_manifest(store: Store, month: str, stage: str) -> dict[str, Any] | None:
+    key = manifest_key(month, stage)
+    if not store.exists(key):
+        return None
+    return dict(store.read_json(key))
+
+
+def commit_manifest(store: Store, month: str, stage: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Write the stage's manifest last; it is what makes the stage done. Clears an old failure."""
+    manifest = {
+        "stage": stage,
+        "month": month,
+        "status": "done",
+        "run_id": uuid.uuid4().hex,  # what later stages' checkpoints and manifests refer to
+        "tool_version": __version__,
+        "committed_at": utcnow_iso(),
+        **body,
+    }
+    store.write_json(manifest_key(month, stage), manifest)
+    store.delete(failed_key(month, stage))
+    return manifest
+
+
+def record_failure(store: Store, month: str, stage: str, error: str, command: str) -> None:
+    store.write_json(
+        failed_key(month, stage),
+        {"stage": stage, "month": month, "status": "failed", "error": error, "rerun": command,
+         "failed_at": utcnow_iso(), "tool_version": __version__},
+    )
+
+
+def known_months(store: Store) -> list[str]:
+    months = set()
+    for o in store.list("_state/"):
+        part = o.key.split("/")[1] if o.key.count("/") >= 2 else ""
+        if part.startswith("month="):
+            months.add(part[len("month=") :])
+    return sorted(months)

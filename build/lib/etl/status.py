@@ -1,0 +1,98 @@
+"""Months x stages, read from the `_state/` manifests alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from etl import staging
+
+NEXT = {"export": "etl export", "transform": "etl transform", "load": "etl load", "verify": "etl verify"}
+
+
+def _summary(stage: str, m: dict[str, Any]) -> str:
+    if stage == "export":
+        n = m.get("item_count") or m.get("describe_item_count")
+        files = len(m.get("files", []))
+        tail = "" if m.get("verified") else " unverified"
+        return f"{n:,} items, {files} file(s){tail}" if n is not None else f"{files} file(s){tail}"
+    if stage == "transform":
+        return f"{m.get('written', 0):,} rows, {m.get('rejected', 0):,} rejected"
+    if stage == "load":
+        return f"{m.get('written', 0):,} written, {m.get('skipped_expired', 0):,} expired"
+    if stage == "verify":
+        return "ok" if m.get("ok") else f"{m.get('missing', 0):,} missing, {m.get('different', 0):,} different"
+    return ""
+
+
+def month_status(store: staging.Store, month: str, stages: tuple[str, ...] = staging.STAGES) -> dict[str, Any]:
+    row: dict[str, Any] = {"month": month, "stages": {}}
+    previous: dict[str, Any] | None = None
+    for stage in stages:
+        manifest = staging.read_manifest(store, month, stage)
+        failed_key = staging.failed_key(month, stage)
+        failure = store.read_json(failed_key) if store.exists(failed_key) else None
+        cell: dict[str, Any]
+        if failure and (not manifest or failure.get("failed_at", "") >= manifest.get("committed_at", "")):
+            cell = {"state": "failed", "error": failure.get("error"), "rerun": failure.get("rerun"),
+                    "at": failure.get("failed_at")}
+        elif manifest and stage == "verify" and not manifest.get("ok"):
+            cell = {"state": "failed", "error": _summary(stage, manifest), "at": manifest.get("committed_at"),
+                    "rerun": f"etl load --month {month} --force"}
+        elif manifest:
+            cell = {"state": "done", "summary": _summary(stage, manifest), "at": manifest.get("committed_at"),
+                    "duration_s": manifest.get("duration_s")}
+            if previous is not None and manifest.get("upstream_run") != previous.get("run_id"):
+                cell["state"] = "stale"
+                cell["summary"] += " (made from an older run of the previous stage)"
+        elif stage == "export" and store.exists(staging.pending_export_key(month)):
+            pending = store.read_json(staging.pending_export_key(month))
+            cell = {"state": "running", "summary": f"export {pending.get('export_arn', 'starting')}",
+                    "at": pending.get("started_at")}
+        else:
+            cell = {"state": "-"}
+        previous = manifest
+        row["stages"][stage] = cell
+    row["next"] = next_command(row, stages)
+    row["catchup"] = catchup_status(store, month, staging.read_manifest(store, month, "load"))
+    return row
+
+
+def catchup_status(store: staging.Store, month: str, load: dict[str, Any] | None) -> dict[str, Any]:
+    """The time up to which the month's index is in sync, and its catch-up runs (windows)."""
+    m = staging.read_manifest(store, month, "catchup")
+    key = staging.failed_key(month, "catchup")
+    failure = store.read_json(key) if store.exists(key) else None
+    if failure and (not m or failure.get("failed_at", "") >= m.get("committed_at", "")):
+        return {"state": "failed", "error": failure.get("error"), "rerun": failure.get("rerun"),
+                "at": failure.get("failed_at"), "synced_to": m.get("synced_to") if m else None}
+    if not m:
+        return {"state": "-"}
+    windows = m.get("windows", [])
+    cell: dict[str, Any] = {"state": "done", "synced_to": m.get("synced_to"), "windows": len(windows),
+                            "at": m.get("committed_at"),
+            "runs": [{k: w.get(k) for k in ("window", "mode", "from", "to", "puts", "deletes", "rejected")}
+                     for w in windows],
+            "summary": f"in sync to {m.get('synced_to')}\n{len(windows)} window(s): {m.get('puts', 0):,} puts, "
+                       f"{m.get('deletes', 0):,} deletes"}
+    if load is not None and load.get("run_id") != m.get("load_run"):
+        cell.update(state="stale", rerun=f"etl catch-up --month {month}",
+                    summary=cell["summary"] + " (loaded again since: `etl catch-up` applies the windows again)")
+    return cell
+
+
+def next_command(row: dict[str, Any], stages: tuple[str, ...]) -> str | None:
+    month = row["month"]
+    for stage in stages:
+        cell = row["stages"][stage]
+        if cell["state"] == "failed":
+            return str(cell.get("rerun") or f"{NEXT[stage]} --month {month}")
+        if cell["state"] == "stale":
+            return f"{NEXT[stage]} --month {month}"
+        if cell["state"] in ("-", "running"):
+            return f"{NEXT[stage]} --month {month}"
+    return None
+
+
+def collect(store: staging.Store, months: list[str] | None = None,
+            stages: tuple[str, ...] = staging.STAGES) -> list[dict[str, Any]]:
+    return [month_status(store, m, stages) for m in (months or staging.known_months(store))]

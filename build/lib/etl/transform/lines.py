@@ -1,0 +1,227 @@
+"""Reading an export data file: decompressed in chunks of whole lines, each chunk parsed into rows of the
+mapping's parse schema, and every line that is not one row said why.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+from arro3 import io as aio
+
+CHUNK = 8 * 1024 * 1024
+_BLANK = b" \t\r"  # JSON whitespace besides the newline: a line of only these is blank (skipped)
+_CONTROL = re.compile(rb"[\x00-\x1f]")  # raw control bytes: legal in JSON only as whitespace between tokens
+# an escaped high surrogate of a character from U+20000 up: arrow-rs (in arro3-io 0.9) decodes those pairs
+# wrongly (it ORs in the 0x10000 instead of adding it: "\ud840\udc00" reads as U+10000, not U+20000), so such
+# lines are re-encoded with orjson (exact, raw UTF-8) before the decoder sees them
+_ASTRAL = re.compile(rb"\\u[dD](?:8[4-9a-fA-F]|9[0-9a-fA-F]|[abAB][0-9a-fA-F])")
+
+
+def _lines(chunk: bytes | memoryview) -> list[bytes]:
+    return [line for line in bytes(chunk).split(b"\n") if line.strip(_BLANK)]
+
+
+def _decode(data: bytes | memoryview, schema: pa.Schema) -> pa.Table:
+    """arrow-rs's JSON decoder (arro3-io) against the explicit schema; raises pa.ArrowInvalid.
+
+    It checks what pyarrow's reader checks for the mapped attributes (a value of the wrong JSON type
+    refuses the line), nesting, colons, escapes and UTF-8, releases the GIL, and parses twice as fast
+    (BENCHMARKS.md). It reads commas as separators and does not check number syntax (neither matters in
+    DynamoDB JSON, which has no bare numbers); raw control bytes and the surrogate pairs it decodes wrongly
+    are dealt with by `parse`."""
+    # a buffer, not a file object: a file object is read through ~1,000 Python calls per 8 MB, each needing the
+    # GIL (3.5 s instead of 13 ms per chunk while another thread runs Python); a buffer needs none
+    return pa.table(aio.read_json(memoryview(data), schema))
+
+
+@dataclass
+class Parsed:
+    table: pa.Table
+    lines: list[bytes] | None  # the raw line behind each row (slow path), or None: found from `ends`
+    ends: np.ndarray | None  # the position of each line's newline in the chunk
+    malformed: list[tuple[bytes, str]]  # (raw line, why)
+    line_of_row: np.ndarray | None = None  # with `ends`: the line of each row (None: row i is line i)
+
+    def raw_lines(self, chunk: bytes | memoryview, rows: np.ndarray) -> list[bytes]:
+        if self.lines is not None:
+            return [self.lines[i] for i in rows.tolist()]
+        assert self.ends is not None
+        at = rows if self.line_of_row is None else self.line_of_row[rows]
+        view = memoryview(chunk)
+        ends = self.ends[at]
+        starts = np.where(at > 0, self.ends[np.maximum(at - 1, 0)] + 1, 0)
+        return [bytes(view[a:b]) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+
+
+def parse(chunk: bytes | memoryview, schema: pa.Schema, attrs: list[str]) -> Parsed:
+    """Parse a chunk of lines into rows of the explicit schema, one row per line, or say why a line is not one.
+
+    Fast path (the whole chunk in one call) when the chunk is plainly one object per line: every line
+    starts with `{` and ends with `}`, no control byte but the newlines, no escaped surrogate the decoder
+    gets wrong, and the decoder gives exactly one row per line. Otherwise, line by line: blank lines are
+    skipped, a line with a raw control byte or such an escape must be strict JSON (orjson; the escape is
+    re-encoded), and the lines are decoded in halves until every refused line stands alone, so one bad line
+    in an 8 MB chunk costs a few decodes of it, not one per line. Raw lines are always the file's bytes."""
+    buf = np.frombuffer(chunk, dtype=np.uint8)
+    ends = np.flatnonzero(buf == 10)
+    clean = (len(ends) > 0 and ends[-1] == len(buf) - 1 and np.count_nonzero(buf < 32) == len(ends)
+             and not (np.count_nonzero(buf == 92) and _ASTRAL.search(chunk)))
+    if (clean and buf[0] == 123 and bool((buf[ends - 1] == 125).all())
+            and bool((buf[ends[:-1] + 1] == 123).all())):
+        try:
+            table = _decode(chunk, schema)
+            if table.num_rows == len(ends):
+                return Parsed(table, None, ends, [])
+        except pa.ArrowInvalid:
+            pass
+    if clean and not _has_blank_line(buf, ends):
+        return _bisect_in_place(chunk, ends, schema, attrs)
+    bad: list[tuple[bytes, str]] = []
+    lines: list[bytes] = []  # as in the file
+    texts: list[bytes] = []  # what the decoder reads
+    for line in _lines(chunk):
+        text = line
+        astral = b"\\" in line and _ASTRAL.search(line)
+        if astral or _CONTROL.search(line):  # the decoder would take a raw tab or CR inside a string
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as err:
+                bad.append((line, f"not JSON: {err}"))
+                continue
+            if astral:
+                text = orjson.dumps(obj)
+        lines.append(line)
+        texts.append(text)
+    tables: list[pa.Table] = []
+    good: list[bytes] = []
+    todo = [(0, len(lines))]  # line ranges, taken in file order
+    while todo:
+        lo, hi = todo.pop()
+        if hi == lo:
+            continue
+        try:
+            t = _decode(b"\n".join(texts[lo:hi]), schema)
+            if t.num_rows == hi - lo:
+                tables.append(t)
+                good.extend(lines[lo:hi])
+                continue
+            if hi - lo == 1:
+                bad.append((lines[lo], "more than one JSON value on the line"))
+                continue
+        except pa.ArrowInvalid as exc:
+            if hi - lo == 1:
+                bad.append((lines[lo], _refused(texts[lo], attrs, exc)))
+                continue
+        mid = (lo + hi) // 2
+        todo += [(mid, hi), (lo, mid)]
+    if not tables:
+        return Parsed(pa.table({"Item": pa.array([], schema.field("Item").type)}), [], None, bad)
+    return Parsed(pa.concat_tables(tables), good, None, bad)
+
+
+def _has_blank_line(buf: np.ndarray, ends: np.ndarray) -> bool:
+    """Some line is empty or spaces only (the decoder skips it, so line and row counts would not match)."""
+    content = np.cumsum((buf != 32) & (buf != 10))  # bytes that are neither space nor newline, so far
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    before = np.where(starts > 0, content[np.maximum(starts - 1, 0)], 0)
+    return bool(np.any(content[ends] - before == 0))
+
+
+def _bisect_in_place(chunk: bytes | memoryview, ends: np.ndarray, schema: pa.Schema, attrs: list[str]) -> Parsed:
+    """A chunk without control bytes, blank lines or escapes the decoder gets wrong, in which some line is not
+    one object: line ranges are decoded straight from the chunk's bytes (no copies) and halved until every
+    refused line stands alone."""
+    view = memoryview(chunk)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    bad: list[tuple[bytes, str]] = []
+    tables: list[pa.Table] = []
+    rows_of: list[np.ndarray] = []
+    todo = [(0, len(ends))]  # line ranges, taken in file order
+    while todo:
+        lo, hi = todo.pop()
+        if hi == lo:
+            continue
+        piece = view[int(starts[lo]) : int(ends[hi - 1]) + 1]
+        try:
+            t = _decode(piece, schema)
+            if t.num_rows == hi - lo:
+                tables.append(t)
+                rows_of.append(np.arange(lo, hi))
+                continue
+            if hi - lo == 1:
+                bad.append((bytes(piece[:-1]), "more than one JSON value on the line"))
+                continue
+        except pa.ArrowInvalid as exc:
+            if hi - lo == 1:
+                line = bytes(piece[:-1])
+                bad.append((line, _refused(line, attrs, exc)))
+                continue
+        mid = (lo + hi) // 2
+        todo += [(mid, hi), (lo, mid)]
+    if not tables:
+        return Parsed(pa.table({"Item": pa.array([], schema.field("Item").type)}), [], None, bad)
+    return Parsed(pa.concat_tables(tables), None, ends, bad, np.concatenate(rows_of))
+
+
+def _refused(line: bytes, attrs: list[str], exc: Exception) -> str:
+    """Why the decoder refused a line, said the way a user can act on."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as err:
+        return f"not JSON: {err}"
+    if not isinstance(obj, dict) or not isinstance(obj.get("Item"), dict):
+        return "no Item object"
+    item = obj["Item"]
+    wrong = [a for a in attrs if a in item and not isinstance(item[a], dict)]
+    if wrong:
+        return f"attribute {wrong[0]} is not DynamoDB JSON (a {{type: value}} object)"
+    for a in attrs:
+        for kind, value in item.get(a, {}).items():
+            if kind in ("S", "N") and not isinstance(value, str):
+                return f"attribute {a}: its {kind} value is a JSON {type(value).__name__}, not a string"
+    return "not DynamoDB JSON: " + str(exc).split("Json error: ", 1)[-1]
+
+
+
+
+class Truncated(Exception):
+    """The compressed data ends before its end: `lines` whole lines were read before the damage."""
+
+    def __init__(self, cause: BaseException, lines: int) -> None:
+        super().__init__(str(cause))
+        self.lines = lines
+
+
+def chunks(stream: IO[bytes], size: int | None = None) -> Iterator[tuple[bytes | memoryview, int]]:
+    """(chunk of whole lines, uncompressed bytes read for it). The line a block boundary cut goes in front of
+    the next block (one copy of the block, a fraction of a millisecond), so every chunk is a full one: a
+    one-line chunk would cost a conversion call of its own. A last line without a newline gets one. Damaged
+    compressed data raises `Truncated` with the lines read before it."""
+    size = size or CHUNK
+    carry = b""
+    lines = 0
+    while True:
+        try:
+            block: Any = stream.read(size)
+        except (OSError, EOFError) as exc:
+            raise Truncated(exc, lines + carry.count(b"\n")) from None
+        if not block:
+            if carry.strip():
+                yield carry + b"\n", len(carry)
+            return
+        cut = block.rfind(b"\n")
+        if cut < 0:
+            carry += block
+            continue
+        if carry:
+            block, cut = carry + block, cut + len(carry)
+        body = memoryview(block)[: cut + 1]
+        lines += block.count(b"\n", 0, cut + 1)
+        yield body, len(body)
+        carry = block[cut + 1 :]

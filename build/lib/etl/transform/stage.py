@@ -1,0 +1,269 @@
+"""Stage 2: export data files -> projected, converted Parquet; rows that fail go to quarantine.
+
+plan:     one task per export data file (part NNNNN = its index in the export's file list).
+run_task: streams the file in chunks of whole lines, converts each (`rows.convert_chunk`), and writes
+          `transformed/month=M/part-NNNNN.parquet` plus `rejected/month=M/part-NNNNN.jsonl.gz`.
+commit:   per-part counts, `items_in = written + filtered + rejected` (checked), the export's item count
+          (checked), key collisions (`collisions`), stale outputs of an earlier run removed, manifest last.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import contextlib
+import hashlib
+import io
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import IO, Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+from isal import igzip
+
+from etl import mapping, staging
+from etl.config import Config
+from etl.engine import MonthPlan, TaskContext
+from etl.errors import EtlError, StageNotReady
+from etl.transform.collisions import find_collisions
+from etl.transform.lines import Truncated, chunks
+from etl.transform.rows import ChunkResult, convert_chunk
+
+NAME = "transform"
+
+
+@dataclass(frozen=True)
+class FileTask:
+    month: str
+    part: int
+    input: str  # the data file's URI
+    output: str  # staging keys
+    rejected: str
+    upstream_run: str  # the export's run id
+    helpers: int = 0  # threads of its own converting this file's chunks, when the context lends none
+    md5: str | None = None  # base64 md5 the export's manifest gave the file (checked as it is read)
+
+
+def plan(cfg: Config, store: staging.Store, month: str) -> MonthPlan:
+    export = staging.read_manifest(store, month, "export")
+    if export is None:
+        raise StageNotReady(f"month {month} has no committed export", hint=f"run `etl export --month {month}` first")
+    files = sorted(export["files"], key=lambda f: f["uri"])  # part numbers: the files in name order
+    tasks = [FileTask(month, i, f["uri"], staging.transformed_key(month, i), staging.rejected_key(month, i),
+                      str(export.get("run_id", "")), md5=f.get("md5")) for i, f in enumerate(files)]
+    # the largest files first, so a big file listed last does not run alone at the end
+    size = {f["uri"]: f.get("size") or 0 for f in files}
+    tasks.sort(key=lambda t: -size[t.input])
+    return MonthPlan(tasks, export.get("item_count") or export.get("describe_item_count"), "items")
+
+
+class _Hashed:
+    """A file object that hashes the bytes read through it (the data file's md5, checked as it is read)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.md5 = hashlib.md5()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.md5.update(data)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def digest(self) -> str:
+        while self.read(1 << 20):  # bytes after the compressed data count too
+            pass
+        return base64.b64encode(self.md5.digest()).decode()
+
+
+@contextlib.contextmanager
+def open_data(uri: str, cfg: Config) -> Iterator[tuple[IO[bytes], _Hashed]]:
+    """A readable stream of the data file's decompressed bytes, and the hashing reader under it. Decompression
+    is ISA-L's igzip (zlib-compatible, 2.8x faster here than zlib: BENCHMARKS.md); S3 objects stream, never land
+    on disk."""
+    with staging.open_uri(uri, cfg.staging) as raw:
+        hashed = _Hashed(raw)
+        if uri.endswith(".gz"):
+            with igzip.IGzipFile(fileobj=hashed, mode="rb") as stream:
+                yield stream, hashed  # type: ignore[misc]
+        else:
+            yield hashed, hashed  # type: ignore[misc]
+
+
+class _Part:
+    """What one file's task accumulates: counts, the quarantine stream, the rows not yet written."""
+
+    def __init__(self, cfg: Config, task: FileTask, writer: pq.ParquetWriter, ctx: TaskContext,
+                 hook: mapping.Hook | None) -> None:
+        self.cfg, self.task, self.writer, self.ctx, self.hook = cfg, task, writer, ctx, hook
+        self.schema = mapping.output_schema(cfg)
+        self.counts: dict[str, Any] = {"items_in": 0, "written": 0, "filtered": 0, "rejected": 0,
+                                       "filtered_by": {}, "rejected_by": {}}
+        self.rej_buf = io.BytesIO()
+        self.rej_gz = igzip.IGzipFile(fileobj=self.rej_buf, mode="wb", mtime=0, compresslevel=1)
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+
+    def flush(self, final: bool = False) -> None:
+        """Write whole row groups of `row_group_rows`; the last one takes the rest."""
+        size = self.cfg.transform.row_group_rows
+        while self.pending_rows >= size or (final and self.pending_rows):
+            t = pa.concat_tables(self.pending)
+            take = min(size, t.num_rows)
+            self.writer.write_table(t.slice(0, take), row_group_size=take)
+            rest = t.slice(take)
+            self.pending, self.pending_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
+
+    def handle(self, r: ChunkResult, size: int) -> None:
+        c = self.counts
+        if self.hook is not None and r.table.num_rows:
+            r.table, dropped = mapping.apply_hook(self.hook, self.cfg, r.table, self.schema)
+            if dropped:
+                r.filtered["hook"] = r.filtered.get("hook", 0) + dropped
+        c["items_in"] += r.items_in
+        c["written"] += r.table.num_rows
+        for k, v in r.filtered.items():
+            c["filtered_by"][k] = c["filtered_by"].get(k, 0) + v
+            c["filtered"] += v
+        for reason, _, _ in r.rejected:
+            c["rejected_by"][reason] = c["rejected_by"].get(reason, 0) + 1
+        c["rejected"] += len(r.rejected)
+        if r.rejected:
+            self.rej_gz.write(b"".join(orjson.dumps({"reason": reason, "message": message, "file": self.task.input,
+                                                     "line": line.decode("utf-8", "replace")}) + b"\n"
+                                       for reason, message, line in r.rejected))
+        if r.table.num_rows:
+            self.pending.append(r.table)
+            self.pending_rows += r.table.num_rows
+            self.flush()
+        # items of the known total, and uncompressed MB read by every task together
+        self.ctx.progress(r.items_in, add={"MB": size / 1e6})
+
+
+def run_task(cfg: Config, task: FileTask, ctx: TaskContext) -> dict[str, Any]:
+    """One export data file -> one Parquet part (+ its quarantine file).
+
+    Chunks are converted on `ctx.io` (the engine's conversion threads, shared by the month's files, so a file
+    left alone at the end has every thread) or on `task.helpers` + 1 threads of its own, while this thread
+    decompresses and writes; results are taken in file order, so the output is the same either way."""
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    schema, out_schema = mapping.parse_schema(cfg), mapping.output_schema(cfg)
+    hook = mapping.load_hook(cfg.transform.hook)
+
+    def convert(chunk: bytes | memoryview) -> ChunkResult:
+        return convert_chunk(chunk, cfg, schema, out_schema)
+
+    read = 0
+    with store.open_write(task.output) as sink, open_data(task.input, cfg) as (stream, hashed):
+        part = _Part(cfg, task, pq.ParquetWriter(sink, out_schema, **mapping.parquet_options(cfg)), ctx, hook)
+        ahead: collections.deque[tuple[Future[ChunkResult], int]] = collections.deque()
+        own = ThreadPoolExecutor(task.helpers + 1, thread_name_prefix=f"part{task.part}") \
+            if task.helpers > 0 and ctx.io is None else None
+        converters = ctx.io or own
+        window = task.helpers + 1 if own is not None else cfg.transform.concurrency + 1
+
+        def drain(keep: int = 0) -> None:
+            """Handle the oldest results, in file order, until at most `keep` are in flight."""
+            while len(ahead) > keep:
+                fut, size = ahead.popleft()
+                part.handle(fut.result(), size)
+
+        try:
+            for chunk, size in chunks(stream):
+                ctx.check()
+                read += size
+                if converters is None:
+                    part.handle(convert(chunk), size)
+                else:
+                    ahead.append((converters.submit(convert, chunk), size))
+                    drain(keep=window)
+            drain()
+            part.flush(final=True)
+            if task.md5 and (got := hashed.digest()) != task.md5:
+                raise EtlError(f"{task.input}: its md5 is {got}, not the {task.md5} the export was verified with: "
+                               "the file changed after the export was adopted",
+                               hint=f"re-export or re-adopt the month (`etl export --month {task.month} --force`)")
+        except Truncated as exc:
+            drain()
+            raise EtlError(
+                f"{task.input}: the gzip data ends early ({exc}) after line {exc.lines}; "
+                f"{part.counts['items_in']} items were read before it",
+                hint=f"the export file is damaged: re-export the month (`etl export --month {task.month} --force`)",
+            ) from None
+        finally:
+            for fut, _ in ahead:  # after an error: what is still queued never starts
+                fut.cancel()
+            if own is not None:
+                own.shutdown(wait=True, cancel_futures=True)
+            part.writer.close()
+            part.rej_gz.close()
+    counts = part.counts
+    if counts["rejected"]:
+        store.write(task.rejected, part.rej_buf.getvalue())
+    else:
+        store.delete(task.rejected)  # an earlier run's quarantine of this part
+    if counts["items_in"] != counts["written"] + counts["filtered"] + counts["rejected"]:
+        raise EtlError(f"{task.input}: counts do not reconcile: {counts}")
+    info = store.head(task.output)
+    return {"part": task.part, "input": task.input, "output": task.output, "rows": counts["written"],
+            "bytes": info.size if info else None, "rejected_key": task.rejected if counts["rejected"] else None,
+            "uncompressed_bytes": read, **counts}
+
+
+def _remove_stale(store: staging.Store, month: str, parts: list[dict[str, Any]]) -> int:
+    """Outputs of an earlier run of the month that this run did not write (it had more files)."""
+    mine = {p["output"] for p in parts} | {p["rejected_key"] for p in parts if p["rejected_key"]}
+    stale = [o.key for prefix in (staging.transformed_prefix(month), staging.rejected_prefix(month))
+             for o in store.list(prefix) if o.key not in mine]
+    for key in stale:
+        store.delete(key)
+    return len(stale)
+
+
+def commit(cfg: Config, store: staging.Store, month: str, tasks: list[FileTask], parts: list[dict[str, Any]],
+           started: float) -> dict[str, Any]:
+    export = staging.read_manifest(store, month, "export") or {}
+    if tasks and export.get("run_id") != tasks[0].upstream_run:
+        raise EtlError(f"transform {month}: the export changed while the month was transformed",
+                       hint=f"`etl transform --month {month}` transforms the new export")
+    parts = sorted(parts, key=lambda p: p["part"])
+    totals = {k: sum(p[k] for p in parts) for k in ("items_in", "written", "filtered", "rejected")}
+    by: dict[str, dict[str, int]] = {"filtered_by": {}, "rejected_by": {}}
+    for p in parts:
+        for group in by:
+            for k, v in p[group].items():
+                by[group][k] = by[group].get(k, 0) + v
+    if totals["items_in"] != totals["written"] + totals["filtered"] + totals["rejected"]:
+        raise EtlError(f"transform {month}: counts do not reconcile: {totals}")
+    total = export.get("item_count") or export.get("describe_item_count")
+    if total is not None and totals["items_in"] != total:
+        raise EtlError(
+            f"transform {month}: read {totals['items_in']} items, but the export says {total}",
+            hint=f"the export looks incomplete: `etl export --month {month} --force`",
+        )
+    _remove_stale(store, month, parts)
+    with ThreadPoolExecutor(cfg.transform.concurrency, thread_name_prefix="collisions") as pool:
+        collisions = find_collisions(cfg, store, month, parts, pool)
+    files = sorted(export.get("files", []), key=lambda f: f["uri"])
+    return staging.commit_manifest(store, month, "transform", {
+        **totals, **by,
+        "reconciles": "items_in = written + filtered + rejected",
+        "collisions": collisions,
+        "inputs": [{"uri": f["uri"], "size": f.get("size"), "etag": f.get("etag")} for f in files],
+        "parts": parts,
+        "schema": {f.name: str(f.type) for f in mapping.output_schema(cfg)},
+        "upstream_run": export.get("run_id"),
+        "duration_s": round(time.time() - started, 3),
+        "config_hash": cfg.hash_of("transform"),
+    })

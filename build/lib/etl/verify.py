@@ -1,0 +1,191 @@
+"""`etl verify`: read every loaded key back with BatchGetItem (within a read budget) and compare values.
+
+plan:     one task per Parquet part of the month's committed load; after a catch-up of that load, one more for
+          the keys its windows touched (`_state/month=M/catchup/final.parquet`): those hold their final winner,
+          or are absent (deleted), and the parts' rows of those keys are not expected any more.
+run_task: the rows the load meant to write (the part minus collision losers, and minus expired rows when
+          those were skipped), read back 100 keys at a time; counts of missing and different items.
+commit:   the sums and a few examples of each.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from etl import aws, capacity, items, mapping, staging
+from etl.config import Config
+from etl.engine import MonthPlan, TaskContext
+from etl.errors import StageNotReady
+
+NAME = "verify"
+EXAMPLES = 5
+
+
+def read_budget(cfg: Config, desc: dict[str, Any]) -> capacity.Budget:
+    return capacity.budget_for(desc, unit="RCU", fraction=cfg.load.read_capacity_fraction or 0.5,
+                               absolute=cfg.load.max_rcu, fraction_key="[load] read_capacity_fraction",
+                               absolute_key="[load] max_rcu")
+
+
+def preflight(cfg: Config) -> capacity.Budget:
+    ddb = aws.client(cfg.destination, "dynamodb")
+    return read_budget(cfg, ddb.describe_table(TableName=cfg.destination_table())["Table"])
+
+
+@dataclass(frozen=True)
+class PartTask:
+    month: str
+    part: int
+    key: str
+    table: str
+    include_expired: bool
+    expired_before: int
+    upstream_run: str
+    catchup: str = ""  # the catch-up's final state of its touched keys, when windows were applied after the load
+
+
+def _catchup_final(store: staging.Store, month: str, load: dict[str, Any]) -> str:
+    c = staging.read_manifest(store, month, "catchup")
+    key = staging.catchup_final_key(month)
+    return key if c and c.get("load_run") == load.get("run_id") and store.exists(key) else ""
+
+
+def plan(cfg: Config, store: staging.Store, month: str) -> MonthPlan:
+    load = staging.read_manifest(store, month, "load")
+    if load is None:
+        raise StageNotReady(f"month {month} has no committed load", hint=f"run `etl load --month {month}` first")
+    t = staging.read_manifest(store, month, "transform") or {}
+    final = _catchup_final(store, month, load)
+    parts = [*t.get("parts", []), *([{"part": -1, "output": final, "rows": 0}] if final else [])]
+    tasks = [PartTask(month, p["part"], p["output"], cfg.destination_table(), bool(load.get("include_expired")),
+                      int(load.get("expired_before", 0)), str(load.get("run_id", "")), final) for p in parts]
+    return MonthPlan(tasks, sum(p["rows"] for p in parts), "items")
+
+
+def _key_texts(table: pa.Table, keys: list[str]) -> pa.Array:
+    cols = [pc.cast(table[k], pa.string()) for k in keys]
+    return pc.binary_join_element_wise(*cols, "\x1f") if len(cols) > 1 else cols[0]
+
+
+def expected_rows(cfg: Config, store: staging.Store, task: PartTask) -> tuple[list[dict[str, Any]], int]:
+    """The rows the load (and the catch-up after it) meant to write from the part, and how many rows it has."""
+    table = pq.read_table(pa.BufferReader(store.read(task.key)))
+    keep = np.ones(table.num_rows, dtype=bool)
+    if task.part < 0:  # the catch-up's final state: its winners (its deletes are `expected_absent`)
+        keep &= np.asarray(pc.equal(table["op"], "put").to_numpy(zero_copy_only=False), dtype=bool)
+        table = table.drop_columns(["op"])
+    elif task.catchup:  # keys a catch-up window touched hold their final state, checked by its own task
+        final = pq.read_table(pa.BufferReader(store.read(task.catchup)))
+        keys = mapping.key_columns(cfg)
+        touched = pc.is_in(_key_texts(table, keys), value_set=_key_texts(final, keys))
+        keep &= ~np.asarray(pc.fill_null(touched, False).to_numpy(zero_copy_only=False), dtype=bool)
+        losers = staging.read_losers(store, task.month).get(task.part)
+        if losers is not None:
+            keep[losers] = False
+    else:
+        losers = staging.read_losers(store, task.month).get(task.part)
+        if losers is not None:
+            keep[losers] = False
+    ttl_col = mapping.ttl_column(cfg)
+    if ttl_col and not task.include_expired:
+        ttl = np.asarray(pc.fill_null(table[ttl_col], np.iinfo(np.int64).max).to_numpy(zero_copy_only=False))
+        keep &= ttl > task.expired_before
+    return table.filter(pa.array(keep)).to_pylist(), table.num_rows
+
+
+def expected_absent(cfg: Config, store: staging.Store, task: PartTask) -> list[tuple[Any, ...]]:
+    """The keys a catch-up deleted (its final state's deletes): they must not be in the table."""
+    if task.part >= 0:
+        return []
+    keys = mapping.key_columns(cfg)
+    table = pq.read_table(pa.BufferReader(store.read(task.key)))
+    gone = table.filter(pc.equal(table["op"], "delete"))
+    return list(zip(*(gone[k].to_pylist() for k in keys), strict=True)) if gone.num_rows else []
+
+
+def _read_back(ddb: Any, task: PartTask, ctx: TaskContext, keys: list[str],
+               wanted: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """BatchGetItem of up to 100 keys, UnprocessedKeys retried; the items found, by key."""
+    assert ctx.budget is not None
+    request = [{k: items.attr_value(v) for k, v in zip(keys, key, strict=True)} for key in wanted]
+    got: dict[tuple[Any, ...], dict[str, Any]] = {}
+    attempt = 0
+    while request:
+        ctx.budget.acquire(len(request) * 0.5)
+        r = ddb.batch_get_item(RequestItems={task.table: {"Keys": request, "ConsistentRead": False}},
+                               ReturnConsumedCapacity="TOTAL")
+        for item in r["Responses"].get(task.table, []):
+            plain = items.decode_item(item)
+            got[tuple(plain[k] for k in keys)] = plain
+        request = r.get("UnprocessedKeys", {}).get(task.table, {}).get("Keys", [])
+        if request:
+            attempt += 1
+            ctx.budget.throttled()
+            time.sleep(random.uniform(0, min(10.0, 0.05 * 2**attempt)))
+    return got
+
+
+def compare(expected: dict[str, Any], actual: dict[str, Any] | None) -> list[str] | None:
+    """None when the item is missing, else the columns whose value differs (empty: equal). A null in the
+    Parquet is an attribute the load left out, so it is not compared."""
+    if actual is None:
+        return None
+    return sorted(c for c, v in expected.items() if v is not None and actual.get(c) != v)
+
+
+def run_task(cfg: Config, task: PartTask, ctx: TaskContext) -> dict[str, Any]:
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    ddb = aws.client(cfg.destination, "dynamodb")
+    keys = mapping.key_columns(cfg)
+    rows, total = expected_rows(cfg, store, task)
+    ctx.progress(total - len(rows))
+    assert ctx.budget is not None
+    missing: list[dict[str, Any]] = []
+    different: list[dict[str, Any]] = []
+    n_missing = n_different = 0
+    for i in range(0, len(rows), 100):
+        ctx.check()
+        chunk = rows[i : i + 100]
+        want = {tuple(r[k] for k in keys): r for r in chunk}
+        got = _read_back(ddb, task, ctx, keys, list(want))
+        for key, expected in want.items():
+            diff = compare(expected, got.get(key))
+            if diff is None:
+                n_missing += 1
+                if len(missing) < EXAMPLES:
+                    missing.append(dict(zip(keys, key, strict=True)))
+            elif diff:
+                n_different += 1
+                if len(different) < EXAMPLES:
+                    different.append({**dict(zip(keys, key, strict=True)), "columns": diff})
+        ctx.progress(len(chunk))
+    absent = expected_absent(cfg, store, task)
+    undeleted: list[dict[str, Any]] = []
+    for i in range(0, len(absent), 100):
+        ctx.check()
+        found = _read_back(ddb, task, ctx, keys, absent[i : i + 100])
+        undeleted += [dict(zip(keys, key, strict=True)) for key in found]
+    return {"part": task.part, "checked": len(rows) + len(absent), "missing": n_missing, "different": n_different,
+            "undeleted": len(undeleted), "missing_examples": missing, "different_examples": different,
+            "undeleted_examples": undeleted[:EXAMPLES]}
+
+
+def commit(cfg: Config, store: staging.Store, month: str, tasks: list[PartTask], results: list[dict[str, Any]],
+           started: float) -> dict[str, Any]:
+    load = staging.read_manifest(store, month, "load") or {}
+    sums = {k: sum(r.get(k, 0) for r in results) for k in ("checked", "missing", "different", "undeleted")}
+    examples = {k: [e for r in results for e in r.get(k, [])][:EXAMPLES]
+                for k in ("missing_examples", "different_examples", "undeleted_examples")}
+    return staging.commit_manifest(store, month, "verify", {
+        "ok": sums["missing"] == 0 and sums["different"] == 0 and sums["undeleted"] == 0, **sums, **examples,
+        "table": cfg.destination_table(), "upstream_run": load.get("run_id"),
+        "duration_s": round(time.time() - started, 3),
+    })
