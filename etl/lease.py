@@ -29,7 +29,7 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _gone(holder: dict[str, Any]) -> bool:
+def gone(holder: dict[str, Any]) -> bool:
     """The holder's lease expired, or its process on this machine no longer exists."""
     if float(holder.get("expires", 0)) < time.time():
         return True
@@ -97,7 +97,7 @@ def acquire(store: staging.Store, key: str, what: str, command: str, *, break_le
             holder = store.read_json(key)
         except EtlError:
             continue  # released between the two calls: try again
-        if _gone(holder):
+        if gone(holder):
             store.delete(key)
             continue
         raise LeaseHeld(

@@ -50,11 +50,32 @@ def month_status(store: staging.Store, month: str, stages: tuple[str, ...] = sta
                     "at": pending.get("started_at")}
         else:
             cell = {"state": "-"}
+        cell = _with_lease(store, month, stage, cell)
         previous = manifest
         row["stages"][stage] = cell
     row["next"] = next_command(row, stages)
     row["catchup"] = catchup_status(store, month, staging.read_manifest(store, month, "load"))
     return row
+
+
+def _with_lease(store: staging.Store, month: str, stage: str, cell: dict[str, Any]) -> dict[str, Any]:
+    """A run holding the stage's lease: running (who, since when), or interrupted when its holder is gone."""
+    from etl.lease import gone
+
+    key = staging.lease_key(month, stage)
+    if not store.exists(key):
+        return cell
+    try:
+        holder = store.read_json(key)
+    except Exception:  # released between the two calls
+        return cell
+    who = f"{holder.get('host')} pid {holder.get('pid')} since {holder.get('since')}"
+    if gone(holder):
+        if cell["state"] in ("done", "stale"):
+            return cell
+        return {"state": "failed", "error": f"interrupted: the run ({who}) is gone before it committed",
+                "rerun": holder.get("command") or f"etl {stage} --month {month}", "at": holder.get("since")}
+    return {"state": "running", "summary": f"by {who}", "at": holder.get("since")}
 
 
 def catchup_status(store: staging.Store, month: str, load: dict[str, Any] | None) -> dict[str, Any]:

@@ -100,3 +100,21 @@ def test_the_lease_is_a_conditional_create_on_s3(moto: str, make_config: Callabl
         with pytest.raises(lease.LeaseHeld):
             lease.acquire(store, staging.lease_key(M, "export"), "export 201604", "etl export")
     assert not store.exists(staging.lease_key(M, "export"))
+
+
+def test_status_shows_a_running_and_an_interrupted_run(make_config: Callable[..., Config], tmp_path: Path,
+                                                       live_pid: int) -> None:
+    from etl.status import collect
+
+    cfg = make_config()
+    store = staged(cfg, tmp_path)
+    held_by(store, staging.lease_key(M, "transform"), live_pid)
+    [row] = collect(store, [M])
+    cell = row["stages"]["transform"]
+    assert cell["state"] == "running" and f"pid {live_pid}" in cell["summary"]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    held_by(store, staging.lease_key(M, "transform"), int(dead.stdout))  # killed mid-run: no manifest, no failure
+    [row] = collect(store, [M])
+    cell = row["stages"]["transform"]
+    assert cell["state"] == "failed" and "interrupted" in cell["error"] and row["next"] == cell["rerun"]
