@@ -209,6 +209,11 @@ def obvious(args: dict[str, Any]) -> None:
 def awswrangler_(args: dict[str, Any]) -> None:
     import os
 
+    # awswrangler runs on Ray when Ray is installed (the ray extra is), through pyarrow's own S3 client, which
+    # would ignore the local endpoint: the plain Python engine, as a one-machine user runs it
+    os.environ["WR_ENGINE"] = "python"
+    os.environ["WR_MEMORY_FORMAT"] = "pandas"
+
     import boto3
     import pandas as pd
     from moto.server import ThreadedMotoServer
