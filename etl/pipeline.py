@@ -115,8 +115,9 @@ class Runner:
             return self.engine.run("transform", cfg.transform.concurrency, transform.run_task, cfg, plan.tasks, ctx)
         if stage == "load":
             assert self.load_setup is not None
-            ctx.budget = self.load_setup.budget.bucket
-            ctx.io = self.engine.pool("send", cfg.load.concurrency)
+            # the load's budget interface (load.WriteBudget) returns the rate from acquire; no ctx.io: requests
+            # go out on the writer's event loop
+            ctx.budget = self.load_setup.budget.bucket  # type: ignore[assignment]
             return self.engine.run("load", 2, load.run_task, cfg, plan.tasks, ctx)
         ctx.budget = self.read_budget.bucket
         return self.engine.run("verify", 2, verify.run_task, cfg, plan.tasks, ctx)
