@@ -135,10 +135,11 @@ def _absolute(desc: dict[str, Any], unit: str, absolute: float, absolute_key: st
     if unit == "WCU" and on_demand(desc):
         ramps = [(TABLE, table, warm_writes(desc))] + [(g["IndexName"], f"index {g['IndexName']}", warm_writes(g))
                                                          for g in indexes]
+        share = absolute / (1 + len(indexes))  # what each of them takes when every item reaches every index
         for name, _, warm in ramps:
-            if warm is not None and warm < absolute:
+            if warm is not None and warm < share:
                 limits.append(Limit(name, absolute, ramp_from=warm))
-        notes += warm_advice(table, absolute, [(label, warm) for _, label, warm in ramps])
+        notes += warm_advice(table, share, [(label, warm) for _, label, warm in ramps])
     elif unit == "WCU":
         room = _provisioned(desc, "WriteCapacityUnits") + sum(_provisioned(g, "WriteCapacityUnits") for g in indexes)
         if room and absolute > room:
@@ -153,11 +154,11 @@ def ramp_seconds(start: float, target: float) -> float:
     return 0.0 if start >= target else RAMP_DOUBLING_S * math.log2(target / start)
 
 
-def warm_advice(table: str, budget: float, warm: list[tuple[str, float | None]]) -> list[str]:
-    """Plan lines for an on-demand table: where the load starts and how to pre-warm when the budget is above
-    the table's (or an index's) warm throughput."""
+def warm_advice(table: str, need: float, warm: list[tuple[str, float | None]]) -> list[str]:
+    """Plan lines for an on-demand table: where the load starts and how to pre-warm when what the budget puts
+    on the table (or an index), `need` write units/s, is above its warm throughput."""
     lines = []
-    cold = [(label, w) for label, w in warm if w is not None and w < budget]
+    cold = [(label, w) for label, w in warm if w is not None and w < need]
     unknown = [label for label, w in warm if w is None]
     for label, w in warm:
         if w is not None:
@@ -167,10 +168,11 @@ def warm_advice(table: str, budget: float, warm: list[tuple[str, float | None]])
                      "on-demand table takes about 4,000 write units/s at once")
     if cold:
         start = min(w for _, w in cold)
-        lines.append(f"the budget {budget:,.0f} WCU/s is above it: the load starts at {start:,.0f} and at most "
-                     f"doubles every {RAMP_DOUBLING_S / 60:.0f} min (full budget after about "
-                     f"{ramp_seconds(start, budget) / 60:.0f} min)")
-        target = int(math.ceil(budget))
+        where = ", ".join(label for label, _ in cold)
+        lines.append(f"the budget puts about {need:,.0f} write units/s on {where}, above its warm throughput: the "
+                     f"load starts at {start:,.0f} and at most doubles every {RAMP_DOUBLING_S / 60:.0f} min (full "
+                     f"budget after about {ramp_seconds(start, need) / 60:.0f} min)")
+        target = int(math.ceil(need))
         cmd = f"aws dynamodb update-table --table-name {table}"
         if any(label == table for label, _ in cold):
             cmd += f" --warm-throughput WriteUnitsPerSecond={target}"

@@ -238,13 +238,19 @@ def load(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], yes: 
                        reporter=obj.reporter)
     for r in results:
         if r.get("dry_run"):
+            units = " + ".join(f"{v:,.0f} on {'index ' + k if k != 'table' else 'the table'}"
+                               for k, v in r["wcu_estimated"].items())
+            cost = f"${r['cost_usd']:,.2f} at ${r['price_per_million_wcu']:g} per million write units" + (
+                "" if r["on_demand"] else " on demand (provisioned: within the capacity paid by the hour)")
             click.echo(f"load {r['month']}: dry run, nothing written: {r['written']:,} would be written, "
                        f"{r['skipped_expired']:,} expired skipped, {r['deduplicated']:,} deduplicated, "
-                       f"{r['quarantined']:,} quarantined")
+                       f"{r['quarantined']:,} quarantined; {r['wcu_estimated_total']:,.0f} WCU ({units or 'none'}), "
+                       f"{cost}")
         elif not r.get("skipped"):
+            share = f" ({r['budget_share']:.0%} of the budget)" if r.get("budget_share") is not None else ""
             click.echo(f"load {r['month']}: {r['written']:,} written, {r['skipped_expired']:,} expired skipped, "
                        f"{r['deduplicated']:,} deduplicated, {r['quarantined']:,} quarantined, "
-                       f"{r['wcu_consumed']:,} WCU at {r['average_wcu_per_s']} WCU/s")
+                       f"{r['wcu_consumed']:,} WCU at {r['average_wcu_per_s']} WCU/s{share}")
 
 
 @cli.command()

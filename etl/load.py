@@ -354,6 +354,7 @@ class Counters:
     retries: int = 0
     throttles: int = 0
     wcu_by: dict[str, float] = field(default_factory=dict)  # dry run: estimated units, "" the table
+    wcu_indexes: dict[str, float] = field(default_factory=dict)  # consumed on each GSI (within `wcu`)
 
 
 @functools.lru_cache(maxsize=8)
@@ -373,12 +374,13 @@ class Window:
     by `ceiling`. It grows and shrinks as the budget's rate (throttling, the on-demand ramp) and the measured
     round trip change; `fixed` (`[load] concurrency`) overrides it."""
 
-    def __init__(self, fixed: int | None, ceiling: int) -> None:
+    def __init__(self, fixed: int | None, ceiling: int, rtt: float = 0.0) -> None:
+        """`rtt`: a round trip measured before (by an earlier part in this process), to start from."""
         self.fixed = fixed
         self.ceiling = max(ceiling, MIN_WINDOW)
         self.limit = fixed or 8
-        self.rtt = 0.0  # smoothed
-        self._fastest = (math.inf, math.inf)  # (this period, the last), periods of 5 s
+        self.rtt = rtt  # smoothed
+        self._fastest = (rtt or math.inf, math.inf)  # (this period, the last), periods of 5 s
         self._period = time.monotonic()
         self.cost = float(items.MAX_BATCH)  # units per request, smoothed
         self.rate = 0.0
@@ -422,7 +424,7 @@ class _Loader:
         self.task = task
         self.c = counters
         self.writer = _writer(cfg.destination, task.table)
-        self.window = Window(cfg.load.concurrency, cfg.load.max_in_flight)
+        self.window = Window(cfg.load.concurrency, cfg.load.max_in_flight, self.writer.rtt)
         self.max_delay = cfg.load.max_backoff_seconds
         self.base_delay = 0.05
         self.cond = threading.Condition()
@@ -463,6 +465,7 @@ class _Loader:
                     continue
                 self._send(batch)
         finally:
+            self.writer.rtt = self.window.rtt
             self._report(final=True)
 
     def _check(self) -> None:
@@ -524,6 +527,7 @@ class _Loader:
                     indexed_act += used
                     for k, v in reply.per_index.items():
                         per_index[k] = per_index.get(k, 0.0) + v
+                        self.c.wcu_indexes[k] = self.c.wcu_indexes.get(k, 0.0) + v
                 else:
                     estimated += done_cost
                     actual += used
@@ -699,7 +703,7 @@ def run_task(cfg: Config, task: PartTask, ctx: TaskContext) -> dict[str, Any]:
     result = {"part": task.part, "rows": task.rows, "written": c.written, "skipped_expired": c.skipped_expired,
               "deduplicated": c.deduplicated, "quarantined": c.quarantined, "wcu": round(c.wcu, 1),
               "requests": c.requests, "retries": c.retries, "throttles": c.throttles, "at": staging.utcnow_iso(),
-              "transform_run": task.transform_run}
+              "transform_run": task.transform_run, "wcu_indexes": {k: round(v, 1) for k, v in c.wcu_indexes.items()}}
     if task.dry_run:
         result["wcu_estimated"] = {k or "table": v for k, v in c.wcu_by.items()}
     if c.written + c.skipped_expired + c.deduplicated + c.quarantined != task.rows:
@@ -733,14 +737,22 @@ def commit(cfg: Config, store: staging.Store, month: str, tasks: list[PartTask],
         raise EtlError(f"load {month}: a part has no checkpoint of the current transform after the run")
     sums = {k: sum(cp[k] for cp in cps if cp) for k in COUNTS}
     wcu = round(sum(cp["wcu"] for cp in cps if cp), 1)
+    on_indexes: dict[str, float] = {}
+    for cp in cps:
+        for k, v in (cp or {}).get("wcu_indexes", {}).items():
+            on_indexes[k] = round(on_indexes.get(k, 0.0) + v, 1)
     if sums["written"] + sums["skipped_expired"] + sums["deduplicated"] + sums["quarantined"] != t["written"]:
         raise EtlError(f"load {month}: counts do not reconcile with the Parquet rows: {sums} vs {t['written']}")
     duration = round(time.time() - started, 3)
     this_run = round(sum(r["wcu"] for r in results), 1)
     average = this_run / max(duration, 1e-9)
+    # the budget's rate is in the table's own units (with indexes: what the tightest limit lets the table have)
+    table_units = sum(r["wcu"] - sum(r.get("wcu_indexes", {}).values()) for r in results)
+    target = setup.budget.bucket.target
     return staging.commit_manifest(store, month, "load", {
-        **sums, "wcu_consumed": wcu, "duration_s": duration, "average_wcu_per_s": round(average, 1),
-        "budget": setup.budget.describe, "budget_wcu_per_s": round(setup.budget.bucket.target, 1),
+        **sums, "wcu_consumed": wcu, "wcu_consumed_by_index": on_indexes, "duration_s": duration,
+        "average_wcu_per_s": round(average, 1),
+        "budget": setup.budget.describe, "budget_share": round(table_units / max(duration, 1e-9) / target, 3),
         "table": setup.table, "region": setup.region,
         "include_expired": setup.include_expired, "expired_before": setup.now,
         "reconciles": "written + skipped_expired + deduplicated + quarantined = rows in the Parquet",

@@ -274,6 +274,7 @@ class BatchWriter:
         self._ssl = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or None) if self.tls else None
         self.loop = io_loop()
         self._idle: list[_Conn] = []  # touched on the loop's thread only
+        self.rtt = 0.0  # the last round trip a part measured here: where the next part's window starts
 
     def body(self, puts: list[bytes]) -> bytes:
         """`puts` are pre-serialised `{"PutRequest":{"Item":...}}` fragments."""
