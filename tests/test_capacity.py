@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from etl.capacity import budget_for, ramp_seconds
-from etl.ratelimit import TABLE, TOTAL
 from etl.errors import EtlError
+from etl.ratelimit import TABLE, TOTAL
 
 PROVISIONED = {"TableName": "T", "ProvisionedThroughput": {"ReadCapacityUnits": 200, "WriteCapacityUnits": 1000}}
 ON_DEMAND = {"TableName": "T", "BillingModeSummary": {"BillingMode": "PAY_PER_REQUEST"},
