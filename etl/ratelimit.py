@@ -127,7 +127,8 @@ class TokenBucket:
                 self._refill(now)
                 wait = 0.0
                 for lim in self.limits.values():
-                    need = min(n * lim.ratio, max(self._limit_rate(lim, now) * self.burst_seconds, lim.ratio))
+                    # wait for half the burst at most: a late wake-up then finds its tokens still there
+                    need = min(n * lim.ratio, max(self._limit_rate(lim, now) * self.burst_seconds, lim.ratio) / 2)
                     if lim.tokens < need:
                         wait = max(wait, (need - lim.tokens) / self._limit_rate(lim, now))
                 if wait <= 0:

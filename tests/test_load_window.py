@@ -8,18 +8,23 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from etl.load import HEADROOM, Window
+
+
+def settled(w: Window, rtt: float, answers: int = 2000) -> Window:
+    """Answers at a steady round trip, many rounds of them."""
+    for _ in range(answers):
+        w.answered(rtt, 25)
+    return w
 from etl.writer import Signer
 
 
 def test_the_window_is_rate_times_round_trip_over_the_request_size_with_headroom() -> None:
     w = Window(None, 1000)
     w.budget_rate(40_000)
-    w.answered(0.010, 25)
-    assert w.limit == int(HEADROOM * 40_000 * 0.010 / 25 + 0.999) + 2 == 26
+    assert settled(w, 0.010).limit == int(HEADROOM * 40_000 * 0.010 / 25 + 0.999) + 2 == 26
     far = Window(None, 1000)  # across regions
     far.budget_rate(40_000)
-    far.answered(0.100, 25)
-    assert far.limit == 242
+    assert settled(far, 0.100).limit == 242
     far.budget_rate(20_000)  # throttled, or an on-demand ramp: fewer requests in flight
     assert far.limit == 122
 
@@ -27,21 +32,23 @@ def test_the_window_is_rate_times_round_trip_over_the_request_size_with_headroom
 def test_the_window_stops_at_its_ceiling_and_an_override_fixes_it() -> None:
     w = Window(None, 64)
     w.budget_rate(1_000_000)
-    w.answered(0.1, 25)
-    assert w.limit == 64
+    assert settled(w, 0.1).limit == 64
     fixed = Window(4, 1000)
     fixed.budget_rate(1_000_000)
-    fixed.answered(0.1, 25)
-    assert fixed.limit == 4
+    assert settled(fixed, 0.1).limit == 4
 
 
-def test_a_server_that_queues_does_not_grow_the_window_without_bound() -> None:
+def test_a_server_that_cannot_take_the_budget_is_not_flooded() -> None:
+    """A budget far above what the server takes: Little's law alone would keep 1,000 requests in flight
+    there; once round trips grow past twice the fastest, the window shrinks instead."""
     w = Window(None, 1000)
-    w.budget_rate(40_000)
-    w.answered(0.010, 25)
-    for _ in range(100):  # answers slow down to 50x the fastest: queueing, not distance
-        w.answered(0.5, 25)
-    assert w.limit <= int(HEADROOM * 40_000 * 4 * 0.010 / 25) + 3
+    w.budget_rate(1_000_000)
+    settled(w, 0.005, 200)
+    grown = w.limit
+    assert grown > 8
+    for _ in range(2000):  # every request more in flight only waits longer: round trips grow with the window
+        w.answered(0.005 * max(1.0, w.limit / 16), 25)
+    assert w.limit < grown and w.limit <= 48
 
 
 @pytest.mark.parametrize("token", [None, "session-token"])
