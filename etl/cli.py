@@ -225,8 +225,11 @@ def load(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], yes: 
          include_expired: bool | None, force: bool) -> None:
     """Committed Parquet -> the destination table with BatchWriteItem, within the write budget.
 
-    Shows the destination, account, item count, budget and estimated duration, and asks before writing
-    to a production table (--yes skips the question). Each finished part is checkpointed; rerunning
+    Shows the destination, account, item count, budget (each index's share, an on-demand table's warm
+    throughput and how to pre-warm it), the write units and their cost, and the estimated duration, and
+    asks before writing to a production table (--yes skips the question). --dry-run prints the same plan,
+    then the counts it would write, skip and deduplicate with the exact write units and cost.
+    Each finished part is checkpointed; rerunning
     the same command resumes."""
     from etl.pipeline import run_load
 

@@ -20,6 +20,7 @@ import functools
 import gzip
 import heapq
 import math
+import os
 import random
 import threading
 import time
@@ -357,9 +358,13 @@ class Counters:
     wcu_indexes: dict[str, float] = field(default_factory=dict)  # consumed on each GSI (within `wcu`)
 
 
-@functools.lru_cache(maxsize=8)
 def _writer(side: AwsSide, table: str) -> BatchWriter:
     """One writer (connections on the process's event loop) per destination in a process, like a client."""
+    return _writer_in(side, table, os.getpid())
+
+
+@functools.lru_cache(maxsize=8)
+def _writer_in(side: AwsSide, table: str, pid: int) -> BatchWriter:
     return BatchWriter(side, table)
 
 
@@ -592,20 +597,22 @@ class _Loader:
         heapq.heappush(self.retries, (time.monotonic() + random.uniform(0, delay), self._seq, batch))  # full jitter
 
     def _report(self, final: bool = False) -> None:
-        """Progress: the WCU/s attained (summed over the month's parts), against the budget, and what holds
-        it back: the budget itself, throttling or the on-demand ramp, the in-flight ceiling, or the client."""
+        """Progress: the table's WCU/s attained (summed over the month's parts: each part adds the change of
+        its own), against the budget, and what holds it back: the budget itself, throttling or the on-demand
+        ramp, the in-flight ceiling, or the client."""
         now = time.monotonic()
         elapsed = max(now - self._report_at, 1e-9)
         t0, w0 = self._wcu_mark
-        rate = 0.0 if final else (self.c.wcu - w0) / max(now - t0, 1e-9)
-        self._wcu_mark = (now, self.c.wcu)
+        table_wcu = self.c.wcu - sum(self.c.wcu_indexes.values())  # the budget's rate is in the table's units
+        rate = 0.0 if final else (table_wcu - w0) / max(now - t0, 1e-9)
+        self._wcu_mark = (now, table_wcu)
         budget_share, window_share = self.waited["budget"] / elapsed, self.waited["window"] / elapsed
         self.waited = {"budget": 0.0, "window": 0.0}
         self._report_at = now
         w = self.window
         if budget_share > 0.2:
-            reason = ("budget" if w.rate >= 0.95 * self.task.budget_wcu / max(w.cost / items.MAX_BATCH, 1e-9)
-                      or not self.task.budget_wcu else "budget (throttled or ramping)")
+            full = not self.task.budget_wcu or w.rate >= 0.95 * self.task.budget_wcu
+            reason = "budget" if full else "budget, throttled or ramping up (on-demand)"
         elif window_share > 0.2:
             reason = "in-flight ceiling ([load] max_in_flight)" if w.limit >= w.ceiling else "round trips"
         else:

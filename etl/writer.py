@@ -140,9 +140,14 @@ class Signer:
 # --------------------------------------------------------------------------- the event loop
 
 
-@functools.lru_cache(maxsize=1)
 def io_loop() -> asyncio.AbstractEventLoop:
-    """This process's event loop for the loader's requests, on a daemon thread (made on first use)."""
+    """This process's event loop for the loader's requests, on a daemon thread (made on first use; a forked
+    child makes its own, since the parent's thread did not come along)."""
+    return _io_loop(os.getpid())
+
+
+@functools.lru_cache(maxsize=1)
+def _io_loop(pid: int) -> asyncio.AbstractEventLoop:
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True, name="etl-io").start()
     return loop

@@ -71,6 +71,12 @@ def test_a_fraction_holds_each_index_to_its_own_capacity(ddb_local: str, gsi_tab
     assert m["wcu_consumed_by_index"] == {"byOrder": 100.0} and m["wcu_consumed"] == 200.0
     # the index's 20 WCU/s held: 100 index units cannot have gone out in less than (100 - one request) / 20 s
     assert m["duration_s"] >= (100 - 25) / 20
+    # progress said what held the rate: the budget (the index's share), in the table's units
+    events = [json.loads(line) for line in buf.getvalue().splitlines()]
+    progress = [e for e in events if e["event"] == "progress" and "limited_by" in e]
+    assert progress and {e["limited_by"] for e in progress} == {"budget"}
+    assert {e["budget_wcu_per_s"] for e in progress} == {20.0}
+    assert [e for e in events if e["event"] == "finish"][-1]["wcu_per_s"] == pytest.approx(0, abs=0.5)
 
 
 def test_an_absolute_budget_is_the_total_over_table_and_indexes(ddb_local: str, gsi_table: Callable[..., str],

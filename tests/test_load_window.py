@@ -8,6 +8,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from etl.load import HEADROOM, Window
+from etl.writer import Signer
 
 
 def settled(w: Window, rtt: float, answers: int = 2000) -> Window:
@@ -15,7 +16,6 @@ def settled(w: Window, rtt: float, answers: int = 2000) -> Window:
     for _ in range(answers):
         w.answered(rtt, 25)
     return w
-from etl.writer import Signer
 
 
 def test_the_window_is_rate_times_round_trip_over_the_request_size_with_headroom() -> None:
