@@ -229,8 +229,7 @@ def load(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], yes: 
     throughput and how to pre-warm it), the write units and their cost, and the estimated duration, and
     asks before writing to a production table (--yes skips the question). --dry-run prints the same plan,
     then the counts it would write, skip and deduplicate with the exact write units and cost.
-    Each finished part is checkpointed; rerunning
-    the same command resumes."""
+    Each finished part is checkpointed; rerunning the same command resumes."""
     from etl.pipeline import run_load
 
     cfg = obj.config()
