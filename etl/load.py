@@ -199,6 +199,7 @@ class Setup:
     deadline: float | None  # wall-clock time.time()
     indexes: tuple[IndexSpec, ...] = ()
     price_per_million: float = 0.625
+    waiting: list[str] = field(default_factory=list)  # months not transformed yet at the plan
     started: float = field(default_factory=time.time)
     _stop_watch: threading.Event = field(default_factory=threading.Event)
 
@@ -214,6 +215,16 @@ class Setup:
                  f"({done} part(s) already done){later}",
                  f"budget {self.budget.describe}"]
         lines += [f"  {n}" for n in self.budget.notes]
+        if rows or not waiting:
+            lines += self.units(rows, est)
+        else:
+            lines.append("write units, cost and time: said as each month's load starts (or run `etl load "
+                         "--dry-run` once they are transformed)")
+        return "\n".join(lines)
+
+    def units(self, rows: int, est: Estimate) -> list[str]:
+        """The plan's write units, cost and time for `rows` staged rows."""
+        lines = []
         writes = rows * est.kept
         table_wcu = writes * est.units.get("", 1.0)
         index_wcu = {ix.name: writes * est.units.get(ix.name, 1.0) for ix in self.indexes}
@@ -234,7 +245,7 @@ class Setup:
         seconds = _ramped_seconds(table_wcu, bucket.rate, bucket.target)
         lines.append(f"time: about {seconds / 60:.1f} min at {bucket.target:,.0f} WCU/s of table writes"
                      + (f", ramping from {bucket.rate:,.0f}" if bucket.rate < bucket.target else ""))
-        return "\n".join(lines)
+        return lines
 
     def watch(self) -> None:
         """Re-read a fraction budget's provisioned capacity while the load runs."""
@@ -288,6 +299,7 @@ def preflight(cfg: Config, store: staging.Store, months: list[str], *, include_e
             sample = (m, left[0])
     est = (_sample(cfg, store, sample[0], sample[1], setup.now, setup.include_expired, setup.indexes)
            if sample else None)
+    setup.waiting = waiting
     reporter.info(setup.describe(rows, parts, done, months, waiting, est))
     asking = not dry_run and (parts or waiting) and cfg.destination.production and not yes
     if asking:
@@ -338,7 +350,12 @@ def plan(cfg: Config, store: staging.Store, month: str, setup: Setup, force: boo
     tasks = [PartTask(month, p["part"], p["output"], p["rows"], run, setup.table, setup.now,
                       setup.include_expired, setup.dry_run, setup.deadline, setup.indexes,
                       round(setup.budget.bucket.target, 1)) for p in left]
-    return MonthPlan(tasks, sum(p.rows for p in tasks), "items")
+    rows = sum(p.rows for p in tasks)
+    note = ""
+    if month in setup.waiting and left:  # transformed after the plan was said: its units and cost now
+        est = _sample(cfg, store, month, left[0], setup.now, setup.include_expired, setup.indexes)
+        note = "; ".join(setup.units(rows, est))
+    return MonthPlan(tasks, rows, "items", note)
 
 
 # --------------------------------------------------------------------------- run
@@ -384,11 +401,11 @@ class Window:
     proportion when they grow past QUEUEING times it (more in flight would only queue).
     `fixed` (`[load] concurrency`) overrides both."""
 
-    def __init__(self, fixed: int | None, ceiling: int, rtt: float = 0.0) -> None:
-        """`rtt`: a round trip measured before (by an earlier part in this process), to start from."""
+    def __init__(self, fixed: int | None, ceiling: int, rtt: float = 0.0, cap: int = 8) -> None:
+        """`rtt`, `cap`: where an earlier part in this process left them, to start from."""
         self.fixed = fixed
         self.ceiling = max(ceiling, MIN_WINDOW)
-        self.cap = 8  # the queueing bound
+        self.cap = max(MIN_WINDOW, min(cap, self.ceiling))  # the queueing bound
         self.limit = fixed or self.cap
         self.rtt = rtt  # smoothed
         self._fastest = (rtt or math.inf, math.inf)  # (this period, the last), periods of 5 s
@@ -447,7 +464,7 @@ class _Loader:
         self.task = task
         self.c = counters
         self.writer = _writer(cfg.destination, task.table)
-        self.window = Window(cfg.load.concurrency, cfg.load.max_in_flight, self.writer.rtt)
+        self.window = Window(cfg.load.concurrency, cfg.load.max_in_flight, *self.writer.hint)
         self.max_delay = cfg.load.max_backoff_seconds
         self.base_delay = 0.05
         self.cond = threading.Condition()
@@ -488,7 +505,7 @@ class _Loader:
                     continue
                 self._send(batch)
         finally:
-            self.writer.rtt = self.window.rtt
+            self.writer.hint = (self.window.rtt, self.window.cap)
             self._report(final=True)
 
     def _check(self) -> None:
@@ -614,7 +631,14 @@ class _Loader:
             full = not self.task.budget_wcu or w.rate >= 0.95 * self.task.budget_wcu
             reason = "budget" if full else "budget, throttled or ramping up (on-demand)"
         elif window_share > 0.2:
-            reason = "in-flight ceiling ([load] max_in_flight)" if w.limit >= w.ceiling else "round trips"
+            if w.limit >= w.ceiling:
+                reason = "in-flight ceiling ([load] max_in_flight)"
+            elif w.fixed:
+                reason = "in-flight window ([load] concurrency)"
+            elif w.limit >= w.cap:
+                reason = "server round trips growing with more in flight (the server queues)"
+            else:
+                reason = "round trips"
         else:
             reason = "client CPU"
         fields: dict[str, Any] = {} if final else {

@@ -279,7 +279,8 @@ class BatchWriter:
         self._ssl = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or None) if self.tls else None
         self.loop = io_loop()
         self._idle: list[_Conn] = []  # touched on the loop's thread only
-        self.rtt = 0.0  # the last round trip a part measured here: where the next part's window starts
+        # the round trip and window a part measured here last: where the next part's window starts
+        self.hint: tuple[float, int] = (0.0, 8)
 
     def body(self, puts: list[bytes]) -> bytes:
         """`puts` are pre-serialised `{"PutRequest":{"Item":...}}` fragments."""

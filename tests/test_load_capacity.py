@@ -136,3 +136,19 @@ def test_the_writer_reports_each_indexs_share(ddb_local: str, gsi_table: Callabl
     reply = BatchWriter(cfg.destination, table).write([orjson.dumps(p) for p in puts])
     assert reply.outcome == "ok" and reply.consumed == 7.0 and reply.per_index == {"byOrder": 3.0}
     assert reply.rtt > 0
+
+
+def test_a_month_transformed_after_the_plan_says_its_units_and_cost_when_its_load_starts(
+        ddb_local: str, dest_table: Callable[..., str], make_config: Callable[..., Config], tmp_path: Path) -> None:
+    from etl.pipeline import run, run_export
+    from tests.helpers import write_real_export
+
+    table = dest_table()
+    cfg = make_config(dest_endpoint=ddb_local, dest_table=table, extra="[load]\nmax_wcu = 100000\n")
+    run_export(cfg, [M], use_existing=str(write_real_export(tmp_path / "ext", [orders(120)])))
+    buf = io.StringIO()
+    out = run(cfg, [M], ("transform", "load"), reporter=Reporter("json", stream=buf), now=NOW)
+    plan = plan_of(buf)
+    assert "after their transform: 201604" in plan and "said as each month's load starts" in plan
+    assert "load 201604: write units: about 120 items (100% at 1 WCU) = 120 WCU on the table" in plan
+    assert out["load"][0]["written"] == 120
