@@ -1,7 +1,8 @@
 """A stand-in for DynamoDB on 127.0.0.1 that answers after a fixed delay: the round trip of a real region.
 
 `python -m bench.sink '{"port": P, "table": T, "delay_ms": 10, "seconds": 60, "ready": PATH}'` serves
-DescribeTable (an on-demand table, pre-warmed far above any budget benchmarked, so no ramp) and
+DescribeTable (an on-demand table, pre-warmed far above any budget benchmarked, so no ramp, unless
+`warm_write_units` says otherwise) and
 BatchWriteItem (every item accepted, consumed capacity reported per item as with
 ReturnConsumedCapacity=INDEXES), each answered `delay_ms` after the request arrived, and counts the
 items it received per wall-clock second. It stops `seconds` after the start, or 2 s after the last
@@ -89,6 +90,8 @@ def serve(args: dict[str, Any]) -> None:
     """Serve until `seconds` pass or writes stopped 2 s ago, then print the per-second item counts."""
     Sink.table = args["table"]
     Sink.delay = args.get("delay_ms", 0) / 1000.0
+    if args.get("warm_write_units"):  # a table that is not pre-warmed
+        DESCRIBE["Table"]["WarmThroughput"]["WriteUnitsPerSecond"] = args["warm_write_units"]
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

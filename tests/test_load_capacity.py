@@ -152,3 +152,36 @@ def test_a_month_transformed_after_the_plan_says_its_units_and_cost_when_its_loa
     assert "after their transform: 201604" in plan and "said as each month's load starts" in plan
     assert "load 201604: write units: about 120 items (100% at 1 WCU) = 120 WCU on the table" in plan
     assert out["load"][0]["written"] == 120
+
+
+def test_an_on_demand_table_below_the_budget_starts_at_its_warm_throughput(
+        make_config: Callable[..., Config], tmp_path: Path) -> None:
+    """Against the benchmark's stand-in for DynamoDB, which reports a warm throughput (DynamoDB Local does not)."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import free_port
+
+    port, ready = free_port(), tmp_path / "sink.ready"
+    sink = subprocess.Popen([sys.executable, "-m", "bench.sink", json.dumps({
+        "port": port, "table": "shop_eu_sink", "seconds": 120, "ready": str(ready), "warm_write_units": 2000})],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    try:
+        while not ready.exists():
+            assert sink.poll() is None, "the sink did not start"
+            time.sleep(0.05)
+        cfg = make_config(dest_endpoint=f"http://127.0.0.1:{port}", dest_table="shop_eu_sink",
+                          extra="[load]\nmax_wcu = 50000\n")
+        staged(cfg, tmp_path, [orders(1000)])
+        buf = io.StringIO()
+        [m] = run_load(cfg, [M], now=NOW, reporter=Reporter("json", stream=buf))
+        plan = plan_of(buf)
+        assert "warm throughput of shop_eu_sink: 2,000 write units/s" in plan
+        assert "the load starts at 2,000 and at most doubles every 30 min (full budget after about 139 min)" in plan
+        assert "aws dynamodb update-table --table-name shop_eu_sink --warm-throughput WriteUnitsPerSecond=50000" in plan
+        assert "time: about 0.0 min at 50,000 WCU/s of table writes, ramping from 2,000" in plan
+        assert m["written"] == 1000 and m["budget_share"] < 0.1  # at the ramp's start, far below the budget
+    finally:
+        sink.kill()
+        sink.wait()
