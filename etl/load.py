@@ -397,8 +397,9 @@ class Window:
     rate x rtt / cost requests in flight; with headroom, bounded by `ceiling`. It follows the budget's rate
     (throttling, the on-demand ramp) and the measured round trip.
     A second bound keeps a server that cannot take the budget from being flooded: once per round (as many
-    answers as the window), it doubles while round trips stay near the recent fastest, and shrinks in
-    proportion when they grow past QUEUEING times it (more in flight would only queue).
+    answers as the window), it grows while round trips stay near the recent fastest (x4 while under 32,
+    then x2), and shrinks in proportion when they grow past QUEUEING times it (more in
+    flight would only queue).
     `fixed` (`[load] concurrency`) overrides both."""
 
     def __init__(self, fixed: int | None, ceiling: int, rtt: float = 0.0, cap: int = 8) -> None:
@@ -426,7 +427,9 @@ class Window:
         if self._round >= self.limit:
             self._round = 0
             gradient = min(1.0, QUEUEING * min(self._fastest) / self.rtt)
-            grown = self.cap * 2 if gradient >= 1.0 else self.cap * max(gradient, 0.5) + math.sqrt(self.cap)
+            # quadruple per round while small (at 100 ms, 8 -> 128 in 0.2 s), then double
+            grown = (self.cap * (4 if self.cap < 32 else 2) if gradient >= 1.0
+                     else self.cap * max(gradient, 0.5) + math.sqrt(self.cap))
             bound = 2 * self.little() if self.rate else self.ceiling  # no use growing far past what the budget needs
             self.cap = max(MIN_WINDOW, min(self.ceiling, bound, math.ceil(grown)))
         self._resize()
