@@ -324,8 +324,13 @@ class PartTask:
     include_expired: bool
     dry_run: bool
     deadline: float | None
+    checkpoint: str = ""  # a catch-up window's part: its checkpoint key (no collision losers apply)
+    rejected: str = ""  # and its quarantine key
     indexes: tuple[IndexSpec, ...] = ()
     budget_wcu: float = 0.0  # the budget's full rate, for progress (what the task attains against it)
+
+
+OP = "op"  # a catch-up part's operation column: put or delete (etl.catchup)
 
 
 def reset_checkpoints(cfg: Config, months: list[str]) -> int:
@@ -348,8 +353,8 @@ def plan(cfg: Config, store: staging.Store, month: str, setup: Setup, force: boo
                             hint=f"run `etl transform --month {month}` first")
     left, _, run = todo
     tasks = [PartTask(month, p["part"], p["output"], p["rows"], run, setup.table, setup.now,
-                      setup.include_expired, setup.dry_run, setup.deadline, setup.indexes,
-                      round(setup.budget.bucket.target, 1)) for p in left]
+                      setup.include_expired, setup.dry_run, setup.deadline, indexes=setup.indexes,
+                      budget_wcu=round(setup.budget.bucket.target, 1)) for p in left]
     rows = sum(p.rows for p in tasks)
     note = ""
     if month in setup.waiting and left:  # transformed after the plan was said: its units and cost now
@@ -364,6 +369,7 @@ def plan(cfg: Config, store: staging.Store, month: str, setup: Setup, force: boo
 @dataclass
 class Counters:
     written: int = 0
+    deletes: int = 0  # of `written`: a catch-up part's deletes
     skipped_expired: int = 0
     deduplicated: int = 0
     quarantined: int = 0
@@ -677,8 +683,8 @@ class _Batches:
 
 
 def _kept(rb: pa.RecordBatch, row0: int, losers: np.ndarray | None, ttl_col: str | None,
-          task: PartTask) -> tuple[np.ndarray, int, int]:
-    """Which rows of a record batch to write, and how many were collision losers and expired."""
+          task: PartTask, deletes: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
+    """Which rows of a record batch to write, and how many were collision losers and expired (puts only)."""
     n = rb.num_rows
     keep = np.ones(n, dtype=bool)
     if losers is not None:
@@ -688,6 +694,8 @@ def _kept(rb: pa.RecordBatch, row0: int, losers: np.ndarray | None, ttl_col: str
     if ttl_col and not task.include_expired:
         ttl = np.asarray(pc.fill_null(rb.column(ttl_col), np.iinfo(np.int64).max).to_numpy(zero_copy_only=False))
         exp_mask = keep & (ttl <= task.now)
+        if deletes is not None:
+            exp_mask &= ~deletes
         expired = int(exp_mask.sum())
         keep &= ~exp_mask
     return keep, dedup, expired
@@ -698,12 +706,17 @@ def _read(cfg: Config, store: staging.Store, task: PartTask, ctx: TaskContext, c
     """The part's batches to send, in row order; counts what is not sent (and, in a dry run, what would be)."""
     ttl_col = mapping.ttl_column(cfg)
     keys = mapping.key_columns(cfg)
-    losers = staging.read_losers(store, task.month).get(task.part)
+    losers = None if task.checkpoint else staging.read_losers(store, task.month).get(task.part)
     pf = pq.ParquetFile(pa.BufferReader(store.read(task.key)))
     batches = _Batches()
     row0 = 0
     for rb in pf.iter_batches(batch_size=10_000):
-        keep, dedup, expired = _kept(rb, row0, losers, ttl_col, task)
+        is_del = np.zeros(rb.num_rows, dtype=bool)
+        if OP in rb.schema.names:  # a catch-up part: puts and deletes, in one batch stream
+            is_del = np.asarray(pc.fill_null(pc.equal(rb.column(OP), "delete"), False)
+                                .to_numpy(zero_copy_only=False), dtype=bool)
+            rb = rb.drop_columns([OP])
+        keep, dedup, expired = _kept(rb, row0, losers, ttl_col, task, is_del)
         row0 += rb.num_rows
         c.deduplicated += dedup
         c.skipped_expired += expired
@@ -712,12 +725,17 @@ def _read(cfg: Config, store: staging.Store, task: PartTask, ctx: TaskContext, c
         if sel.num_rows == 0:
             continue
         sizes = items.item_sizes(sel)
+        puts = items.to_puts(sel)
+        dels = np.flatnonzero(is_del[keep])
+        if len(dels):  # a delete costs 1 WCU per KB of the item it removes: estimated 1, settled by the reply
+            for i, frag in zip(dels.tolist(), items.to_deletes(sel.take(pa.array(dels)), keys), strict=True):
+                puts[i], sizes[i] = frag, 1
+            c.deletes += len(dels)
         big = sizes > items.MAX_ITEM_BYTES
         if task.dry_run:
             fits = sel.filter(pa.array(~big)) if big.any() else sel
             for k, v in write_units(fits, sizes[~big], task.indexes).items():
                 c.wcu_by[k] = c.wcu_by.get(k, 0.0) + v
-        puts = items.to_puts(sel)
         key_values = list(zip(*(sel.column(k).to_pylist() for k in keys), strict=True))
         for j in np.flatnonzero(big):
             quarantine.append(orjson.dumps({"reason": "item_too_large", "message": f"{int(sizes[j])} bytes > 400 KB",
@@ -751,8 +769,10 @@ def run_task(cfg: Config, task: PartTask, ctx: TaskContext) -> dict[str, Any]:
         _Loader(cfg, task, ctx, c).run(source)
     ctx.check()  # another task failed: this one is unfinished, so no checkpoint
     if quarantine and not task.dry_run:
-        store.write(staging.load_rejected_key(task.month, task.part), gzip.compress(b"\n".join(quarantine) + b"\n"))
-    result = {"part": task.part, "rows": task.rows, "written": c.written, "skipped_expired": c.skipped_expired,
+        store.write(task.rejected or staging.load_rejected_key(task.month, task.part),
+                    gzip.compress(b"\n".join(quarantine) + b"\n"))
+    result = {"part": task.part, "rows": task.rows, "written": c.written, "deletes": c.deletes,
+              "skipped_expired": c.skipped_expired,
               "deduplicated": c.deduplicated, "quarantined": c.quarantined, "wcu": round(c.wcu, 1),
               "requests": c.requests, "retries": c.retries, "throttles": c.throttles, "at": staging.utcnow_iso(),
               "transform_run": task.transform_run, "wcu_indexes": {k: round(v, 1) for k, v in c.wcu_indexes.items()}}
@@ -761,7 +781,7 @@ def run_task(cfg: Config, task: PartTask, ctx: TaskContext) -> dict[str, Any]:
     if c.written + c.skipped_expired + c.deduplicated + c.quarantined != task.rows:
         raise EtlError(f"load {task.month} part {task.part}: counts do not reconcile ({result})")
     if not task.dry_run:
-        store.write_json(staging.checkpoint_key(task.month, task.part), result)
+        store.write_json(task.checkpoint or staging.checkpoint_key(task.month, task.part), result)
     return result
 
 
