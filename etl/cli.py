@@ -296,9 +296,11 @@ def load(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], yes: 
          include_expired: bool | None, force: bool, break_lease: bool, engine: str | None) -> None:
     """Committed Parquet -> the destination table with BatchWriteItem, within the write budget.
 
-    Shows the destination, account, item count, budget and estimated duration, and asks before writing
-    to a production table (--yes skips the question). Each finished part is checkpointed; rerunning
-    the same command resumes."""
+    Shows the destination, account, item count, budget (each index's share, an on-demand table's warm
+    throughput and how to pre-warm it), the write units and their cost, and the estimated duration, and
+    asks before writing to a production table (--yes skips the question). --dry-run prints the same plan,
+    then the counts it would write, skip and deduplicate with the exact write units and cost.
+    Each finished part is checkpointed; rerunning the same command resumes."""
     from etl.pipeline import run_load
 
     cfg = obj.config(engine={"kind": engine})
@@ -308,13 +310,22 @@ def load(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], yes: 
                        break_lease=break_lease,
                        confirm=lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False,
                        reporter=obj.reporter)
-    report(obj, "load", results, lambda r: (
-        f"load {r['month']}: dry run, nothing written: {r['written']:,} would be written, "
-        f"{r['skipped_expired']:,} expired skipped, {r['deduplicated']:,} deduplicated, {r['quarantined']:,} "
-        "quarantined" if r.get("dry_run") else
-        f"load {r['month']}: {r['written']:,} written, {r['skipped_expired']:,} expired skipped, "
-        f"{r['deduplicated']:,} deduplicated, {r['quarantined']:,} quarantined, "
-        f"{r['wcu_consumed']:,} WCU at {r['average_wcu_per_s']:,} WCU/s"))
+    report(obj, "load", results, _load_line)
+
+
+def _load_line(r: dict[str, Any]) -> str:
+    if r.get("dry_run"):
+        units = " + ".join(f"{v:,.0f} on {'index ' + k if k != 'table' else 'the table'}"
+                           for k, v in r["wcu_estimated"].items())
+        cost = f"${r['cost_usd']:,.2f} at ${r['price_per_million_wcu']:g} per million write units" + (
+            "" if r["on_demand"] else " on demand (provisioned: within the capacity paid by the hour)")
+        return (f"load {r['month']}: dry run, nothing written: {r['written']:,} would be written, "
+                f"{r['skipped_expired']:,} expired skipped, {r['deduplicated']:,} deduplicated, "
+                f"{r['quarantined']:,} quarantined; {r['wcu_estimated_total']:,.0f} WCU ({units or 'none'}), {cost}")
+    share = f" ({r['budget_share']:.0%} of the budget)" if r.get("budget_share") is not None else ""
+    return (f"load {r['month']}: {r['written']:,} written, {r['skipped_expired']:,} expired skipped, "
+            f"{r['deduplicated']:,} deduplicated, {r['quarantined']:,} quarantined, "
+            f"{r['wcu_consumed']:,} WCU at {r['average_wcu_per_s']:,} WCU/s{share}")
 
 
 @cli.command()

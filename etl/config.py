@@ -102,7 +102,11 @@ class LoadConfig:
     write_capacity_fraction: float | None = None
     max_wcu: float | None = None
     include_expired: bool = False
-    concurrency: int = 4
+    # requests in flight; unset: sized from the budget and the measured round trip (Little's law), which
+    # is what reaches the budget at any latency; a number fixes the window (per part being loaded)
+    concurrency: int | None = None
+    max_in_flight: int = 1000  # the ceiling of the self-sized window, per part being loaded
+    price_per_million_wcu: float = 0.625  # USD per million write request units: on-demand, us-east-1
     deadline_seconds: float | None = None
     max_backoff_seconds: float = 20.0  # cap of the exponential backoff (full jitter) between retries
     read_capacity_fraction: float | None = 0.5  # verify's BatchGetItem budget
@@ -449,8 +453,7 @@ def _validate_export(cfg: Config, where: _Where) -> None:
                        ("export.scan_items_per_file", e.scan_items_per_file),
                        ("transform.concurrency", cfg.transform.concurrency),
                        ("transform.row_group_rows", cfg.transform.row_group_rows),
-                       ("transform.collision_bucket_rows", cfg.transform.collision_bucket_rows),
-                       ("load.concurrency", cfg.load.concurrency)):
+                       ("transform.collision_bucket_rows", cfg.transform.collision_bucket_rows)):
         if value < 1:
             raise _fail(key, where[key], value, "an integer >= 1")
     _validate_engine(cfg, where)
@@ -542,6 +545,13 @@ def _validate_load(cfg: Config, where: _Where) -> None:
     _fraction("load.read_capacity_fraction", ld.read_capacity_fraction, where)
     _positive("load.max_backoff_seconds", ld.max_backoff_seconds, where)
     _positive("load.max_rcu", ld.max_rcu, where)
+    for key, value in (("load.concurrency", ld.concurrency), ("load.max_in_flight", ld.max_in_flight)):
+        if value is not None and value < 1:
+            raise _fail(key, where[key], value, "an integer >= 1" + (" (or unset: sized from the budget and the "
+                                                                   "round trip)" if key == "load.concurrency" else ""))
+    if ld.price_per_million_wcu < 0:
+        raise _fail("load.price_per_million_wcu", where["load.price_per_million_wcu"], ld.price_per_million_wcu,
+                    "a price >= 0 in USD per million write request units (us-east-1 on-demand: 0.625)")
     if not 1 <= cfg.local.port <= 65535:
         raise _fail("local.port", where["local.port"], cfg.local.port, "a TCP port 1-65535")
 

@@ -1,13 +1,15 @@
 """Stage 3: Parquet parts -> BatchWriteItem into the live destination, within a write budget, checkpointed.
 
-preflight: the destination checked (region, name, key), the budget, the plan said, the confirmation asked:
-           all before anything is written or forgotten.
+preflight: the destination checked (region, name, key), the budget (the table's and each global secondary
+           index's share, an on-demand table's warm throughput and ramp), the write units and cost
+           estimated, the plan said, the confirmation asked: all before anything is written or forgotten.
 plan:      one task per Parquet part of the month without a checkpoint of the month's current transform.
 run_task:  reads its part by record batch, drops the collision losers the transform listed and the
            already-expired rows (counted), quarantines items over 400 KB, and sends batches of <= 25
-           distinct keys through the table's shared budget. UnprocessedItems, throttling, 5xx and dropped
-           connections are retried with exponential backoff and jitter until acknowledged; then the part's
-           checkpoint `_state/month=M/load/part-NNNNN.done` is written.
+           distinct keys through the table's shared budget, with as many requests in flight as the budget
+           and the measured round trip need (Little's law), on the writer's event loop. UnprocessedItems,
+           throttling, 5xx and dropped connections are retried with exponential backoff and jitter until
+           acknowledged; then the part's checkpoint `_state/month=M/load/part-NNNNN.done` is written.
 commit:    sums the checkpoints, so counts reconcile across resumed runs:
            written + skipped_expired + deduplicated + quarantined = rows in the Parquet.
 """
@@ -16,14 +18,16 @@ from __future__ import annotations
 
 import functools
 import gzip
+import heapq
 import math
+import os
 import random
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, wait
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple, Protocol, cast
 
 import botocore.exceptions
 import numpy as np
@@ -34,12 +38,23 @@ import pyarrow.parquet as pq
 
 from etl import aws, capacity, items, mapping, staging
 from etl.config import AwsSide, Config
-from etl.engine import Budget, MonthPlan, TaskContext
-from etl.errors import DeadlineReached, EtlError, StageNotReady, Stopped
+from etl.engine import MonthPlan, TaskContext
+from etl.errors import DeadlineReached, EtlError, StageNotReady
 from etl.progress import Reporter
 from etl.writer import BatchWriter, Reply
 
 NAME = "load"
+
+
+class WriteBudget(Protocol):
+    """What a load task asks of its table's shared budget (`ratelimit.TokenBucket`, or a proxy to one in
+    another process): plain numbers and a dict of str -> float in and out."""
+
+    def acquire(self, n: float) -> float: ...
+    def settle(self, estimated: float, actual: float, per_index: dict[str, float] | None = None) -> None: ...
+    def refund(self, n: float) -> None: ...
+    def throttled(self) -> None: ...
+    def succeeded(self, n: int = 1) -> None: ...
 
 
 # --------------------------------------------------------------------------- preflight
@@ -82,6 +97,72 @@ def write_budget(cfg: Config, desc: dict[str, Any], ddb: Any) -> capacity.Budget
                                describe=lambda: ddb.describe_table(TableName=desc["TableName"])["Table"])
 
 
+class IndexSpec(NamedTuple):
+    """A global secondary index as the load needs it: a write reaches it when the item has every key
+    attribute; it is charged for the projected attributes (None: ALL)."""
+
+    name: str
+    keys: tuple[str, ...]
+    projected: tuple[str, ...] | None
+
+
+def index_specs(desc: dict[str, Any], table_keys: list[str]) -> tuple[IndexSpec, ...]:
+    out = []
+    for g in capacity.gsis(desc):
+        keys = tuple(k["AttributeName"] for k in g["KeySchema"])
+        proj = g.get("Projection") or {}
+        kind = proj.get("ProjectionType", "ALL")
+        projected = None if kind == "ALL" else tuple(dict.fromkeys(
+            [*table_keys, *keys, *(proj.get("NonKeyAttributes") or [] if kind == "INCLUDE" else [])]))
+        out.append(IndexSpec(g["IndexName"], keys, projected))
+    return tuple(out)
+
+
+def write_units(batch: pa.RecordBatch, sizes: np.ndarray, indexes: tuple[IndexSpec, ...]) -> dict[str, int]:
+    """The write units `batch` costs: "" for the table (ceil(size / 1 KB) per item), and each index's."""
+    out = {"": int(np.maximum(1, -(-sizes // 1024)).sum())}
+    names = set(batch.schema.names)
+    for ix in indexes:
+        if not set(ix.keys) <= names:
+            out[ix.name] = 0  # no item carries the index's key: never written there
+            continue
+        reached = np.ones(batch.num_rows, dtype=bool)
+        for k in ix.keys:
+            reached &= np.asarray(pc.is_valid(batch.column(k)).to_numpy(zero_copy_only=False), dtype=bool)
+        cols = [c for c in (ix.projected or batch.schema.names) if c in names]
+        isz = items.item_sizes(batch.select(cols)) if ix.projected else sizes
+        out[ix.name] = int(np.where(reached, np.maximum(1, -(-isz // 1024)), 0).sum())
+    return out
+
+
+@dataclass
+class Estimate:
+    """Write units per row to load, from a sample of the staged rows."""
+
+    sampled: int = 0
+    kept: float = 1.0  # share of rows written (not expired, not a collision loser)
+    units: dict[str, float] = field(default_factory=lambda: {"": 1.0})  # per written item: "" table, indexes
+    by_size: dict[int, float] = field(default_factory=dict)  # table WCU per item -> share of items
+
+
+def _sample(cfg: Config, store: staging.Store, month: str, part: dict[str, Any], now: int, include_expired: bool,
+            indexes: tuple[IndexSpec, ...], rows: int = 50_000) -> Estimate:
+    pf = pq.ParquetFile(pa.BufferReader(store.read(part["output"])))
+    rb = next(pf.iter_batches(batch_size=rows), None)
+    if rb is None or rb.num_rows == 0:
+        return Estimate()
+    task = PartTask(month, part["part"], part["output"], part["rows"], "", "", now, include_expired, True, None)
+    keep, _, _ = _kept(rb, 0, staging.read_losers(store, month).get(part["part"]), mapping.ttl_column(cfg), task)
+    sel = rb.filter(pa.array(keep))
+    est = Estimate(rb.num_rows, sel.num_rows / rb.num_rows)
+    if sel.num_rows:
+        sizes = items.item_sizes(sel)
+        est.units = {k: v / sel.num_rows for k, v in write_units(sel, sizes, indexes).items()}
+        wcu, counts = np.unique(np.maximum(1, -(-sizes // 1024)), return_counts=True)
+        est.by_size = {int(w): c / sel.num_rows for w, c in zip(wcu, counts, strict=True)}
+    return est
+
+
 def _checkpoint(store: staging.Store, month: str, part: int, transform_run: str) -> dict[str, Any] | None:
     """A part's checkpoint, if it exists and belongs to the month's current transform."""
     key = staging.checkpoint_key(month, part)
@@ -89,6 +170,19 @@ def _checkpoint(store: staging.Store, month: str, part: int, transform_run: str)
         return None
     cp = dict(store.read_json(key))
     return cp if cp.get("transform_run") == transform_run else None
+
+
+def _ramped_seconds(units: float, start: float, target: float) -> float:
+    """Seconds to send `units` at a rate that starts at `start` and doubles every RAMP_DOUBLING_S up to `target`."""
+    if units <= 0 or target <= 0:
+        return 0.0
+    if start >= target:
+        return units / target
+    d = capacity.RAMP_DOUBLING_S
+    in_ramp = (target - start) * d / math.log(2)
+    if units <= in_ramp:
+        return d * math.log2(1 + units * math.log(2) / (start * d))
+    return capacity.ramp_seconds(start, target) + (units - in_ramp) / target
 
 
 @dataclass
@@ -103,17 +197,55 @@ class Setup:
     include_expired: bool
     dry_run: bool
     deadline: float | None  # wall-clock time.time()
+    indexes: tuple[IndexSpec, ...] = ()
+    price_per_million: float = 0.625
+    waiting: list[str] = field(default_factory=list)  # months not transformed yet at the plan
     started: float = field(default_factory=time.time)
     _stop_watch: threading.Event = field(default_factory=threading.Event)
 
-    def describe(self, rows: int, parts: int, done: int, months: list[str], waiting: list[str]) -> str:
-        rate = self.budget.bucket.target
-        eta = rows / rate if rate else float("inf")
+    def cost(self, wcu: float) -> float:
+        return wcu * self.price_per_million / 1e6
+
+    def describe(self, rows: int, parts: int, done: int, months: list[str], waiting: list[str],
+                 est: Estimate | None = None) -> str:
+        est = est or Estimate()
         later = f"; after their transform: {', '.join(waiting)}" if waiting else ""
-        return (f"destination {self.table} in {self.region}, account {self.account}\n"
-                f"months {', '.join(months)}: {rows:,} rows in {parts} part(s) to load "
-                f"({done} part(s) already done){later}\n"
-                f"budget {self.budget.describe}; about {eta / 60:.1f} min at 1 WCU per item")
+        lines = [f"destination {self.table} in {self.region}, account {self.account}",
+                 f"months {', '.join(months)}: {rows:,} rows in {parts} part(s) to load "
+                 f"({done} part(s) already done){later}",
+                 f"budget {self.budget.describe}"]
+        lines += [f"  {n}" for n in self.budget.notes]
+        if rows or not waiting:
+            lines += self.units(rows, est)
+        else:
+            lines.append("write units, cost and time: said as each month's load starts (or run `etl load "
+                         "--dry-run` once they are transformed)")
+        return "\n".join(lines)
+
+    def units(self, rows: int, est: Estimate) -> list[str]:
+        """The plan's write units, cost and time for `rows` staged rows."""
+        lines = []
+        writes = rows * est.kept
+        table_wcu = writes * est.units.get("", 1.0)
+        index_wcu = {ix.name: writes * est.units.get(ix.name, 1.0) for ix in self.indexes}
+        total = table_wcu + sum(index_wcu.values())
+        sizes = ", ".join(f"{share:.0%} at {w} WCU" for w, share in sorted(est.by_size.items())) or "1 WCU each"
+        basis = f"from a sample of {est.sampled:,} rows" if est.sampled else "at 1 WCU per item"
+        lines.append(f"write units: about {writes:,.0f} items ({sizes}) = {table_wcu:,.0f} WCU on the table"
+                     + "".join(f" + {u:,.0f} on index {n}" for n, u in index_wcu.items())
+                     + (f" = {total:,.0f} WCU" if index_wcu else "") + f" ({basis})")
+        price = (f"${self.cost(total):,.2f} at ${self.price_per_million:g} per million write request units "
+                 "([load] price_per_million_wcu; the default is us-east-1's on-demand price, other regions differ)")
+        if self.budget.on_demand:
+            lines.append(f"cost: about {price}")
+        else:
+            lines.append(f"cost: none beyond the provisioned capacity already paid by the hour (on demand it would "
+                         f"be about {price})")
+        bucket = self.budget.bucket
+        seconds = _ramped_seconds(table_wcu, bucket.rate, bucket.target)
+        lines.append(f"time: about {seconds / 60:.1f} min at {bucket.target:,.0f} WCU/s of table writes"
+                     + (f", ramping from {bucket.rate:,.0f}" if bucket.rate < bucket.target else ""))
+        return lines
 
     def watch(self) -> None:
         """Re-read a fraction budget's provisioned capacity while the load runs."""
@@ -146,22 +278,29 @@ def preflight(cfg: Config, store: staging.Store, months: list[str], *, include_e
     setup = Setup(desc["TableName"], cfg.destination.aws_region, aws.account_of(cfg.destination),
                   write_budget(cfg, desc, ddb), int(now if now is not None else time.time()),
                   cfg.load.include_expired if include_expired is None else include_expired, dry_run,
-                  time.time() + cfg.load.deadline_seconds if cfg.load.deadline_seconds else None)
+                  time.time() + cfg.load.deadline_seconds if cfg.load.deadline_seconds else None,
+                  index_specs(desc, mapping.key_columns(cfg)), cfg.load.price_per_million_wcu)
     rows = parts = done = 0
     waiting = []
+    sample: tuple[str, dict[str, Any]] | None = None
     for m in months:
         todo = _todo(cfg, store, m)
         if todo is None:
             waiting.append(m)
             continue
         left, finished, _ = todo
+        t = staging.read_manifest(store, m, "transform") or {}
         if force:
-            left, finished = left + [None] * finished, 0  # type: ignore[list-item]
+            left, finished = list(t.get("parts", [])), 0
         parts += len(left)
         done += finished
-        t = staging.read_manifest(store, m, "transform") or {}
-        rows += sum(p["rows"] for p in t.get("parts", [])) if force else sum(p["rows"] for p in left if p)
-    reporter.info(setup.describe(rows, parts, done, months, waiting))
+        rows += sum(p["rows"] for p in left)
+        if sample is None and left:
+            sample = (m, left[0])
+    est = (_sample(cfg, store, sample[0], sample[1], setup.now, setup.include_expired, setup.indexes)
+           if sample else None)
+    setup.waiting = waiting
+    reporter.info(setup.describe(rows, parts, done, months, waiting, est))
     asking = not dry_run and (parts or waiting) and cfg.destination.production and not yes
     if asking:
         what = f"{rows:,} rows" + (f" (and months {', '.join(waiting)} once transformed)" if waiting else "")
@@ -187,6 +326,8 @@ class PartTask:
     deadline: float | None
     checkpoint: str = ""  # a catch-up window's part: its checkpoint key (no collision losers apply)
     rejected: str = ""  # and its quarantine key
+    indexes: tuple[IndexSpec, ...] = ()
+    budget_wcu: float = 0.0  # the budget's full rate, for progress (what the task attains against it)
 
 
 OP = "op"  # a catch-up part's operation column: put or delete (etl.catchup)
@@ -212,8 +353,14 @@ def plan(cfg: Config, store: staging.Store, month: str, setup: Setup, force: boo
                             hint=f"run `etl transform --month {month}` first")
     left, _, run = todo
     tasks = [PartTask(month, p["part"], p["output"], p["rows"], run, setup.table, setup.now,
-                      setup.include_expired, setup.dry_run, setup.deadline) for p in left]
-    return MonthPlan(tasks, sum(p.rows for p in tasks), "items")
+                      setup.include_expired, setup.dry_run, setup.deadline, indexes=setup.indexes,
+                      budget_wcu=round(setup.budget.bucket.target, 1)) for p in left]
+    rows = sum(p.rows for p in tasks)
+    note = ""
+    if month in setup.waiting and left:  # transformed after the plan was said: its units and cost now
+        est = _sample(cfg, store, month, left[0], setup.now, setup.include_expired, setup.indexes)
+        note = "; ".join(setup.units(rows, est))
+    return MonthPlan(tasks, rows, "items", note)
 
 
 # --------------------------------------------------------------------------- run
@@ -222,6 +369,7 @@ def plan(cfg: Config, store: staging.Store, month: str, setup: Setup, force: boo
 @dataclass
 class Counters:
     written: int = 0
+    deletes: int = 0  # of `written`: a catch-up part's deletes
     skipped_expired: int = 0
     deduplicated: int = 0
     quarantined: int = 0
@@ -229,100 +377,313 @@ class Counters:
     requests: int = 0
     retries: int = 0
     throttles: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, **kw: float) -> None:
-        with self.lock:
-            for k, v in kw.items():
-                setattr(self, k, getattr(self, k) + v)
+    wcu_by: dict[str, float] = field(default_factory=dict)  # dry run: estimated units, "" the table
+    wcu_indexes: dict[str, float] = field(default_factory=dict)  # consumed on each GSI (within `wcu`)
 
 
-class Sender:
-    """Sends one batch until every item is acknowledged (or the deadline / a fatal error / a stop)."""
-
-    def __init__(self, writer: BatchWriter, budget: Budget, ctx: TaskContext, deadline: float | None,
-                 base_delay: float = 0.05, max_delay: float = 20.0) -> None:
-        self.writer = writer
-        self.budget = budget
-        self.ctx = ctx
-        self.deadline = deadline
-        self.base_delay = base_delay
-        self.max_delay = max_delay
-
-    def send(self, puts: list[bytes], sizes: list[int], counters: Counters) -> None:
-        budget = self.budget
-        attempt = 0
-        pending, pending_sizes = puts, sizes
-        while pending:
-            self.ctx.check()
-            if self.deadline is not None and time.time() > self.deadline:
-                raise DeadlineReached("the load deadline passed")
-            cost = float(sum(max(1, math.ceil(s / 1024)) for s in pending_sizes))
-            budget.acquire(cost)
-            reply: Reply = self.writer.write(pending)
-            counters.add(requests=1)
-            if reply.outcome == "ok":
-                done = len(pending) - len(reply.unprocessed)
-                # a put never costs less than our size estimate (indexes only add), so a lower report
-                # (an emulator's) never speeds us up; a higher one (GSIs) slows us down
-                floor = cost * done / len(pending)
-                actual = max(reply.consumed if reply.consumed is not None else cost, floor)
-                budget.settle(cost, actual)
-                counters.add(written=done, wcu=actual)
-                if not reply.unprocessed:
-                    budget.succeeded()
-                    return
-                budget.throttled()  # UnprocessedItems means the table pushed back
-                pending = [orjson.dumps(u) for u in reply.unprocessed]
-                pending_sizes = [len(p) for p in pending]  # an over-estimate; settled by what is consumed
-            elif reply.outcome in ("throttle", "retry"):
-                budget.refund(cost)
-                if reply.outcome == "throttle":
-                    budget.throttled()
-                    counters.add(throttles=1)
-            else:
-                raise EtlError(f"DynamoDB refused a batch: {reply.code}: {reply.message}",
-                               hint="a validation error is not retried; fix the data or the mapping")
-            attempt += 1
-            counters.add(retries=1)
-            delay = min(self.max_delay, self.base_delay * 2 ** min(attempt, 16))
-            time.sleep(random.uniform(0, delay))  # full jitter
+def _writer(side: AwsSide, table: str) -> BatchWriter:
+    """One writer (connections on the process's event loop) per destination in a process, like a client."""
+    return _writer_in(side, table, os.getpid())
 
 
 @functools.lru_cache(maxsize=8)
-def _writer(side: AwsSide, table: str) -> BatchWriter:
-    """One connection pool per destination in a process, shared by its tasks (like a client)."""
+def _writer_in(side: AwsSide, table: str, pid: int) -> BatchWriter:
     return BatchWriter(side, table)
 
 
-class _Batches:
-    """Accumulates puts into batches of <= 25 items with distinct keys, under the request size limit, and hands
-    each full batch to `send`."""
+HEADROOM = 1.5  # in-flight window over what Little's law needs: RTT jitter, replies waiting for the loop
+QUEUEING = 2.0  # a round trip this many times the recent fastest is a queue forming (at the server or here)
+MIN_WINDOW = 2
 
-    def __init__(self, send: Callable[[list[bytes], list[int]], None]) -> None:
-        self.send = send
+
+class Window:
+    """How many requests a task keeps in flight.
+
+    Little's law: sending `rate` units/s in requests of `cost` units answered after `rtt` seconds takes
+    rate x rtt / cost requests in flight; with headroom, bounded by `ceiling`. It follows the budget's rate
+    (throttling, the on-demand ramp) and the measured round trip.
+    A second bound keeps a server that cannot take the budget from being flooded: once per round (as many
+    answers as the window), it grows while round trips stay near the recent fastest (x4 while under 32,
+    then x2), and shrinks in proportion when they grow past QUEUEING times it (more in
+    flight would only queue).
+    `fixed` (`[load] concurrency`) overrides both."""
+
+    def __init__(self, fixed: int | None, ceiling: int, rtt: float = 0.0, cap: int = 8) -> None:
+        """`rtt`, `cap`: where an earlier part in this process left them, to start from."""
+        self.fixed = fixed
+        self.ceiling = max(ceiling, MIN_WINDOW)
+        self.cap = max(MIN_WINDOW, min(cap, self.ceiling))  # the queueing bound
+        self.limit = fixed or self.cap
+        self.rtt = rtt  # smoothed
+        self._fastest = (rtt or math.inf, math.inf)  # (this period, the last), periods of 5 s
+        self._period = time.monotonic()
+        self._round = 0
+        self.cost = float(items.MAX_BATCH)  # units per request, smoothed
+        self.rate = 0.0
+
+    def answered(self, rtt: float, cost: float) -> None:
+        self.rtt = rtt if not self.rtt else self.rtt + 0.1 * (rtt - self.rtt)
+        self.cost += 0.1 * (cost - self.cost)
+        now = time.monotonic()
+        if now - self._period > 5.0:
+            self._fastest, self._period = (rtt, self._fastest[0]), now
+        else:
+            self._fastest = (min(self._fastest[0], rtt), self._fastest[1])
+        self._round += 1
+        if self._round >= self.limit:
+            self._round = 0
+            gradient = min(1.0, QUEUEING * min(self._fastest) / self.rtt)
+            # quadruple per round while small (at 100 ms, 8 -> 128 in 0.2 s), then double
+            grown = (self.cap * (4 if self.cap < 32 else 2) if gradient >= 1.0
+                     else self.cap * max(gradient, 0.5) + math.sqrt(self.cap))
+            bound = 2 * self.little() if self.rate else self.ceiling  # no use growing far past what the budget needs
+            self.cap = max(MIN_WINDOW, min(self.ceiling, bound, math.ceil(grown)))
+        self._resize()
+
+    def budget_rate(self, rate: float) -> None:
+        self.rate = rate
+        self._resize()
+
+    def little(self) -> int:
+        """What Little's law asks for at the budget's rate and the round trip (without queueing)."""
+        rtt = min(self.rtt, QUEUEING * min(self._fastest))
+        return math.ceil(HEADROOM * self.rate * rtt / self.cost) + 2
+
+    def _resize(self) -> None:
+        if self.fixed or not self.rtt or not self.rate:
+            return
+        self.limit = max(MIN_WINDOW, min(self.ceiling, self.cap, self.little()))
+
+
+@dataclass
+class _Batch:
+    puts: list[bytes]
+    cost: float  # estimated units: ceil(size / 1 KB) per item
+    attempt: int = 0
+
+
+class _Loader:
+    """One part's requests: this task's thread reads, paces and decides (every budget call is made here);
+    the writer's event loop only sends and hands the replies back."""
+
+    def __init__(self, cfg: Config, task: PartTask, ctx: TaskContext, counters: Counters) -> None:
+        assert ctx.budget is not None
+        self.budget = cast(WriteBudget, ctx.budget)
+        self.ctx = ctx
+        self.task = task
+        self.c = counters
+        self.writer = _writer(cfg.destination, task.table)
+        self.window = Window(cfg.load.concurrency, cfg.load.max_in_flight, *self.writer.hint)
+        self.max_delay = cfg.load.max_backoff_seconds
+        self.base_delay = 0.05
+        self.cond = threading.Condition()
+        self.replies: deque[tuple[_Batch, Reply]] = deque()
+        self.in_flight = 0
+        self.retries: list[tuple[float, int, _Batch]] = []  # (due, seq, batch)
+        self._seq = 0
+        # what holds the rate back, for progress: seconds waiting on the budget / on the window / working
+        self.waited = {"budget": 0.0, "window": 0.0}
+        self._report_at = time.monotonic()
+        self._reported_rate = 0.0
+        self._wcu_mark = (time.monotonic(), 0.0)
+
+    # ------------------------------------------------------------------ the event loop's side
+
+    def _answer(self, batch: _Batch, reply: Reply) -> None:
+        with self.cond:
+            self.replies.append((batch, reply))
+            self.cond.notify()
+
+    # ------------------------------------------------------------------ this task's thread
+
+    def run(self, batches: Iterator[_Batch]) -> None:
+        source: Iterator[_Batch] | None = batches
+        try:
+            while True:
+                self._drain()
+                self._check()
+                batch = self._due_retry()
+                if batch is None and source is not None:
+                    batch = next(source, None)
+                    if batch is None:
+                        source = None
+                if batch is None:
+                    if not self.in_flight and not self.retries:
+                        return
+                    self._wait(self.retries[0][0] - time.monotonic() if self.retries else 0.5)
+                    continue
+                self._send(batch)
+        finally:
+            self.writer.hint = (self.window.rtt, self.window.cap)
+            self._report(final=True)
+
+    def _check(self) -> None:
+        self.ctx.check()
+        if self.task.deadline is not None and time.time() > self.task.deadline:
+            raise DeadlineReached("the load deadline passed")
+
+    def _wait(self, seconds: float) -> None:
+        with self.cond:
+            if not self.replies:
+                self.cond.wait(max(0.0, min(seconds, 0.5)))
+
+    def _due_retry(self) -> _Batch | None:
+        if self.retries and self.retries[0][0] <= time.monotonic():
+            return heapq.heappop(self.retries)[2]
+        return None
+
+    def _send(self, batch: _Batch) -> None:
+        t0 = time.monotonic()
+        while self.in_flight >= self.window.limit:
+            self._wait(0.5)
+            self._drain()
+            self._check()
+        t1 = time.monotonic()
+        rate = self.budget.acquire(batch.cost)
+        self.window.budget_rate(rate or self.task.budget_wcu)  # a budget that does not say: the planned rate
+        t2 = time.monotonic()
+        self.waited["window"] += t1 - t0
+        self.waited["budget"] += t2 - t1
+        self.in_flight += 1
+        self.c.requests += 1
+        self.writer.submit(batch.puts, functools.partial(self._answer, batch))
+        if t2 - self._report_at > 1.0:
+            self._report()
+
+    def _drain(self) -> None:
+        """Settle every reply that came back: one call per kind to the budget, whatever the number."""
+        with self.cond:
+            got, self.replies = list(self.replies), deque()
+        if not got:
+            return
+        estimated = actual = refund = 0.0
+        indexed_est = indexed_act = 0.0
+        per_index: dict[str, float] = {}
+        ok = 0
+        throttled = False
+        for batch, reply in got:
+            self.in_flight -= 1
+            if reply.outcome == "ok":
+                n = len(batch.puts)
+                done = n - len(reply.unprocessed)
+                done_cost = batch.cost * done / n
+                indexes = sum((reply.per_index or {}).values())
+                # a put never costs the table less than our size estimate, so a lower report (an emulator's)
+                # never speeds us up; what the indexes cost comes on top
+                used = max(reply.consumed if reply.consumed is not None else done_cost, done_cost + indexes)
+                if reply.per_index is not None:
+                    indexed_est += done_cost
+                    indexed_act += used
+                    for k, v in reply.per_index.items():
+                        per_index[k] = per_index.get(k, 0.0) + v
+                        self.c.wcu_indexes[k] = self.c.wcu_indexes.get(k, 0.0) + v
+                else:
+                    estimated += done_cost
+                    actual += used
+                refund += batch.cost - done_cost
+                self.c.written += done
+                self.c.wcu += used
+                self.ctx.progress(done)
+                self.window.answered(reply.rtt, batch.cost)
+                if reply.unprocessed:
+                    throttled = True  # UnprocessedItems means the table pushed back
+                    puts = [orjson.dumps(u) for u in reply.unprocessed]
+                    # an over-estimate (the JSON is larger than the item); settled by what is consumed
+                    self._retry(_Batch(puts, float(sum(max(1, math.ceil(len(p) / 1024)) for p in puts)),
+                                       batch.attempt))
+                else:
+                    ok += 1
+            elif reply.outcome in ("throttle", "retry"):
+                refund += batch.cost
+                if reply.outcome == "throttle":
+                    throttled = True
+                    self.c.throttles += 1
+                self._retry(batch)
+            else:
+                if reply.error is not None:
+                    raise reply.error
+                raise EtlError(f"DynamoDB refused a batch: {reply.code}: {reply.message}",
+                               hint="a validation error is not retried; fix the data or the mapping")
+        if estimated or actual:
+            self.budget.settle(estimated, actual)
+        if indexed_est or indexed_act:
+            self.budget.settle(indexed_est, indexed_act, per_index)
+        if refund:
+            self.budget.refund(refund)
+        if throttled:
+            self.budget.throttled()
+        if ok:
+            self.budget.succeeded(ok)
+
+    def _retry(self, batch: _Batch) -> None:
+        batch.attempt += 1
+        self.c.retries += 1
+        delay = min(self.max_delay, self.base_delay * 2 ** min(batch.attempt, 16))
+        self._seq += 1
+        heapq.heappush(self.retries, (time.monotonic() + random.uniform(0, delay), self._seq, batch))  # full jitter
+
+    def _report(self, final: bool = False) -> None:
+        """Progress: the table's WCU/s attained (summed over the month's parts: each part adds the change of
+        its own), against the budget, and what holds it back: the budget itself, throttling or the on-demand
+        ramp, the in-flight ceiling, or the client."""
+        now = time.monotonic()
+        elapsed = max(now - self._report_at, 1e-9)
+        t0, w0 = self._wcu_mark
+        table_wcu = self.c.wcu - sum(self.c.wcu_indexes.values())  # the budget's rate is in the table's units
+        rate = 0.0 if final else (table_wcu - w0) / max(now - t0, 1e-9)
+        self._wcu_mark = (now, table_wcu)
+        budget_share, window_share = self.waited["budget"] / elapsed, self.waited["window"] / elapsed
+        self.waited = {"budget": 0.0, "window": 0.0}
+        self._report_at = now
+        w = self.window
+        if budget_share > 0.2:
+            full = not self.task.budget_wcu or w.rate >= 0.95 * self.task.budget_wcu
+            reason = "budget" if full else "budget, throttled or ramping up (on-demand)"
+        elif window_share > 0.2:
+            if w.limit >= w.ceiling:
+                reason = "in-flight ceiling ([load] max_in_flight)"
+            elif w.fixed:
+                reason = "in-flight window ([load] concurrency)"
+            elif w.limit >= w.cap:
+                reason = "server round trips growing with more in flight (the server queues)"
+            else:
+                reason = "round trips"
+        else:
+            reason = "client CPU"
+        fields: dict[str, Any] = {} if final else {
+            "budget_wcu_per_s": self.task.budget_wcu, "in_flight": w.limit, "rtt_ms": round(w.rtt * 1000, 1),
+            "limited_by": reason}
+        self.ctx.progress(0, add={"wcu_per_s": rate - self._reported_rate}, **fields)
+        self._reported_rate = rate
+
+
+class _Batches:
+    """Accumulates puts into batches of <= 25 items with distinct keys, under the request size limit."""
+
+    def __init__(self) -> None:
         self.puts: list[bytes] = []
-        self.sizes: list[int] = []
+        self.cost = 0.0
         self.keys: set[tuple[Any, ...]] = set()
         self.bytes = 0
 
-    def add(self, put: bytes, size: int, key: tuple[Any, ...]) -> None:
+    def add(self, put: bytes, size: int, key: tuple[Any, ...]) -> _Batch | None:
+        """Add a put; returns the batch it closed, if any."""
         full = len(self.puts) == items.MAX_BATCH or self.bytes + len(put) > items.MAX_REQUEST_BYTES - 4096
-        if key in self.keys or full:
-            self.flush()
+        out = self.flush() if key in self.keys or full else None
         self.puts.append(put)
-        self.sizes.append(size)
+        self.cost += max(1, -(-size // 1024))
         self.keys.add(key)
         self.bytes += len(put)
+        return out
 
-    def flush(self) -> None:
-        if self.puts:
-            self.send(self.puts, self.sizes)
-        self.puts, self.sizes, self.keys, self.bytes = [], [], set(), 0
+    def flush(self) -> _Batch | None:
+        out = _Batch(self.puts, self.cost) if self.puts else None
+        self.puts, self.cost, self.keys, self.bytes = [], 0.0, set(), 0
+        return out
 
 
 def _kept(rb: pa.RecordBatch, row0: int, losers: np.ndarray | None, ttl_col: str | None,
-          task: PartTask, deletes: np.ndarray) -> tuple[np.ndarray, int, int]:
+          task: PartTask, deletes: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
     """Which rows of a record batch to write, and how many were collision losers and expired (puts only)."""
     n = rb.num_rows
     keep = np.ones(n, dtype=bool)
@@ -332,94 +693,91 @@ def _kept(rb: pa.RecordBatch, row0: int, losers: np.ndarray | None, ttl_col: str
     expired = 0
     if ttl_col and not task.include_expired:
         ttl = np.asarray(pc.fill_null(rb.column(ttl_col), np.iinfo(np.int64).max).to_numpy(zero_copy_only=False))
-        exp_mask = keep & (ttl <= task.now) & ~deletes
+        exp_mask = keep & (ttl <= task.now)
+        if deletes is not None:
+            exp_mask &= ~deletes
         expired = int(exp_mask.sum())
         keep &= ~exp_mask
     return keep, dedup, expired
+
+
+def _read(cfg: Config, store: staging.Store, task: PartTask, ctx: TaskContext, c: Counters,
+          quarantine: list[bytes]) -> Iterator[_Batch]:
+    """The part's batches to send, in row order; counts what is not sent (and, in a dry run, what would be)."""
+    ttl_col = mapping.ttl_column(cfg)
+    keys = mapping.key_columns(cfg)
+    losers = None if task.checkpoint else staging.read_losers(store, task.month).get(task.part)
+    pf = pq.ParquetFile(pa.BufferReader(store.read(task.key)))
+    batches = _Batches()
+    row0 = 0
+    for rb in pf.iter_batches(batch_size=10_000):
+        is_del = np.zeros(rb.num_rows, dtype=bool)
+        if OP in rb.schema.names:  # a catch-up part: puts and deletes, in one batch stream
+            is_del = np.asarray(pc.fill_null(pc.equal(rb.column(OP), "delete"), False)
+                                .to_numpy(zero_copy_only=False), dtype=bool)
+            rb = rb.drop_columns([OP])
+        keep, dedup, expired = _kept(rb, row0, losers, ttl_col, task, is_del)
+        row0 += rb.num_rows
+        c.deduplicated += dedup
+        c.skipped_expired += expired
+        ctx.progress(dedup + expired)
+        sel = rb.filter(pa.array(keep))
+        if sel.num_rows == 0:
+            continue
+        sizes = items.item_sizes(sel)
+        puts = items.to_puts(sel)
+        dels = np.flatnonzero(is_del[keep])
+        if len(dels):  # a delete costs 1 WCU per KB of the item it removes: estimated 1, settled by the reply
+            for i, frag in zip(dels.tolist(), items.to_deletes(sel.take(pa.array(dels)), keys), strict=True):
+                puts[i], sizes[i] = frag, 1
+            c.deletes += len(dels)
+        big = sizes > items.MAX_ITEM_BYTES
+        if task.dry_run:
+            fits = sel.filter(pa.array(~big)) if big.any() else sel
+            for k, v in write_units(fits, sizes[~big], task.indexes).items():
+                c.wcu_by[k] = c.wcu_by.get(k, 0.0) + v
+        key_values = list(zip(*(sel.column(k).to_pylist() for k in keys), strict=True))
+        for j in np.flatnonzero(big):
+            quarantine.append(orjson.dumps({"reason": "item_too_large", "message": f"{int(sizes[j])} bytes > 400 KB",
+                                            "key": dict(zip(keys, key_values[j], strict=True))}))
+        c.quarantined += int(big.sum())
+        ctx.progress(int(big.sum()))
+        if task.dry_run:
+            c.written += int((~big).sum())
+            ctx.progress(int((~big).sum()))
+            continue
+        for i, put in enumerate(puts):
+            if not big[i]:
+                done = batches.add(put, int(sizes[i]), key_values[i])
+                if done is not None:
+                    yield done
+    last = batches.flush()
+    if last is not None:
+        yield last
 
 
 def run_task(cfg: Config, task: PartTask, ctx: TaskContext) -> dict[str, Any]:
     """Load one Parquet part; its checkpoint is written once every item is acknowledged."""
     store = staging.open_store(cfg.staging.root, cfg.staging)
     c = Counters()
-    ttl_col = mapping.ttl_column(cfg)
-    keys = mapping.key_columns(cfg)
     quarantine: list[bytes] = []
-    futures: list[Future[None]] = []
-    losers = None if task.checkpoint else staging.read_losers(store, task.month).get(task.part)
-    deleted = 0
-    assert ctx.budget is not None and ctx.io is not None
-    sender = Sender(_writer(cfg.destination, task.table), ctx.budget, ctx, task.deadline,
-                    max_delay=cfg.load.max_backoff_seconds)
-    inflight = threading.Semaphore(cfg.load.concurrency * 2)
-    pf = pq.ParquetFile(pa.BufferReader(store.read(task.key)))
-
-    def settled(fut: Future[None]) -> None:
-        inflight.release()
-        if fut.exception() is not None:
-            ctx.stop.set()  # one batch failed for good: stop sending the rest, keep the checkpoints
-
-    def send(puts: list[bytes], sizes: list[int]) -> None:
-        if task.dry_run:
-            c.add(written=len(puts))
-        else:
-            ctx.check()
-            inflight.acquire()
-            fut = ctx.io.submit(sender.send, puts, sizes, c)  # type: ignore[union-attr]
-            fut.add_done_callback(settled)
-            futures.append(fut)
-        ctx.progress(len(puts))
-
-    batches = _Batches(send)
-    row0 = 0
-    try:
-        for rb in pf.iter_batches(batch_size=10_000):
-            is_del = np.zeros(rb.num_rows, dtype=bool)
-            if OP in rb.schema.names:  # a catch-up part: puts and deletes, in one batch stream
-                is_del = np.asarray(pc.fill_null(pc.equal(rb.column(OP), "delete"), False)
-                                    .to_numpy(zero_copy_only=False), dtype=bool)
-                rb = rb.drop_columns([OP])
-            keep, dedup, expired = _kept(rb, row0, losers, ttl_col, task, is_del)
-            row0 += rb.num_rows
-            c.add(deduplicated=dedup, skipped_expired=expired)
-            ctx.progress(dedup + expired)
-            sel = rb.filter(pa.array(keep))
-            if sel.num_rows == 0:
-                continue
-            sizes = items.item_sizes(sel)
-            puts = items.to_puts(sel)
-            dels = np.flatnonzero(is_del[keep])
-            if len(dels):  # a delete costs 1 WCU per KB of the item it removes: estimated 1, settled by the reply
-                for i, frag in zip(dels.tolist(), items.to_deletes(sel.take(pa.array(dels)), keys), strict=True):
-                    puts[i], sizes[i] = frag, 1
-                deleted += len(dels)
-            key_values = list(zip(*(sel.column(k).to_pylist() for k in keys), strict=True))
-            for i, put in enumerate(puts):
-                size = int(sizes[i])
-                if size > items.MAX_ITEM_BYTES:
-                    quarantine.append(orjson.dumps({"reason": "item_too_large", "message": f"{size} bytes > 400 KB",
-                                                    "key": dict(zip(keys, key_values[i], strict=True))}))
-                    c.add(quarantined=1)
-                    ctx.progress(1)
-                    continue
-                batches.add(put, size, key_values[i])
-        batches.flush()
-    except Stopped:
-        pass  # a batch failed: its own error is raised below
-    wait(futures)
-    errors = [e for e in (f.exception() for f in futures) if e is not None]
-    failed = next((e for e in errors if not isinstance(e, Stopped)), errors[0] if errors else None)
-    if failed is not None:
-        raise failed
+    source = _read(cfg, store, task, ctx, c, quarantine)
+    if task.dry_run:
+        for _ in source:
+            pass
+    else:
+        _Loader(cfg, task, ctx, c).run(source)
     ctx.check()  # another task failed: this one is unfinished, so no checkpoint
     if quarantine and not task.dry_run:
         store.write(task.rejected or staging.load_rejected_key(task.month, task.part),
                     gzip.compress(b"\n".join(quarantine) + b"\n"))
-    result = {"part": task.part, "rows": task.rows, "written": c.written, "deletes": deleted,
+    result = {"part": task.part, "rows": task.rows, "written": c.written, "deletes": c.deletes,
               "skipped_expired": c.skipped_expired,
               "deduplicated": c.deduplicated, "quarantined": c.quarantined, "wcu": round(c.wcu, 1),
               "requests": c.requests, "retries": c.retries, "throttles": c.throttles, "at": staging.utcnow_iso(),
-              "transform_run": task.transform_run}
+              "transform_run": task.transform_run, "wcu_indexes": {k: round(v, 1) for k, v in c.wcu_indexes.items()}}
+    if task.dry_run:
+        result["wcu_estimated"] = {k or "table": v for k, v in c.wcu_by.items()}
     if c.written + c.skipped_expired + c.deduplicated + c.quarantined != task.rows:
         raise EtlError(f"load {task.month} part {task.part}: counts do not reconcile ({result})")
     if not task.dry_run:
@@ -438,20 +796,36 @@ def commit(cfg: Config, store: staging.Store, month: str, tasks: list[PartTask],
     t = staging.read_manifest(store, month, "transform") or {}
     if setup.dry_run:
         sums = {k: sum(r[k] for r in results) for k in COUNTS}
-        return {"month": month, "dry_run": True, **sums}
+        units: dict[str, float] = {}
+        for r in results:
+            for k, v in r.get("wcu_estimated", {}).items():
+                units[k] = units.get(k, 0.0) + v
+        total = sum(units.values())
+        return {"month": month, "dry_run": True, **sums, "wcu_estimated": units, "wcu_estimated_total": total,
+                "cost_usd": round(setup.cost(total), 4), "price_per_million_wcu": setup.price_per_million,
+                "on_demand": setup.budget.on_demand}
     cps = [_checkpoint(store, month, p["part"], str(t.get("run_id", ""))) for p in t.get("parts", [])]
     if any(cp is None for cp in cps):
         raise EtlError(f"load {month}: a part has no checkpoint of the current transform after the run")
     sums = {k: sum(cp[k] for cp in cps if cp) for k in COUNTS}
     wcu = round(sum(cp["wcu"] for cp in cps if cp), 1)
+    on_indexes: dict[str, float] = {}
+    for cp in cps:
+        for k, v in (cp or {}).get("wcu_indexes", {}).items():
+            on_indexes[k] = round(on_indexes.get(k, 0.0) + v, 1)
     if sums["written"] + sums["skipped_expired"] + sums["deduplicated"] + sums["quarantined"] != t["written"]:
         raise EtlError(f"load {month}: counts do not reconcile with the Parquet rows: {sums} vs {t['written']}")
     duration = round(time.time() - started, 3)
     this_run = round(sum(r["wcu"] for r in results), 1)
+    average = this_run / max(duration, 1e-9)
+    # the budget's rate is in the table's own units (with indexes: what the tightest limit lets the table have)
+    table_units = sum(r["wcu"] - sum(r.get("wcu_indexes", {}).values()) for r in results)
+    target = setup.budget.bucket.target
     return staging.commit_manifest(store, month, "load", {
-        **sums, "wcu_consumed": wcu, "duration_s": duration,
-        "average_wcu_per_s": round(this_run / max(duration, 1e-9), 1),
-        "budget": setup.budget.describe, "table": setup.table, "region": setup.region,
+        **sums, "wcu_consumed": wcu, "wcu_consumed_by_index": on_indexes, "duration_s": duration,
+        "average_wcu_per_s": round(average, 1),
+        "budget": setup.budget.describe, "budget_share": round(table_units / max(duration, 1e-9) / target, 3),
+        "table": setup.table, "region": setup.region,
         "include_expired": setup.include_expired, "expired_before": setup.now,
         "reconciles": "written + skipped_expired + deduplicated + quarantined = rows in the Parquet",
         "upstream_run": t.get("run_id"), "transform_run": t.get("run_id"),

@@ -118,8 +118,8 @@ class Runner:
             return self.engine.run("transform", cfg.transform.concurrency, transform.run_task, cfg, plan.tasks, ctx)
         if stage == "load":
             assert self.load_setup is not None
+            # no ctx.io: the load's requests go out on the writer's event loop
             ctx.budget = self.engine.shared_budget(self.load_setup.budget.bucket)
-            ctx.io = self.engine.pool("send", cfg.load.concurrency)
             return self.engine.run("load", 2, load.run_task, cfg, plan.tasks, ctx)
         ctx.budget = self.engine.shared_budget(self.read_budget.bucket)
         return self.engine.run("verify", 2, verify.run_task, cfg, plan.tasks, ctx)

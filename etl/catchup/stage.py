@@ -246,7 +246,6 @@ class Driver:
             elif rows:
                 ctx = self._ctx()
                 ctx.budget = self.setup.budget.bucket
-                ctx.io = self.engine.pool("send", cfg.load.concurrency)
                 task_ = self.reporter.task(f"catch-up {month} window {w}", rows, "items")
                 ctx.progress = task_.advance
                 try:
