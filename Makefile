@@ -60,11 +60,13 @@ demo: $(STAMP)
 	$(ETL) --config demo.toml status
 	$(ETL) --config demo.toml local lookups $(foreach m,$(DEMO_MONTHS),--month $(m))
 
-# `make test` runs everything: the suite, then the Ray tests (tests/distributed) in the namespace.
+# `make test` runs everything: the suite, then the Ray tests (tests/distributed) in the namespace, then the suite
+# again on the newest supported Python (3.13).
 # `make test ARGS="tests/test_engine.py -q"` runs only what ARGS names; `make test-ray ARGS=...` the Ray tests.
 test: $(STAMP) $(DDB_LOCAL_STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest $(if $(ARGS),$(ARGS),--ignore=tests/distributed)
 	$(if $(ARGS),,$(MAKE) --no-print-directory test-ray)
+	$(if $(ARGS),,$(MAKE) --no-print-directory test-newest)
 
 # The suite on the newest supported Python too (CI runs both): its own venv, the Ray tests left to `test`.
 # python3.13 from PATH, else pyenv's 3.13 (its shim answers only where 3.13 is the selected version)

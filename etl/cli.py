@@ -18,7 +18,7 @@ from etl import __version__
 from etl.config import Config, load_config, require_staging_root
 from etl.errors import EtlError, PartlyDone
 from etl.months import resolve_months
-from etl.progress import Reporter
+from etl.progress import QUIET, Reporter
 
 
 class Ctx:
@@ -86,6 +86,14 @@ def _counts(result: dict[str, Any]) -> dict[str, Any]:
 
 def _reasons(by: dict[str, int]) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in sorted(by.items(), key=lambda kv: -kv[1]))
+
+
+def say(obj: Ctx, command: str, result: Any, text: Callable[[], str]) -> None:
+    """A command's result: one JSON object under --json, else its text."""
+    if obj.json:
+        click.echo(json.dumps({"command": command, "result": result}, default=str))
+    else:
+        click.echo(text())
 
 
 def report(obj: Ctx, command: str, results: list[dict[str, Any]], line: Callable[[dict[str, Any]], str]) -> None:
@@ -169,7 +177,10 @@ def local_up(obj: Ctx, port: int | None, foreground: bool) -> None:
     """Start moto's server (S3, DynamoDB with export, Glue) on 127.0.0.1; a pid file records it."""
     from etl import local as local_mod
 
-    local_mod.server_up(obj.config(), port, background=not foreground, reporter=Reporter("rich"))
+    got = local_mod.server_up(obj.config(), port, background=not foreground,
+                              reporter=QUIET if obj.json else Reporter("rich"))
+    if obj.json:
+        say(obj, "local up", {"pid": got}, str)
 
 
 @local.command("down")
@@ -180,7 +191,9 @@ def local_down(obj: Ctx, port: int | None) -> None:
     """Stop the moto server that `etl local up` started (only that process)."""
     from etl import local as local_mod
 
-    local_mod.server_down(obj.config(), port, reporter=Reporter("rich"))
+    stopped = local_mod.server_down(obj.config(), port, reporter=QUIET if obj.json else Reporter("rich"))
+    if obj.json:
+        say(obj, "local down", {"stopped": stopped}, str)
 
 
 @local.command("seed")
@@ -195,7 +208,9 @@ def local_seed(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...],
     each month with synthetic rows (about 2% dirty, for the transform to quarantine)."""
     from etl import local as local_mod
 
-    local_mod.seed(obj.config(), _months(months, month_ranges), rows_per_month, seed_value, obj.reporter)
+    r = local_mod.seed(obj.config(), _months(months, month_ranges), rows_per_month, seed_value, obj.reporter)
+    if obj.json:
+        say(obj, "local seed", r, str)
 
 
 @local.command("change")
@@ -208,8 +223,9 @@ def local_change(obj: Ctx, month: str) -> None:
 
     r = local_mod.change(obj.config(), month)
     c, a = r["cancelled"], r["added"]
-    click.echo(f"changed {r['table']}: cancelled order {c['OrderID']} of {c['CustomerID']} ({c['DateTime']}), "
-               f"added order {a['OrderID']} of {a['CustomerID']} ({a['DateTime']})")
+    say(obj, "local change", r, lambda: (
+        f"changed {r['table']}: cancelled order {c['OrderID']} of {c['CustomerID']} ({c['DateTime']}), "
+        f"added order {a['OrderID']} of {a['CustomerID']} ({a['DateTime']})"))
 
 
 @local.command("lookups")
@@ -224,9 +240,11 @@ def local_lookups(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ..
 
     cfg = obj.config()
     ddb = aws.client(cfg.destination, "dynamodb")
-    for label, customer in local_mod.sample_customers(cfg, _months(months, month_ranges)):
-        d = discount_for(customer, None, cfg, ddb)
-        click.echo(f"{label:>24}  {customer}: {d.describe()}")
+    found = [(label, customer, discount_for(customer, None, cfg, ddb))
+             for label, customer in local_mod.sample_customers(cfg, _months(months, month_ranges))]
+    say(obj, "local lookups", [{"customer": c, "label": label, "percent": d.percent, "kind": d.kind,
+                                "evidence": d.evidence} for label, c, d in found],
+        lambda: "\n".join(f"{label:>24}  {c}: {d.describe()}" for label, c, d in found))
 
 
 # --------------------------------------------------------------------------- stages
@@ -405,7 +423,7 @@ def ttl_enable(obj: Ctx) -> None:
 
     r = enable(obj.config())
     verb = "enabled" if r["changed"] else "already"
-    click.echo(f"TTL on {r['table']}: {verb} {r['status']} on {r['attribute']}")
+    say(obj, "ttl enable", r, lambda: f"TTL on {r['table']}: {verb} {r['status']} on {r['attribute']}")
 
 
 @ttl.command("preview")
@@ -417,11 +435,9 @@ def ttl_preview(obj: Ctx, at_text: str) -> None:
     from etl.ttl import preview
 
     rows = preview(obj.config(), _at(at_text))
-    if not rows:
-        click.echo("no transformed months staged yet")
-    for r in rows:
-        click.echo(f"{r['month']}: {r['expired_by']:,} of {r['rows']:,} rows expired by {at_text}, "
-                   f"{r['remaining']:,} remain")
+    say(obj, "ttl preview", rows, lambda: "\n".join(
+        f"{r['month']}: {r['expired_by']:,} of {r['rows']:,} rows expired by {at_text}, {r['remaining']:,} remain"
+        for r in rows) or "no transformed months staged yet")
 
 
 @cli.group()
@@ -596,10 +612,13 @@ def run(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mode: 
     if catch_up:
         from etl.catchup.stage import run as run_catchup
 
-        _print_catchup(run_catchup(cfg, ms, mode=catch_up, yes=yes, confirm=confirm, reporter=obj.reporter))
+        _print_catchup(obj, run_catchup(cfg, ms, mode=catch_up, yes=yes, confirm=confirm, reporter=obj.reporter))
 
 
-def _print_catchup(results: list[dict[str, Any]]) -> None:
+def _print_catchup(obj: Ctx, results: list[dict[str, Any]]) -> None:
+    if obj.json:
+        click.echo(json.dumps({"command": "catch-up", "months": [_counts(r) for r in results]}, default=str))
+        return
     for r in results:
         if not r.get("windows"):
             click.echo(f"catch-up {r['month']}: nothing applied yet")
@@ -640,7 +659,7 @@ def catch_up(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], t
     results = run_catchup(cfg, _months(months, month_ranges), mode=mode, to=_at(to_text), use_existing=use_existing,
                           yes=yes, include_expired=include_expired, reporter=obj.reporter,
                           confirm=lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False)
-    _print_catchup(results)
+    _print_catchup(obj, results)
 
 
 def configure_process() -> None:

@@ -33,3 +33,19 @@ def test_json_and_text_results(make_config: Callable[..., Config], tmp_path: Pat
                                 "(bad_datetime 1), 0 colliding keys")
     r = CliRunner().invoke(cli, [*base, "--json", "status"])
     assert json.loads(r.output)[0]["stages"]["transform"]["state"] == "done"
+
+
+def test_every_command_that_prints_says_json_under_the_global_flag(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    cfg = tmp_path / "c.toml"
+    port = free_port()
+    cfg.write_text(f'domain="d"\nregion="r"\n[staging]\nroot="{tmp_path / "stage"}"\n'
+                   f'[local]\nport = {port}\nstate_dir = "{tmp_path / "state"}"\n')
+    for args, command in ((["ttl", "preview", "--at", "2017-06-01T00:00:00Z"], "ttl preview"),
+                          (["local", "up"], "local up"), (["local", "down"], "local down")):
+        r = CliRunner().invoke(cli, ["--config", str(cfg), "--json", *args])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output)["command"] == command
+    r = CliRunner().invoke(cli, ["--config", str(cfg), "--json", "config", "show"])
+    assert json.loads(r.output)["config_file"] == str(cfg)
