@@ -114,7 +114,6 @@ class Runner:
             with self._export_slots:
                 return [export.run_task(cfg, t, ctx, self.reporter) for t in plan.tasks]
         if stage == "transform":
-            ctx.io = self.engine.pool("convert", cfg.transform.concurrency)
             return self.engine.run("transform", cfg.transform.concurrency, transform.run_task, cfg, plan.tasks, ctx)
         if stage == "load":
             assert self.load_setup is not None

@@ -53,8 +53,11 @@ def plan(cfg: Config, store: staging.Store, month: str) -> MonthPlan:
     if export is None:
         raise StageNotReady(f"month {month} has no committed export", hint=f"run `etl export --month {month}` first")
     files = sorted(export["files"], key=lambda f: f["uri"])  # part numbers: the files in name order
+    # a month of fewer files than workers converts each file's chunks on the idle ones too (a shared conversion
+    # pool for every month costs ~10% CPU on even exports: BENCHMARKS.md)
+    helpers = max(0, cfg.transform.concurrency - len(files)) // max(1, len(files))
     tasks = [FileTask(month, i, f["uri"], staging.transformed_key(month, i), staging.rejected_key(month, i),
-                      str(export.get("run_id", "")), md5=f.get("md5")) for i, f in enumerate(files)]
+                      str(export.get("run_id", "")), helpers, md5=f.get("md5")) for i, f in enumerate(files)]
     # the largest files first, so a big file listed last does not run alone at the end
     size = {f["uri"]: f.get("size") or 0 for f in files}
     tasks.sort(key=lambda t: -size[t.input])
@@ -154,9 +157,9 @@ class _Part:
 def run_task(cfg: Config, task: FileTask, ctx: TaskContext) -> dict[str, Any]:
     """One export data file -> one Parquet part (+ its quarantine file).
 
-    Chunks are converted on `ctx.io` (the engine's conversion threads, shared by the month's files, so a file
-    left alone at the end has every thread) or on `task.helpers` + 1 threads of its own, while this thread
-    decompresses and writes; results are taken in file order, so the output is the same either way."""
+    Chunks are converted on `ctx.io` when the engine lends threads, or on `task.helpers` + 1 threads of its own
+    (a month of fewer files than workers), while this thread decompresses and writes; results are taken in file
+    order, so the output is the same either way."""
     store = staging.open_store(cfg.staging.root, cfg.staging)
     schema, out_schema = mapping.parse_schema(cfg), mapping.output_schema(cfg)
     hook = mapping.load_hook(cfg.transform.hook)
