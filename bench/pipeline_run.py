@@ -16,7 +16,7 @@ def run(quick: bool) -> str:
     got: dict[str, list[dict[str, object]]] = {"stages": [], "run": []}
     for _ in range(rounds):
         for name in ("stages", "run"):  # in turn, so drift in the machine's speed falls on both
-            proc, url, _ = _sink("pipetable", 900)
+            proc, url = _sink("pipetable", 900)
             got[name].append(run_contender("bench.pipeline", name, {"exports": folders, "endpoint": url,
                                                                    "table": "pipetable", "max_wcu": budget},
                                            repeat=1))
