@@ -68,7 +68,8 @@ test: $(STAMP) $(DDB_LOCAL_STAMP)
 	$(if $(ARGS),,$(MAKE) --no-print-directory test-ray)
 	$(if $(ARGS),,$(MAKE) --no-print-directory test-newest)
 
-# The suite on the newest supported Python too (CI runs both): its own venv, the Ray tests left to `test`.
+# The suite on the newest supported Python too (make test runs both): its own venv (with the ray extra, which
+# the engine settings need); the Ray cluster tests themselves run once, under `test`.
 # python3.13 from PATH, else pyenv's 3.13 (its shim answers only where 3.13 is the selected version)
 NEWEST_PY ?= $(firstword $(foreach p,python3.13 $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13),\
 	$(shell $(p) -c '' >/dev/null 2>&1 && echo $(p))))
@@ -77,7 +78,7 @@ $(NEWEST_VENV)/.installed: pyproject.toml
 	@test -n "$(NEWEST_PY)" || { echo "no Python 3.13 found (PATH or pyenv): set NEWEST_PY"; exit 1; }
 	@test -x $(NEWEST_VENV)/bin/python || $(NEWEST_PY) -m venv $(NEWEST_VENV)
 	$(NEWEST_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(NEWEST_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(NEWEST_VENV)/bin/python -m pip install --quiet -e '.[dev,ray]'
 	@touch $@
 
 test-newest: $(NEWEST_VENV)/.installed $(DDB_LOCAL_STAMP)
