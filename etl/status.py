@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from etl import staging
+from etl.lease import gone
 
 NEXT = {"export": "etl export", "transform": "etl transform", "load": "etl load", "verify": "etl verify"}
 
@@ -60,8 +61,6 @@ def month_status(store: staging.Store, month: str, stages: tuple[str, ...] = sta
 
 def _with_lease(store: staging.Store, month: str, stage: str, cell: dict[str, Any]) -> dict[str, Any]:
     """A run holding the stage's lease: running (who, since when), or interrupted when its holder is gone."""
-    from etl.lease import gone
-
     key = staging.lease_key(month, stage)
     if not store.exists(key):
         return cell

@@ -76,7 +76,7 @@ class _Hashed:
         self.md5.update(data)
         return data
 
-    def readinto(self, b: Any) -> int:
+    def readinto(self, b: Any) -> int:  # how the gzip reader pulls the compressed bytes
         data = self.read(len(b))
         b[: len(data)] = data
         return len(data)
