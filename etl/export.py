@@ -99,6 +99,10 @@ def inspect_export(folder: staging.Store) -> dict[str, Any]:
             if rel in listed:
                 problems.append(f"manifest-files.json lists {rel} twice (its items would be read twice)")
                 continue
+            if _count(entry.get("itemCount")) is None:
+                problems.append(f"manifest-files.json gives {rel} the itemCount {entry.get('itemCount')!r}, "
+                                "not a count of items")
+                continue
             listed.add(rel)
             todo.append((entry, rel))
 
@@ -109,16 +113,18 @@ def inspect_export(folder: staging.Store) -> dict[str, Any]:
                 problems.append(f"data file {data_root.key_uri(rel)} is listed in manifest-files.json but does not "
                                 "exist")
                 return None
-            b64, hexd = data_root.md5(rel)
+            b64, hexd, head = data_root.md5_and_head(rel, len(_GZIP_MAGIC))
             if b64 != entry.get("md5Checksum"):
                 problems.append(f"data file {rel}: md5 {b64} does not match the manifest's {entry.get('md5Checksum')}")
+            elif rel.endswith(".gz") and head and head != _GZIP_MAGIC:
+                problems.append(f"data file {rel} is not gzip (it begins {head!r}; gzip begins {_GZIP_MAGIC!r})")
             return {"uri": data_root.key_uri(rel), "size": info.size, "etag": info.etag or hexd,
-                    "md5": b64, "item_count": int(entry.get("itemCount", 0))}
+                    "md5": b64, "item_count": entry["itemCount"]}
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             files = [f for f in pool.map(check, todo) if f]
-        total = sum(int(e.get("itemCount", 0)) for e in entries)
-        if has_summary and total != int(summary.get("itemCount", -1)):
+        total = sum(entry["itemCount"] for entry, _ in todo)
+        if has_summary and total != _count(summary.get("itemCount")):
             problems.append(
                 f"item counts in manifest-files.json add up to {total}, "
                 f"but manifest-summary.json says {summary.get('itemCount')}"
@@ -155,6 +161,14 @@ def inspect_export(folder: staging.Store) -> dict[str, Any]:
         "item_count": None,
         "files": files,
     }
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _count(value: Any) -> int | None:
+    """A manifest's itemCount, or None when it is not one (a string, a negative or missing number)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _json_of(folder: staging.Store, name: str, raw: bytes, line: int | None = None) -> dict[str, Any]:

@@ -99,11 +99,20 @@ class Store:
 
     def md5(self, key: str) -> tuple[str, str]:
         """(base64 md5, hex md5) of an object's bytes, streamed."""
+        b64, hexd, _ = self.md5_and_head(key, 0)
+        return b64, hexd
+
+    def md5_and_head(self, key: str, head: int) -> tuple[str, str, bytes]:
+        """(base64 md5, hex md5, the first `head` bytes) of an object, in one streamed read (a data file's
+        checksum and its format's magic bytes)."""
         h = hashlib.md5()
+        first = b""
         with self.open_read(key) as f:
             while chunk := f.read(CHUNK):
+                if len(first) < head:
+                    first += chunk[: head - len(first)]
                 h.update(chunk)
-        return base64.b64encode(h.digest()).decode(), h.hexdigest()
+        return base64.b64encode(h.digest()).decode(), h.hexdigest(), first
 
     def read_json(self, key: str) -> Any:
         return json.loads(self.read(key))

@@ -7,6 +7,7 @@ pass 2 converts only the rows still standing (dates, ints), which can fail per r
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,16 +56,22 @@ def _empty(strings: pa.Array) -> np.ndarray:
 
 
 def _actual_type(line: bytes, source: str) -> str:
-    """The DynamoDB type of a rejected value that is neither S nor N, read from its raw line."""
+    """The DynamoDB type of a rejected value that has no S or N string, read from its raw line: its tag(s), an
+    S or N tag with a JSON null, or an empty object."""
     try:
         value = orjson.loads(line)["Item"][source]
-        return "/".join(value) if isinstance(value, dict) else type(value).__name__
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return "another type"
+    except (orjson.JSONDecodeError, KeyError, TypeError):  # e.g. nested past orjson's depth: the tag is first
+        tag = re.search(rb'"' + re.escape(source.encode()) + rb'"\s*:\s*\{\s*"(\w+)"', line)
+        return tag.group(1).decode() if tag else "another type"
+    if not isinstance(value, dict):
+        return type(value).__name__
+    if not value:
+        return "an empty object {}"
+    return "/".join(f"{k} with a JSON null" if k in ("S", "N") and value[k] is None else k for k in value)
 
 
 def _messages(kind: str, source: str, attr: pa.Array, rows: np.ndarray, expected: str,
-              lines: list[bytes]) -> list[str]:
+              lines: list[bytes], epoch_unit: str) -> list[str]:
     """Messages for rejected rows sharing one reason and attribute, a column at a time."""
     if kind == "missing_attribute":
         return [f"{source} is missing"] * len(rows)
@@ -85,9 +92,12 @@ def _messages(kind: str, source: str, attr: pa.Array, rows: np.ndarray, expected
         return [f"{source}: {v!r} plus ttl_seconds is past 9999-12-31, the last expiry DynamoDB can hold"
                 for v in values]
     if kind == "bad_int":
-        return [f"{source}: {v!r} is not an integer" for v in values]
-    return [f"{source}: {v!r} is not a date-time (ISO-8601, yyyy-MM-dd, epoch or a configured pattern)"
-            for v in values]
+        return [f"{source}: {v!r} is not a whole number within int64" for v in values]
+    is_s = _np(pc.is_valid(attr.field("S").take(at))) if "S" in kinds else np.zeros(len(rows), dtype=bool)
+    unit = {"s": "seconds", "ms": "milliseconds"}[epoch_unit]
+    return [f"{source}: {v!r} is not a date-time (ISO-8601, yyyy-MM-dd or a configured pattern)" if s else
+            f"{source}: {v!r} is not epoch {unit} within years 0001-9999 (transform.epoch_unit = {epoch_unit!r})"
+            for v, s in zip(values, is_s.tolist(), strict=True)]
 
 
 
@@ -95,7 +105,8 @@ class _Outcomes:
     """Per row of a chunk: the reason it is rejected (index into REASONS, -1 = fine) and what to say about it,
     or the filter that dropped it."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, epoch_unit: str = "s") -> None:
+        self.epoch_unit = epoch_unit  # what an N date-time is read as, for the messages
         self.reason = np.full(n, -1, dtype=np.int8)
         self.why: list[tuple[str, pa.Array, str]] = []  # (attribute, values, expected) behind `info`
         self.info = np.full(n, -1, dtype=np.int32)  # index into why
@@ -202,7 +213,8 @@ def _rejections(parsed: Parsed, chunk: bytes | memoryview, out: _Outcomes) -> li
     for w in np.unique(infos[infos >= 0]).tolist():
         at = np.flatnonzero(infos == w)
         source, attr, expected = out.why[w]
-        texts = _messages(kinds[at[0]], source, attr, rejected_rows[at], expected, [lines[j] for j in at.tolist()])
+        texts = _messages(kinds[at[0]], source, attr, rejected_rows[at], expected, [lines[j] for j in at.tolist()],
+                          out.epoch_unit)
         for j, text in zip(at.tolist(), texts, strict=True):
             messages[j] = text
     return list(zip(kinds, messages, lines, strict=True))
@@ -220,7 +232,7 @@ def convert_chunk(chunk: bytes | memoryview, cfg: Config, schema: pa.Schema, out
     if n == 0:
         return result
     item = table.column("Item").combine_chunks()
-    out = _Outcomes(n)
+    out = _Outcomes(n, t.epoch_unit)
     present_of = _classify(cfg, item, out)
     cand = np.flatnonzero((out.reason < 0) & ~out.filtered)
     values = _convert(cfg, item, out, present_of, cand)
