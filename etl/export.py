@@ -99,11 +99,11 @@ def inspect_export(folder: staging.Store) -> dict[str, Any]:
             if rel in listed:
                 problems.append(f"manifest-files.json lists {rel} twice (its items would be read twice)")
                 continue
+            listed.add(rel)
             if _count(entry.get("itemCount")) is None:
                 problems.append(f"manifest-files.json gives {rel} the itemCount {entry.get('itemCount')!r}, "
                                 "not a count of items")
                 continue
-            listed.add(rel)
             todo.append((entry, rel))
 
         def check(job: tuple[dict[str, Any], str]) -> dict[str, Any] | None:
@@ -123,8 +123,9 @@ def inspect_export(folder: staging.Store) -> dict[str, Any]:
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             files = [f for f in pool.map(check, todo) if f]
-        total = sum(entry["itemCount"] for entry, _ in todo)
-        if has_summary and total != _count(summary.get("itemCount")):
+        counts = [_count(e.get("itemCount")) for e in entries]
+        total = sum(c for c in counts if c is not None)
+        if has_summary and None not in counts and total != _count(summary.get("itemCount")):
             problems.append(
                 f"item counts in manifest-files.json add up to {total}, "
                 f"but manifest-summary.json says {summary.get('itemCount')}"
