@@ -29,7 +29,7 @@ from etl.errors import EtlError
 from etl.items import decode_item
 from etl.pipeline import run_export, run_load, run_transform
 from tests.conftest import ddb_client
-from tests.corpus import FILE_KINDS, LINE_KINDS, MAPPING, M, FileKind, Kind, line, row
+from tests.corpus import FILE_KINDS, LINE_KINDS, MAPPING, FileKind, Kind, M, line, row
 from tests.helpers import b64md5, write_raw_export
 
 NOW = int(datetime(2016, 6, 1, tzinfo=UTC).timestamp())  # the load's clock: 2016 orders have not expired
