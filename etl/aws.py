@@ -146,9 +146,14 @@ def explain(exc: BaseException, cfg: Any = None) -> EtlError | None:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         op = exc.operation_name
         side = _SIDE_OF_OPERATION.get(op, "source or destination" if op == "DescribeTable" else "an AWS")
-        if code in _REFUSED_CODES:
-            return EtlError(f"the {side} side refused {op}: {code} (its credentials are missing, expired or lack "
-                            "that permission)", hint=CREDENTIALS_HINT)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in _REFUSED_CODES or status == 403:  # a 403 whose body names no code (an emulator's, a proxy's)
+            return EtlError(f"the {side} side refused {op}: {code if code in _REFUSED_CODES else 'HTTP 403'} (its "
+                            "credentials are missing, expired or lack that permission)", hint=CREDENTIALS_HINT)
+        if code == "ResourceNotFoundException" and side in ("source", "destination"):
+            region = getattr(getattr(cfg, side, None), "aws_region", "its region")
+            return EtlError(f"{op}: the {side} table does not exist in {region}",
+                            hint=f"check [{side}] table_template and aws_region in the config")
         if code == "NoSuchBucket":
             bucket = exc.response.get("Error", {}).get("BucketName") or "the staging bucket"
             return EtlError(f"{op}: staging bucket {bucket} does not exist",

@@ -284,9 +284,11 @@ def load_config(
     data: dict[str, Any] = {}
     if file.exists():
         try:
-            data = tomllib.loads(file.read_text())
-        except tomllib.TOMLDecodeError as exc:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config: {file} is not valid TOML: {exc}") from None
+        except OSError as exc:  # a directory, no permission
+            raise ConfigError(f"config: {file} cannot be read: {exc.strerror}") from None
     elif explicit:
         raise ConfigError(
             f"config file {file} not found",
