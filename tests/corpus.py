@@ -375,7 +375,7 @@ FILE_KINDS: list[FileKind] = [
              written=(*GOOD_ROWS, row("G-3"), row("G-4"))),
     FileKind("summary-missing", "manifest-summary.json (and its .md5) missing",
              lambda t: _without(_export(t, [], []), "manifest-summary.json", "manifest-summary.md5"),
-             written=tuple(GOOD_ROWS), note="verified from manifest-files.json alone (md5s and counts)"),
+             written=tuple(GOOD_ROWS), note="verified from manifest-files.json alone: md5s and counts"),
     FileKind("not-gzip", "a .json.gz data file that is not gzip", lambda t: _export(t, [line("G-3") + b"\n"], [1]),
              "export", _refused(f"data file {DATA1} is not gzip (it begins b'{{\"'; gzip begins b'\\x1f\\x8b')")),
     FileKind("truncated-gzip", "a gzip data file cut mid-stream (its md5 in the manifest matches the cut file)",
@@ -442,6 +442,13 @@ def _summary_raw(root: Path, raw: bytes) -> Path:
     return root
 
 
+# the load-side kind that needs a load of its own (today it fails the month: tests/test_corpus.py)
+PK_2048 = ("partition-key-over-2048-bytes", "a CustomerID of 2,049 bytes (transform: written exactly)",
+           "`etl load` fails: `error: DynamoDB refused a batch: ValidationException: Hash primary key values must be "
+           "under 2048 bytes, and range primary key values must be under 1024 bytes` (to become a quarantine record "
+           "before sending with the load-rules work; the other kinds' load outcomes are in the Lines table)")
+
+
 # --------------------------------------------------------------------------- the table
 
 
@@ -471,9 +478,10 @@ def _line_outcome(k: Kind) -> str:
 
 def markdown() -> str:
     head = ["Reproduce: `make test ARGS=\"tests/test_corpus.py -v\"` (the table: `.venv/bin/python -m tests.corpus`).",
-            "", f"{len(LINE_KINDS) + len(FILE_KINDS)} kinds + the load-side ones in tests/test_corpus.py. Each sits "
-            "beside good rows that are written exactly; per data file, items_in = written + filtered + rejected, and "
-            "the load's written + skipped_expired + deduplicated + quarantined = rows.", "",
+            "", f"{len(LINE_KINDS) + len(FILE_KINDS) + 1} kinds: {len(LINE_KINDS)} kinds of line, {len(FILE_KINDS)} "
+            "of data file or manifest, and a partition key over 2048 bytes at the load. Each sits beside good rows "
+            "that are written exactly (and loaded exactly, on DynamoDB Local); per data file, items_in = written + "
+            "filtered + rejected, and the load's written + skipped_expired + deduplicated + quarantined = rows.", "",
             "### Lines (one data file each, between two good rows)", "",
             "| kind | bad input | outcome |", "|---|---|---|"]
     rows = [f"| `{k.id}` | {_cell(k.what)} | {_cell(_line_outcome(k))} |" for k in LINE_KINDS]
@@ -483,7 +491,9 @@ def markdown() -> str:
         out = (f"`etl {f.stage}` fails: `error: {f.message}`" if f.stage else
                f"written: {len(f.written)} rows exactly" + (f" ({f.note})" if f.note else ""))
         files.append(f"| `{f.id}` | {_cell(f.what)} | {_cell(out)} |")
-    return "\n".join([*head, *rows, *files]) + "\n"
+    load = ["", "### At the load", "", "| kind | bad input | outcome |", "|---|---|---|",
+            f"| `{PK_2048[0]}` | {PK_2048[1]} | {_cell(PK_2048[2])} |"]
+    return "\n".join([*head, *rows, *files, *load]) + "\n"
 
 
 if __name__ == "__main__":
