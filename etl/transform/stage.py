@@ -111,6 +111,7 @@ class _Part:
                  hook: mapping.Hook | None) -> None:
         self.cfg, self.task, self.writer, self.ctx, self.hook = cfg, task, writer, ctx, hook
         self.schema = mapping.output_schema(cfg)
+        self.lines = 0  # lines of the file handled so far
         self.counts: dict[str, Any] = {"items_in": 0, "written": 0, "filtered": 0, "rejected": 0,
                                        "filtered_by": {}, "rejected_by": {}}
         self.rej_buf = io.BytesIO()
@@ -135,6 +136,7 @@ class _Part:
             if dropped:
                 r.filtered["hook"] = r.filtered.get("hook", 0) + dropped
         c["items_in"] += r.items_in
+        self.lines += r.newlines
         c["written"] += r.table.num_rows
         for k, v in r.filtered.items():
             c["filtered_by"][k] = c["filtered_by"].get(k, 0) + v
@@ -200,7 +202,7 @@ def run_task(cfg: Config, task: FileTask, ctx: TaskContext) -> dict[str, Any]:
         except Truncated as exc:
             drain()
             raise EtlError(
-                f"{task.input}: the gzip data ends early ({exc}) after line {exc.lines}; "
+                f"{task.input}: the gzip data ends early ({exc}) after line {part.lines + exc.carried}; "
                 f"{part.counts['items_in']} items were read before it",
                 hint=f"the export file is damaged: re-export the month (`etl export --month {task.month} --force`)",
             ) from None
