@@ -63,8 +63,8 @@ def generate_files(dirname: str, sizes_mb: list[float], malformed: int = 0) -> d
 
     folder = DATA / dirname / "AWSDynamoDB" / EXPORT_ID
     meta_path = folder.parent.parent / "meta.json"
-    if meta_path.exists():
-        return dict(json.loads(meta_path.read_text()))
+    if meta_path.exists():  # the folder as it is now (the cache may have been copied from elsewhere)
+        return {**json.loads(meta_path.read_text()), "folder": str(folder)}
     (folder / "data").mkdir(parents=True, exist_ok=True)
     biggest = max(range(len(sizes_mb)), key=lambda i: sizes_mb[i])
     entries, raw_total, rows_total, sizes = [], 0, 0, []

@@ -664,7 +664,11 @@ def catch_up(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], t
 
 def configure_process() -> None:
     """What the `etl` process (not the library) sets: Arrow's system allocator, which gives freed chunk memory
-    back at once (jemalloc holds on to it: +25% peak RSS in the transform)."""
+    back at once (jemalloc holds on to it: +25% peak RSS in the transform); one OpenBLAS thread (nothing here
+    multiplies matrices, yet its idle threads spun for 2.5% of the transform's CPU), unless the user set it."""
+    import os
+
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # read when numpy is first imported, just below
     import pyarrow as pa
 
     pa.set_memory_pool(pa.system_memory_pool())

@@ -482,3 +482,30 @@ def test_a_value_with_two_type_tags_is_malformed(make_config: Callable[..., Conf
     assert msgs == {"O1": "DateTime has two type tags (S and N); a DynamoDB value has exactly one",
                     "O2": "OrderID has two type tags (S and N); a DynamoDB value has exactly one",
                     "O3": "CustomerID has two type tags (S and N); a DynamoDB value has exactly one"}
+
+
+@pytest.mark.parametrize(("sizes", "workers", "expected"), [
+    ([100, 100, 100, 100], 2, [0, 0, 0, 0]),  # even files: each worker takes whole files
+    ([600, 360, 0, 1430], 2, [0, 0, 0, 1]),  # one file over a worker's share: the others' workers help it
+    ([1000], 2, [1]),  # fewer files than workers: the idle ones help
+    ([500, 500], 4, [1, 1]),
+    ([1000], 1, [0]),  # one worker: nobody to help
+])
+def test_which_files_convert_on_helper_threads(make_config: Callable[..., Config], tmp_path: Path,
+                                               sizes: list[int], workers: int, expected: list[int]) -> None:
+    """The plan gives helper threads where workers would otherwise sit idle, and only there, by the sizes the
+    export's manifest lists."""
+    from etl.transform.stage import plan
+
+    month_items = [it for it in generate_month(M, 40, 3) if "_dirty" not in it]
+    folder = write_real_export(tmp_path / "ext", [month_items[: max(1, s // 100)] for s in sizes])
+    cfg = make_config(root=str(tmp_path / "stage"), extra=f"[transform]\nconcurrency = {workers}\n")
+    run_export(cfg, [M], use_existing=str(folder))
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    export = staging.read_manifest(store, M, "export")
+    assert export is not None
+    for f, s in zip(sorted(export["files"], key=lambda f: f["uri"]), sizes, strict=True):
+        f["size"] = s  # the sizes under test (the files themselves are small)
+    store.write_json(staging.manifest_key(M, "export"), export)
+    tasks = plan(cfg, store, M).tasks
+    assert {t.part: t.helpers for t in tasks} == dict(enumerate(expected))

@@ -47,6 +47,7 @@ class Parsed:
     ends: np.ndarray | None  # the position of each line's newline in the chunk
     malformed: list[tuple[bytes, str]]  # (raw line, why)
     line_of_row: np.ndarray | None = None  # with `ends`: the line of each row (None: row i is line i)
+    newlines: int = 0  # lines the chunk holds (blank ones too): where in the file a later line is
 
     def raw_lines(self, chunk: bytes | memoryview, rows: np.ndarray) -> list[bytes]:
         if self.lines is not None:
@@ -69,15 +70,17 @@ def parse(chunk: bytes | memoryview, schema: pa.Schema, attrs: list[str]) -> Par
     re-encoded), and the lines are decoded in halves until every refused line stands alone, so one bad line
     in an 8 MB chunk costs a few decodes of it, not one per line. Raw lines are always the file's bytes."""
     buf = np.frombuffer(chunk, dtype=np.uint8)
-    ends = np.flatnonzero(buf == 10)
-    clean = (len(ends) > 0 and ends[-1] == len(buf) - 1 and np.count_nonzero(buf < 32) == len(ends)
-             and not (np.count_nonzero(buf == 92) and _ASTRAL.search(chunk)))
+    ends = np.flatnonzero(buf < 32)  # the control bytes: in a clean chunk, only its newlines (one pass, not two)
+    clean = bool(len(ends) > 0 and ends[-1] == len(buf) - 1 and (buf[ends] == 10).all()
+                 and not (_has_backslash(chunk, buf) and _ASTRAL.search(chunk)))
+    if not clean:
+        ends = np.flatnonzero(buf == 10)
     if (clean and buf[0] == 123 and bool((buf[ends - 1] == 125).all())
             and bool((buf[ends[:-1] + 1] == 123).all())):
         try:
             table = _decode(chunk, schema)
             if table.num_rows == len(ends):
-                return Parsed(table, None, ends, [])
+                return Parsed(table, None, ends, [], newlines=len(ends))
         except pa.ArrowInvalid:
             pass
     if clean and not _has_blank_line(buf, ends):
@@ -121,8 +124,18 @@ def parse(chunk: bytes | memoryview, schema: pa.Schema, attrs: list[str]) -> Par
         mid = (lo + hi) // 2
         todo += [(mid, hi), (lo, mid)]
     if not tables:
-        return Parsed(pa.table({"Item": pa.array([], schema.field("Item").type)}), [], None, bad)
-    return Parsed(pa.concat_tables(tables), good, None, bad)
+        return Parsed(pa.table({"Item": pa.array([], schema.field("Item").type)}), [], None, bad,
+                      newlines=len(ends))
+    return Parsed(pa.concat_tables(tables), good, None, bad, newlines=len(ends))
+
+
+def _has_backslash(chunk: bytes | memoryview, buf: np.ndarray) -> bool:
+    """Some byte is a backslash. A chunk is a view of the block read (bytes): when the whole block has none
+    (memchr: 0.1 ms per 8 MB), neither has the view; otherwise the view itself is counted (1.4 ms)."""
+    whole = chunk.obj if isinstance(chunk, memoryview) else chunk
+    if isinstance(whole, bytes) and whole.find(b"\\") < 0:
+        return False
+    return bool(np.count_nonzero(buf == 92))
 
 
 def _has_blank_line(buf: np.ndarray, ends: np.ndarray) -> bool:
@@ -165,8 +178,9 @@ def _bisect_in_place(chunk: bytes | memoryview, ends: np.ndarray, schema: pa.Sch
         mid = (lo + hi) // 2
         todo += [(mid, hi), (lo, mid)]
     if not tables:
-        return Parsed(pa.table({"Item": pa.array([], schema.field("Item").type)}), [], None, bad)
-    return Parsed(pa.concat_tables(tables), None, ends, bad, np.concatenate(rows_of))
+        return Parsed(pa.table({"Item": pa.array([], schema.field("Item").type)}), [], None, bad,
+                      newlines=len(ends))
+    return Parsed(pa.concat_tables(tables), None, ends, bad, np.concatenate(rows_of), newlines=len(ends))
 
 
 def _refused(line: bytes, attrs: list[str], exc: Exception) -> str:
@@ -191,11 +205,12 @@ def _refused(line: bytes, attrs: list[str], exc: Exception) -> str:
 
 
 class Truncated(Exception):
-    """The compressed data ends before its end: `lines` whole lines were read before the damage."""
+    """The compressed data ends before its end: `carried` whole lines read before the damage were not yet
+    handed out (the chunks handed out say how many lines they hold: `Parsed.newlines`)."""
 
-    def __init__(self, cause: BaseException, lines: int) -> None:
+    def __init__(self, cause: BaseException, carried: int) -> None:
         super().__init__(str(cause))
-        self.lines = lines
+        self.carried = carried
 
 
 def chunks(stream: IO[bytes], size: int | None = None) -> Iterator[tuple[bytes | memoryview, int]]:
@@ -205,12 +220,11 @@ def chunks(stream: IO[bytes], size: int | None = None) -> Iterator[tuple[bytes |
     compressed data raises `Truncated` with the lines read before it."""
     size = size or CHUNK
     carry = b""
-    lines = 0
     while True:
         try:
             block: Any = stream.read(size)
         except (OSError, EOFError) as exc:
-            raise Truncated(exc, lines + carry.count(b"\n")) from None
+            raise Truncated(exc, carry.count(b"\n")) from None
         if not block:
             if carry.strip():
                 yield carry + b"\n", len(carry)
@@ -222,6 +236,5 @@ def chunks(stream: IO[bytes], size: int | None = None) -> Iterator[tuple[bytes |
         if carry:
             block, cut = carry + block, cut + len(carry)
         body = memoryview(block)[: cut + 1]
-        lines += block.count(b"\n", 0, cut + 1)
         yield body, len(body)
         carry = block[cut + 1 :]

@@ -30,6 +30,7 @@ class ChunkResult:
     items_in: int = 0
     filtered: dict[str, int] = field(default_factory=dict)
     rejected: list[tuple[str, str, bytes]] = field(default_factory=list)  # (reason, message, raw line)
+    newlines: int = 0  # lines in the chunk
 
 
 def _np(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -226,6 +227,7 @@ def convert_chunk(chunk: bytes | memoryview, cfg: Config, schema: pa.Schema, out
     parsed = parse(chunk, schema, source_attributes(cfg))
     table = parsed.table
     result = ChunkResult(table=pa.Table.from_batches([], out_schema))
+    result.newlines = parsed.newlines
     result.rejected.extend(("malformed_line", msg, line) for line, msg in parsed.malformed)
     n = table.num_rows
     result.items_in = n + len(parsed.malformed)

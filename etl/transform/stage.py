@@ -53,15 +53,27 @@ def plan(cfg: Config, store: staging.Store, month: str) -> MonthPlan:
     if export is None:
         raise StageNotReady(f"month {month} has no committed export", hint=f"run `etl export --month {month}` first")
     files = sorted(export["files"], key=lambda f: f["uri"])  # part numbers: the files in name order
-    # a month of fewer files than workers converts each file's chunks on the idle ones too (a shared conversion
-    # pool for every month costs ~10% CPU on even exports: BENCHMARKS.md)
-    helpers = max(0, cfg.transform.concurrency - len(files)) // max(1, len(files))
-    tasks = [FileTask(month, i, f["uri"], staging.transformed_key(month, i), staging.rejected_key(month, i),
-                      str(export.get("run_id", "")), helpers, md5=f.get("md5")) for i, f in enumerate(files)]
-    # the largest files first, so a big file listed last does not run alone at the end
     size = {f["uri"]: f.get("size") or 0 for f in files}
+    tasks = [FileTask(month, i, f["uri"], staging.transformed_key(month, i), staging.rejected_key(month, i),
+                      str(export.get("run_id", "")), _helpers(cfg, size[f["uri"]], list(size.values())),
+                      md5=f.get("md5")) for i, f in enumerate(files)]
+    # the largest files first, so a big file listed last does not run alone at the end
     tasks.sort(key=lambda t: -size[t.input])
     return MonthPlan(tasks, export.get("item_count") or export.get("describe_item_count"), "items")
+
+
+def _helpers(cfg: Config, size: int, sizes: list[int]) -> int:
+    """Threads of its own a file's task converts chunks on, besides its own.
+
+    A month of fewer files than workers lends the idle workers to its files; a file larger than a worker's fair
+    share of the month (one big file beside small ones) gets one, so the workers that finish the small files are
+    not idle while it runs alone. Files of even size get none: a shared conversion pool for every file cost ~10%
+    CPU on even exports (BENCHMARKS.md)."""
+    workers = cfg.transform.concurrency
+    spare = max(0, workers - len(sizes)) // max(1, len(sizes))
+    if spare == 0 and workers > 1 and size > sum(sizes) / workers:
+        return 1
+    return spare
 
 
 class _Hashed:
@@ -111,6 +123,7 @@ class _Part:
                  hook: mapping.Hook | None) -> None:
         self.cfg, self.task, self.writer, self.ctx, self.hook = cfg, task, writer, ctx, hook
         self.schema = mapping.output_schema(cfg)
+        self.lines = 0  # lines of the file handled so far
         self.counts: dict[str, Any] = {"items_in": 0, "written": 0, "filtered": 0, "rejected": 0,
                                        "filtered_by": {}, "rejected_by": {}}
         self.rej_buf = io.BytesIO()
@@ -135,6 +148,7 @@ class _Part:
             if dropped:
                 r.filtered["hook"] = r.filtered.get("hook", 0) + dropped
         c["items_in"] += r.items_in
+        self.lines += r.newlines
         c["written"] += r.table.num_rows
         for k, v in r.filtered.items():
             c["filtered_by"][k] = c["filtered_by"].get(k, 0) + v
@@ -200,7 +214,7 @@ def run_task(cfg: Config, task: FileTask, ctx: TaskContext) -> dict[str, Any]:
         except Truncated as exc:
             drain()
             raise EtlError(
-                f"{task.input}: the gzip data ends early ({exc}) after line {exc.lines}; "
+                f"{task.input}: the gzip data ends early ({exc}) after line {part.lines + exc.carried}; "
                 f"{part.counts['items_in']} items were read before it",
                 hint=f"the export file is damaged: re-export the month (`etl export --month {task.month} --force`)",
             ) from None
