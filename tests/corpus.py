@@ -140,7 +140,7 @@ LINE_KINDS: list[Kind] = [
     Kind("raw-nul", "a raw NUL byte inside a string", (raw(b"C-\x00NUL"),),
          _q(MALFORMED, "not JSON: unexpected control character in string: line 1 column 31 (char 30)")),
     Kind("invalid-utf8", "bytes that are not UTF-8 (0xff 0xfe)", (raw(b"C-\xff\xfe"),),
-         _q(MALFORMED, "not JSON: str is not valid UTF-8: surrogates not allowed: line 1 column 1 (char 0)")),
+         _q(MALFORMED, "not UTF-8 text: byte 0xff at position 30")),
     Kind("bom", "a UTF-8 byte order mark before the first line", (b"\xef\xbb\xbf" + line("C-bom"),),
          _q(MALFORMED, "not JSON: UTF-8 byte order mark (BOM) is not supported: line 1 column 1 (char 0)"),
          first=True),
@@ -380,8 +380,12 @@ FILE_KINDS: list[FileKind] = [
              "export", _refused(f"data file {DATA1} is not gzip (it begins b'{{\"'; gzip begins b'\\x1f\\x8b')")),
     FileKind("truncated-gzip", "a gzip data file cut mid-stream (its md5 in the manifest matches the cut file)",
              lambda t: _export(t, [BIG[: len(BIG) // 2]], [2000]), "transform",
-             "{folder}/" + DATA1 + ": the gzip data ends early (Compressed file ended before the end-of-stream marker "
-             "was reached) after line 0; 0 items were read before it"),
+             "{folder}/" + DATA1 + ": the gzip data ends early (the file is cut short) after line 0; 0 items were "
+             "read before it"),
+    FileKind("garbage-after-gzip", "bytes that are not gzip appended to a whole gzip data file",
+             lambda t: _export(t, [GOOD_FILE + b"garbage"], [2]), "transform",
+             "{folder}/" + DATA1 + ": 7 bytes after the end of the gzip data are not gzip (appended to the file after "
+             "its gzip data) after line 0; 0 items were read before it"),
     FileKind("md5-mismatch", "a data file whose md5 does not match the manifest",
              lambda t: _replace(_export(t, [GOOD_FILE], [2]), DATA1, BIG), "export",
              _refused(f"data file {DATA1}: md5 {b64md5(BIG)} does not match the manifest's {b64md5(GOOD_FILE)}")),

@@ -95,7 +95,7 @@ def parse(chunk: bytes | memoryview, schema: pa.Schema, attrs: list[str]) -> Par
             try:
                 obj = orjson.loads(line)
             except orjson.JSONDecodeError as err:
-                bad.append((line, f"not JSON: {err}"))
+                bad.append((line, _not_json(line, err)))
                 continue
             if astral:
                 text = orjson.dumps(obj)
@@ -183,12 +183,21 @@ def _bisect_in_place(chunk: bytes | memoryview, ends: np.ndarray, schema: pa.Sch
     return Parsed(pa.concat_tables(tables), None, ends, bad, np.concatenate(rows_of), newlines=len(ends))
 
 
+def _not_json(line: bytes, err: Exception) -> str:
+    """Why a line is not JSON; bytes that are not UTF-8 said as such (orjson calls them surrogates)."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"not UTF-8 text: byte 0x{line[bad.start]:02x} at position {bad.start}"
+    return f"not JSON: {err}"
+
+
 def _refused(line: bytes, attrs: list[str], exc: Exception) -> str:
     """Why the decoder refused a line, said the way a user can act on."""
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as err:
-        return f"not JSON: {err}"
+        return _not_json(line, err)
     if not isinstance(obj, dict) or not isinstance(obj.get("Item"), dict):
         return "no Item object"
     item = obj["Item"]

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import io
 import time
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -116,6 +117,34 @@ def open_data(uri: str, cfg: Config) -> Iterator[tuple[IO[bytes], _Hashed]]:
             yield hashed, hashed  # type: ignore[misc]
 
 
+def gzip_damage(uri: str, cfg: Config) -> str | None:
+    """What is wrong with a data file the decompressor refused (only read on that failure): the gzip data ends
+    early, or bytes that are not gzip follow its last whole member (the decompressor says "ends early" for both)."""
+    try:
+        with staging.open_uri(uri, cfg.staging) as raw:
+            data = memoryview(raw.read())
+    except OSError:
+        return None
+    at, members = 0, 0
+    while at < len(data):
+        if bytes(data[at:at + 2]) != b"\x1f\x8b":
+            return (f"{len(data) - at} bytes after the end of the gzip data are not gzip (appended to the file after "
+                    f"{'its gzip data' if members == 1 else f'{members} gzip members'})") if members else None
+        d = zlib.decompressobj(31)  # one member, a MB of compressed bytes at a time (the output is dropped)
+        start = at
+        while not d.eof:
+            if at >= len(data):
+                return "the gzip data ends early (the file is cut short)"
+            piece = data[at:at + (1 << 20)]
+            try:
+                d.decompress(piece, 0)
+            except zlib.error as exc:
+                return f"the gzip data is damaged in the gzip member at byte {start} ({exc})"
+            at += len(piece) - len(d.unused_data)
+        members += 1
+    return None
+
+
 class _Part:
     """What one file's task accumulates: counts, the quarantine stream, the rows not yet written."""
 
@@ -214,8 +243,8 @@ def run_task(cfg: Config, task: FileTask, ctx: TaskContext) -> dict[str, Any]:
         except Truncated as exc:
             drain()
             raise EtlError(
-                f"{task.input}: the gzip data ends early ({exc}) after line {part.lines + exc.carried}; "
-                f"{part.counts['items_in']} items were read before it",
+                f"{task.input}: {gzip_damage(task.input, cfg) or f'the gzip data is damaged ({exc})'} after line "
+                f"{part.lines + exc.carried}; {part.counts['items_in']} items were read before it",
                 hint=f"the export file is damaged: re-export the month (`etl export --month {task.month} --force`)",
             ) from None
         finally:
