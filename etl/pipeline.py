@@ -34,10 +34,12 @@ def rerun_command(stage: str, month: str, extra: str = "") -> str:
     return f"etl {stage} --month {month}{' ' + extra if extra else ''}"
 
 
-def skip_reason(cfg: Config, store: staging.Store, stage: str, month: str, force: bool = False) -> str | None:
+def skip_reason(cfg: Config, store: staging.Store, stage: str, month: str, force: bool = False,
+                destination: staging.Destination | None = None) -> str | None:
     """Why a stage need not run again for a month (None: it must run). The one place for these rules:
     a stage is skipped when its manifest is committed and was made from the previous stage's current
-    output, with what shapes its output unchanged."""
+    output, with what shapes its output unchanged. A load is done only into the very table it was made for
+    (`destination`: its ARN and creation time; a table dropped and created again is another table)."""
     if force:
         return None
     done = staging.read_manifest(store, month, stage)
@@ -50,7 +52,8 @@ def skip_reason(cfg: Config, store: staging.Store, stage: str, month: str, force
         return None
     if stage == "transform" and done.get("config_hash") != cfg.hash_of("transform"):
         return None
-    if stage == "load" and done.get("table") != cfg.destination_table():
+    if stage == "load" and (done.get("table") != cfg.destination_table()
+                            or (destination is not None and not destination.holds(done))):
         return None
     if stage == "verify" and not done.get("ok"):
         return None
@@ -88,6 +91,7 @@ class Runner:
     opts: Options
     engine: Engine = field(default_factory=LocalEngine)
     load_setup: load.Setup | None = None
+    destination: staging.Destination | None = None  # the destination table as described at the start
     read_budget: Any = None
     _commit_locks: dict[str, threading.Lock] = field(default_factory=lambda: {s: threading.Lock() for s in ORDER})
     _export_slots: threading.Semaphore | None = None
@@ -105,6 +109,8 @@ class Runner:
         if stage == "load":
             assert self.load_setup is not None
             return load.plan(self.cfg, self.store, month, self.load_setup, o.force)
+        if stage == "verify":
+            return verify.plan(self.cfg, self.store, month, self.destination)
         return STAGES[stage].plan(self.cfg, self.store, month)
 
     def _run_tasks(self, stage: str, plan: Any, ctx: TaskContext) -> list[dict[str, Any]]:
@@ -126,7 +132,7 @@ class Runner:
     def stage_month(self, stage: str, month: str) -> dict[str, Any]:
         """Run one stage for one month: skip it, or plan, run its tasks and commit."""
         cfg, store = self.cfg, self.store
-        reason = skip_reason(cfg, store, stage, month, self.opts.force)
+        reason = skip_reason(cfg, store, stage, month, self.opts.force, self.destination)
         if reason is not None:
             self.reporter.info(f"{stage} {month}: {reason}")
             return {**(staging.read_manifest(store, month, stage) or {}), "skipped": True}
@@ -241,13 +247,18 @@ def run(cfg: Config, months: list[str], stages: tuple[str, ...] = ORDER, *, repo
     store = staging.open_store(cfg.staging.root, cfg.staging)
     store.check()
     runner = Runner(cfg, store, reporter, opts, engine=make_engine(cfg))
+    desc = None
+    if "load" in stages or "verify" in stages:  # which table: a month loaded into another one is not loaded here
+        desc = load.describe_destination(cfg)
+        runner.destination = staging.destination_of(desc)
     with contextlib.ExitStack() as held:
         if "load" in stages:  # the destination, the budget and the confirmation before anything runs
-            todo = [m for m in months if skip_reason(cfg, store, "load", m, opts.force) is None]
+            todo = [m for m in months if skip_reason(cfg, store, "load", m, opts.force, runner.destination) is None]
             if todo:
                 runner.load_setup = load.preflight(cfg, store, todo, include_expired=opts.include_expired,
                                                    now=opts.now, dry_run=opts.dry_run, yes=opts.yes,
-                                                   force=opts.force, confirm=opts.confirm, reporter=reporter)
+                                                   force=opts.force, confirm=opts.confirm, reporter=reporter,
+                                                   desc=desc)
                 held.callback(runner.load_setup.close)
                 if not opts.dry_run:  # one budget per destination: one loading run at a time
                     table = runner.load_setup.table
