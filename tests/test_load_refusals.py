@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -147,7 +148,7 @@ def test_a_key_column_of_another_type_than_the_tables_fails_the_part(
     table = dest_table()
     cfg = make_config(dest_endpoint=ddb_local, dest_table=table, extra=FAST)
     staged(cfg, tmp_path, [orders(10)])
-    rewrite_part(cfg, lambda t: t.set_column(1, "CreationDateTime", pa.compute.cast(t["CreationDateTime"], pa.string())))
+    rewrite_part(cfg, lambda t: t.set_column(1, "CreationDateTime", pc.cast(t["CreationDateTime"], pa.string())))
     with pytest.raises(EtlError, match="key CreationDateTime is string in the Parquet, but .* keys it as N"):
         run_load(cfg, [M], now=NOW)
     assert table_items(ddb_local, table) == {}
