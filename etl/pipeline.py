@@ -15,14 +15,14 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 from etl import aws, export, lease, load, staging, verify
 from etl.config import Config
 from etl.engine import Engine, LocalEngine, TaskContext, make_engine
-from etl.errors import EtlError, PartlyDone
+from etl.errors import EtlError, Interrupted, PartlyDone
 from etl.progress import QUIET, Reporter
 from etl.transform import stage as transform
 
@@ -96,6 +96,7 @@ class Runner:
     _commit_locks: dict[str, threading.Lock] = field(default_factory=lambda: {s: threading.Lock() for s in ORDER})
     _export_slots: threading.Semaphore | None = None
     _contexts: list[TaskContext] = field(default_factory=list)
+    _interrupted: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.engine.task_retries = self.cfg.engine.task_retries
@@ -155,6 +156,8 @@ class Runner:
             store.delete(staging.manifest_key(month, stage))
         ctx = TaskContext()
         self._contexts.append(ctx)
+        if self._interrupted.is_set():  # interrupted while this stage was starting
+            ctx.halt(INTERRUPTED)
         if stage != "export":  # the export reports its own wait
             task = self.reporter.task(f"{stage} {month}", plan.total, plan.unit)
             ctx.progress = task.advance
@@ -170,10 +173,14 @@ class Runner:
     def month(self, month: str, stages: tuple[str, ...], out: dict[str, dict[str, Any]],
               failures: list[_Failure]) -> None:
         for stage in stages:
+            if self._interrupted.is_set():
+                return
             try:
                 out[stage] = self.stage_month(stage, month)
             except Exception as exc:  # recorded per month; the others go on
                 exc = aws.explain(exc, self.cfg) or exc
+                if self._interrupted.is_set():
+                    exc = Interrupted(INTERRUPTED)
                 failures.append(_Failure(stage, month, exc))
                 if not isinstance(exc, lease.LeaseHeld):  # the month is not failing: another run has it
                     self._record(stage, month, exc)
@@ -192,16 +199,23 @@ class Runner:
     def run(self, months: list[str], stages: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
         results: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in months}
         failures: list[_Failure] = []
+        months_pool = ThreadPoolExecutor(max(1, len(months)), thread_name_prefix="month")
+        futures = []
         try:
-            with ThreadPoolExecutor(max(1, len(months)), thread_name_prefix="month") as months_pool:
-                futures = [months_pool.submit(self.month, m, stages, results[m], failures) for m in months]
-                for f in futures:
-                    f.result()
-        except BaseException:
-            for ctx in self._contexts:  # interrupted: every task stops at its next check
-                ctx.stop.set()
+            futures = [months_pool.submit(self.month, m, stages, results[m], failures) for m in months]
+            for f in futures:
+                f.result()
+        except BaseException as exc:
+            # interrupted (Ctrl-C, SIGTERM) or failing: every task stops at its next check, saving its progress
+            self._interrupted.set()
+            for ctx in list(self._contexts):
+                ctx.halt(INTERRUPTED)
+            wait(futures)
+            if isinstance(exc, KeyboardInterrupt):
+                raise Interrupted(INTERRUPTED) from None
             raise
         finally:
+            months_pool.shutdown(wait=True)
             self.engine.close()
         if failures:
             raise self._failed(failures, months)
@@ -225,6 +239,9 @@ class Runner:
             f"{'/'.join(stages)} failed for {len(failures)} of {len(months)} month(s): {listed}",
             hint=f"fix the cause, then rerun e.g. `{rerun_command(first.stage, first.month, self._extra(first.stage))}`"
                  " (committed months are skipped); `etl status` shows every month")
+
+
+INTERRUPTED = "interrupted (SIGINT or SIGTERM): what was acknowledged is kept"
 
 
 def _message(exc: BaseException) -> str:

@@ -171,6 +171,8 @@ class LocalStore(Store):
         if base.is_file():
             return [self._info(base)]
         if not base.is_dir():
+            if prefix.endswith("/"):  # a folder's keys only, as on S3 ("load/" is not "load.lease")
+                return []
             parent = base.parent
             if not parent.is_dir():
                 return []

@@ -196,6 +196,10 @@ def test_checkpoints_of_an_older_transform_are_not_trusted(ddb_local: str, dest_
 def test_sigkill_mid_load_then_rerun_leaves_the_table_exact(ddb_local: str, dest_table: Callable[..., str],
                                                              make_config: Callable[..., Config],
                                                              tmp_path: Path) -> None:
+    """kill -9 mid-part, then the same command: the resume starts each unfinished part at its saved low-water
+    mark, so it rewrites at most the window that was in flight (4 batches of 25 per part, two parts at a time),
+    not whole parts; the manifest keeps both runs. Items are counted as they go out, by a proxy in front of
+    DynamoDB Local."""
     import os
     import signal
     import subprocess
@@ -208,7 +212,9 @@ def test_sigkill_mid_load_then_rerun_leaves_the_table_exact(ddb_local: str, dest
               f"{i // 60 % 60:02d}:{i % 60:02d}Z"}, "OrderID": {"S": f"O{i}"}} for i in range(f * 400, f * 400 + 400)]
             for f in range(6)]
     table = dest_table()
-    cfg = make_config(dest_endpoint=ddb_local, dest_table=table, extra="[load]\nmax_wcu = 250\nmax_rcu = 10000\n")
+    window = 4
+    cfg = make_config(dest_endpoint=ddb_local, dest_table=table,
+                      extra=f"[load]\nmax_wcu = 250\nmax_rcu = 10000\nconcurrency = {window}\ncheckpoint_seconds = 0\n")
     folder = write_real_export(tmp_path / "ext", rows)
     run_export(cfg, [month], use_existing=str(folder))
     run_transform(cfg, [month])
@@ -217,17 +223,41 @@ def test_sigkill_mid_load_then_rerun_leaves_the_table_exact(ddb_local: str, dest
     cmd = [sys.executable, "-m", "etl", "--config", cfg.path, "--progress", "json", "load", "--month", month, "--yes"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while not store.list(staging.state_key(month, "load/")) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    while not (store.list(staging.state_key(month, "load/")) and store.list(staging.progress_prefix(month))) \
+            and time.monotonic() < deadline:  # a part finished, and another one has saved its progress
+        time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = len(store.list(staging.state_key(month, "load/")))
-    assert 1 <= done < 6, "the kill should land mid-run"
+    done = [store.read_json(o.key) for o in store.list(staging.state_key(month, "load/"))]
+    assert 1 <= len(done) < 6, "the kill should land mid-run"
     assert staging.read_manifest(store, month, "load") is None
-    r = subprocess.run(cmd, env={**env, "ETL_LOAD_MAX_WCU": "100000"}, capture_output=True, text=True, timeout=120)
+    marks = {p["part"]: p["low_water_mark"] for p in (store.read_json(o.key)
+                                                      for o in store.list(staging.progress_prefix(month)))}
+    assert marks and all(0 < m < 400 for m in marks.values()), "a part in flight has saved its progress"
+    present = len(table_items(ddb_local, table))
+    counting = FaultProxy(ddb_local)
+    try:
+        r = subprocess.run(cmd, env={**env, "ETL_LOAD_MAX_WCU": "100000", "ETL_DESTINATION_ENDPOINT_URL": counting.url},
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        counting.close()
     assert r.returncode == 0, r.stderr
+    sent = sum(s["items"] for s in counting.seen)
+    unfinished = 6 - len(done)
+    assert sent == unfinished * 400 - sum(marks.values())  # every unfinished part from its mark on, nothing below
+    rewritten = sent - (2400 - present)  # items already in the table that the resume wrote again
+    part_grain = unfinished * 400 - (2400 - present)  # what replaying whole unfinished parts would have rewritten
+    print(f"\nkill -9 then resume: {rewritten} item(s) rewritten (window {window} x 25 per part in flight; "
+          f"whole parts would have rewritten {part_grain})")
+    assert 0 <= rewritten <= 2 * window * 25
     m = staging.read_manifest(store, month, "load")
     assert m is not None and m["written"] == 2400
+    assert m["written"] + m["skipped_expired"] + m["deduplicated"] + m["quarantined"] == 2400
+    assert [len(m["runs"]), m["totals"]["runs"]] == [2, 2] and m["runs"][0]["acknowledged"] > 0
+    assert m["totals"]["acknowledged"] == sum(run["acknowledged"] for run in m["runs"]) >= 2400
+    assert m["totals"]["rewritten"] == m["totals"]["acknowledged"] - 2400
+    assert m["runs"][1]["acknowledged"] == sent  # what the resume wrote, by the proxy's count
+    assert not store.list(staging.progress_prefix(month))  # done parts keep their checkpoint only
     [v] = run_verify(cfg, [month])
     assert v["ok"] and v["checked"] == 2400
     assert len(table_items(ddb_local, table)) == 2400
