@@ -718,10 +718,16 @@ class _Loader:
         if self.progress.due():
             self.progress.save(self.c)
 
-    def _drain_quietly(self) -> None:
-        """On the way out: account for the replies already here (acknowledged items move the mark)."""
-        with contextlib.suppress(EtlError):
-            self._drain()
+    def _drain_quietly(self, seconds: float = 2.0) -> None:
+        """On the way out: wait a moment for the replies of the requests in flight (nothing more is sent), so
+        what DynamoDB acknowledged moves the mark and is not written again by the resume."""
+        until = time.monotonic() + seconds
+        while True:
+            with contextlib.suppress(EtlError):
+                self._drain()
+            if not self.in_flight or time.monotonic() >= until:
+                break
+            self._wait(until - time.monotonic())
         while self.open and self.open[0].pending == 0:
             self.progress.passed(self.open.popleft())
 
