@@ -348,9 +348,14 @@ def _load_line(r: dict[str, Any]) -> str:
                 f"{r['skipped_expired']:,} expired skipped, {r['deduplicated']:,} deduplicated, "
                 f"{r['quarantined']:,} quarantined; {r['wcu_estimated_total']:,.0f} WCU ({units or 'none'}), {cost}")
     share = f" ({r['budget_share']:.0%} of the budget)" if r.get("budget_share") is not None else ""
+    why = (f" ({_reasons(r['quarantined_by'])}; in rejected/month={r['month']}/load-part-*.jsonl.gz)"
+           if r.get("quarantined_by") else "")
+    totals = r.get("totals") or {}
+    runs = (f"; {totals['runs']} runs: {totals['acknowledged']:,} acknowledged, {totals['rewritten']:,} rewritten "
+            f"on resuming" if totals.get("runs", 0) > 1 else "")
     return (f"load {r['month']}: {r['written']:,} written, {r['skipped_expired']:,} expired skipped, "
-            f"{r['deduplicated']:,} deduplicated, {r['quarantined']:,} quarantined, "
-            f"{r['wcu_consumed']:,} WCU at {r['average_wcu_per_s']:,} WCU/s{share}")
+            f"{r['deduplicated']:,} deduplicated, {r['quarantined']:,} quarantined{why}, "
+            f"{r['wcu_consumed']:,} WCU at {r['average_wcu_per_s']:,} WCU/s{share}{runs}")
 
 
 @cli.command()

@@ -75,6 +75,7 @@ def test_an_interrupted_load_stops_with_130_and_one_line_naming_the_resume(
     assert r.returncode == 0, r.stderr
     m = staging.read_manifest(store, month, "load")
     assert m is not None and m["written"] == 1600 and m["totals"]["runs"] == 2
+    assert f"load {month}: 1,600 written" in r.stdout and "; 2 runs: " in r.stdout
     assert 0 < m["runs"][0]["acknowledged"] <= before  # what the interrupted run saw acknowledged is in the table
     assert m["totals"]["acknowledged"] == m["runs"][0]["acknowledged"] + m["runs"][1]["acknowledged"] >= 1600
     assert len(table_items(ddb_local, table)) == 1600
