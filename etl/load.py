@@ -1072,11 +1072,12 @@ def _read(cfg: Config, store: staging.Store, task: PartTask, ctx: TaskContext, c
             ctx.progress(int(fits.sum()))
             row0 += n
             continue
-        for j in range(len(idx)):
-            li = int(idx[j])
-            if bad[li] or not fresh[li]:
+        send = (fresh & ~bad)[idx].tolist()
+        positions, size_list, delete_list = idx.tolist(), sizes.tolist(), sel_del.tolist()
+        for j, li in enumerate(positions):
+            if not send[j]:
                 continue
-            done = batches.add(puts[j], int(sizes[j]), key_values[j], row0 + li, bool(sel_del[j]))
+            done = batches.add(puts[j], size_list[j], key_values[j], row0 + li, delete_list[j])
             if done is not None:
                 yield ticket(done, row0 + li, {k: carried[k] + int(cum[k][li] - cum[k][mark]) for k in carried})
                 tstart, mark = row0 + li, li
