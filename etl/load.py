@@ -3,15 +3,20 @@
 preflight: the destination checked (region, name, key), the budget (the table's and each global secondary
            index's share, an on-demand table's warm throughput and ramp), the write units and cost
            estimated, the plan said, the confirmation asked: all before anything is written or forgotten.
-plan:      one task per Parquet part of the month without a checkpoint of the month's current transform.
+plan:      one task per Parquet part of the month without a checkpoint of the month's current transform for
+           this very table (its ARN and creation time: a table dropped and created again is another table).
 run_task:  reads its part by record batch, drops the collision losers the transform listed and the
-           already-expired rows (counted), quarantines items over 400 KB, and sends batches of <= 25
-           distinct keys through the table's shared budget, with as many requests in flight as the budget
-           and the measured round trip need (Little's law), on the writer's event loop. UnprocessedItems,
-           throttling, 5xx and dropped connections are retried with exponential backoff and jitter until
-           acknowledged; then the part's checkpoint `_state/month=M/load/part-NNNNN.done` is written.
+           already-expired rows (counted), quarantines what DynamoDB would refuse (over 400 KB, key values too
+           long, empty or missing), and sends batches of <= 25 distinct keys through the table's shared budget,
+           with as many requests in flight as the budget and the measured round trip need (Little's law), on
+           the writer's event loop. UnprocessedItems, throttling, 5xx and dropped connections are retried with
+           exponential backoff and jitter until acknowledged; a batch refused as invalid is split until the
+           item is found, which is quarantined. The part's low-water mark (every row below it accounted for)
+           is saved as it moves (`_state/month=M/load-progress/`), so a resume starts there; once every item
+           is acknowledged, the part's checkpoint `_state/month=M/load/part-NNNNN.done` is written.
 commit:    sums the checkpoints, so counts reconcile across resumed runs:
-           written + skipped_expired + deduplicated + quarantined = rows in the Parquet.
+           written + skipped_expired + deduplicated + quarantined = rows in the Parquet;
+           and keeps every run that wrote to the month (`runs`, `totals`).
 """
 
 from __future__ import annotations
