@@ -16,7 +16,7 @@ import click
 
 from etl import __version__
 from etl.config import Config, load_config, require_staging_root
-from etl.errors import EtlError, PartlyDone
+from etl.errors import EtlError, Interrupted, PartlyDone
 from etl.months import resolve_months
 from etl.progress import QUIET, Reporter
 
@@ -48,15 +48,15 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         debug = bool(ctx and ctx.debug)
         try:
             return fn(*args, **kwargs)
+        except (Interrupted, KeyboardInterrupt):
+            click.secho(f"interrupted: what was acknowledged is kept; resume with `{_this_command()}`", fg="yellow",
+                        err=True)
+            sys.exit(130)
         except EtlError as exc:
             if debug:
                 traceback.print_exc()
             _say(exc)
             sys.exit(3 if isinstance(exc, PartlyDone) else 1)
-        except KeyboardInterrupt:
-            click.secho("interrupted: committed work is kept; rerun the same command to resume", fg="yellow",
-                        err=True)
-            sys.exit(130)
         except (click.ClickException, click.exceptions.Exit, SystemExit):
             raise
         except Exception as exc:
@@ -75,6 +75,13 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(1)
 
     return wrapper
+
+
+def _this_command() -> str:
+    """The command line this process was started with, as `etl ...` (what resumes an interrupted run)."""
+    import shlex
+
+    return shlex.join(["etl", *sys.argv[1:]])
 
 
 BULKY = ("parts", "files", "inputs", "schema")  # per-file detail: in the manifest, not in a summary
@@ -341,9 +348,14 @@ def _load_line(r: dict[str, Any]) -> str:
                 f"{r['skipped_expired']:,} expired skipped, {r['deduplicated']:,} deduplicated, "
                 f"{r['quarantined']:,} quarantined; {r['wcu_estimated_total']:,.0f} WCU ({units or 'none'}), {cost}")
     share = f" ({r['budget_share']:.0%} of the budget)" if r.get("budget_share") is not None else ""
+    why = (f" ({_reasons(r['quarantined_by'])}; in rejected/month={r['month']}/load-part-*.jsonl.gz)"
+           if r.get("quarantined_by") else "")
+    totals = r.get("totals") or {}
+    runs = (f"; {totals['runs']} runs: {totals['acknowledged']:,} acknowledged, {totals['rewritten']:,} rewritten "
+            f"on resuming" if totals.get("runs", 0) > 1 else "")
     return (f"load {r['month']}: {r['written']:,} written, {r['skipped_expired']:,} expired skipped, "
-            f"{r['deduplicated']:,} deduplicated, {r['quarantined']:,} quarantined, "
-            f"{r['wcu_consumed']:,} WCU at {r['average_wcu_per_s']:,} WCU/s{share}")
+            f"{r['deduplicated']:,} deduplicated, {r['quarantined']:,} quarantined{why}, "
+            f"{r['wcu_consumed']:,} WCU at {r['average_wcu_per_s']:,} WCU/s{share}{runs}")
 
 
 @cli.command()
@@ -527,6 +539,22 @@ def iam_policy(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...],
     click.echo(json.dumps(out, indent=2))
 
 
+def _destination_now(cfg: Config) -> tuple[str | None, Any]:
+    """The destination table's name and identity as described now, for status; what cannot be known (no names
+    configured, the table or the network unreachable) is None, and status falls back to the name."""
+    from etl import aws, staging
+
+    try:
+        table = cfg.destination_table()
+    except EtlError:
+        return None, None
+    try:
+        ddb = aws.client(cfg.destination, "dynamodb", retries={"mode": "standard", "max_attempts": 1})
+        return table, staging.destination_of(ddb.describe_table(TableName=table)["Table"])
+    except Exception:  # status reads the store; the table is a refinement
+        return table, None
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @month_options
@@ -541,7 +569,8 @@ def status(obj: Ctx, as_json: bool, months: tuple[str, ...], month_ranges: tuple
     cfg = obj.config()
     store = staging.open_store(require_staging_root(cfg), cfg.staging)
     store.check()
-    rows = collect(store, resolve_months(months, month_ranges) or None)
+    name, destination = _destination_now(cfg)
+    rows = collect(store, resolve_months(months, month_ranges) or None, destination=destination, table=name)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -665,13 +694,21 @@ def catch_up(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], t
 def configure_process() -> None:
     """What the `etl` process (not the library) sets: Arrow's system allocator, which gives freed chunk memory
     back at once (jemalloc holds on to it: +25% peak RSS in the transform); one OpenBLAS thread (nothing here
-    multiplies matrices, yet its idle threads spun for 2.5% of the transform's CPU), unless the user set it."""
+    multiplies matrices, yet its idle threads spun for 2.5% of the transform's CPU), unless the user set it; and
+    SIGTERM handled as Ctrl-C is, so a run stopped by a scheduler or `kill` stops its tasks at once and keeps
+    their progress (exit 130)."""
     import os
+    import signal
 
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # read when numpy is first imported, just below
     import pyarrow as pa
 
     pa.set_memory_pool(pa.system_memory_pool())
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def main() -> None:

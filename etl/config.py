@@ -109,6 +109,9 @@ class LoadConfig:
     price_per_million_wcu: float = 0.625  # USD per million write request units: on-demand, us-east-1
     deadline_seconds: float | None = None
     max_backoff_seconds: float = 20.0  # cap of the exponential backoff (full jitter) between retries
+    # how often, at most, a part's progress (its low-water mark) is saved while it loads; 0: after every
+    # acknowledged batch that moves it. A resume rewrites the window in flight plus what this interval acknowledged
+    checkpoint_seconds: float = 1.0
     read_capacity_fraction: float | None = 0.5  # verify's BatchGetItem budget
     max_rcu: float | None = None
 
@@ -546,6 +549,9 @@ def _validate_load(cfg: Config, where: _Where) -> None:
         )
     _fraction("load.read_capacity_fraction", ld.read_capacity_fraction, where)
     _positive("load.max_backoff_seconds", ld.max_backoff_seconds, where)
+    if ld.checkpoint_seconds < 0:
+        raise _fail("load.checkpoint_seconds", where["load.checkpoint_seconds"], ld.checkpoint_seconds,
+                    "a number of seconds >= 0 (0: save the progress after every acknowledged batch)")
     _positive("load.max_rcu", ld.max_rcu, where)
     for key, value in (("load.concurrency", ld.concurrency), ("load.max_in_flight", ld.max_in_flight)):
         if value is not None and value < 1:

@@ -51,10 +51,16 @@ class TaskContext:
     stop: threading.Event = field(default_factory=threading.Event)  # set when another task of the month failed
     budget: Budget | None = None
     io: Executor | None = None  # for a task's concurrent requests
+    why: str = "stopped: another task of the month failed"  # what `check` says once `stop` is set
+
+    def halt(self, why: str) -> None:
+        """Stop every task of this context at its next check, saying `why`."""
+        self.why = why
+        self.stop.set()
 
     def check(self) -> None:
         if self.stop.is_set():
-            raise Stopped("stopped: another task of the month failed")
+            raise Stopped(self.why)
 
 
 class Engine(Protocol):

@@ -47,6 +47,11 @@ class Stopped(EtlError):
     Never the cause of a failure: the error that caused the stop is the one reported."""
 
 
+class Interrupted(EtlError):
+    """The run was interrupted (SIGINT, SIGTERM): its tasks stopped at once, keeping what was acknowledged
+    (exit code 130)."""
+
+
 class PartlyDone(EtlError):
     """Some months finished and others failed (exit code 3)."""
 

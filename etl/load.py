@@ -3,19 +3,27 @@
 preflight: the destination checked (region, name, key), the budget (the table's and each global secondary
            index's share, an on-demand table's warm throughput and ramp), the write units and cost
            estimated, the plan said, the confirmation asked: all before anything is written or forgotten.
-plan:      one task per Parquet part of the month without a checkpoint of the month's current transform.
+plan:      one task per Parquet part of the month without a checkpoint of the month's current transform for
+           this very table (its ARN and creation time: a table dropped and created again is another table).
 run_task:  reads its part by record batch, drops the collision losers the transform listed and the
-           already-expired rows (counted), quarantines items over 400 KB, and sends batches of <= 25
-           distinct keys through the table's shared budget, with as many requests in flight as the budget
-           and the measured round trip need (Little's law), on the writer's event loop. UnprocessedItems,
-           throttling, 5xx and dropped connections are retried with exponential backoff and jitter until
-           acknowledged; then the part's checkpoint `_state/month=M/load/part-NNNNN.done` is written.
+           already-expired rows (counted), quarantines what DynamoDB would refuse (over 400 KB, key values too
+           long, empty or missing), and sends batches of <= 25 distinct keys through the table's shared budget,
+           with as many requests in flight as the budget and the measured round trip need (Little's law), on
+           the writer's event loop. UnprocessedItems, throttling, 5xx and dropped connections are retried with
+           exponential backoff and jitter until acknowledged; a batch refused as invalid is split until the
+           item is found, which is quarantined. The part's low-water mark (every row below it accounted for)
+           is saved as it moves (`_state/month=M/load-progress/`), so a resume starts there; once every item
+           is acknowledged, the part's checkpoint `_state/month=M/load/part-NNNNN.done` is written.
 commit:    sums the checkpoints, so counts reconcile across resumed runs:
-           written + skipped_expired + deduplicated + quarantined = rows in the Parquet.
+           written + skipped_expired + deduplicated + quarantined = rows in the Parquet;
+           and keeps every run that wrote to the month (`runs`, `totals`).
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import dataclasses
 import functools
 import gzip
 import heapq
@@ -24,9 +32,12 @@ import os
 import random
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, NamedTuple, Protocol, cast
 
 import botocore.exceptions
@@ -88,6 +99,18 @@ def check_destination(cfg: Config, ddb: Any) -> dict[str, Any]:
         if types.get(k) != schema.get(k):
             raise EtlError(f"destination key {k} is type {types.get(k)}, the transform writes {schema.get(k)}")
     return d
+
+
+def describe_destination(cfg: Config) -> dict[str, Any]:
+    """The destination's description, checked (`check_destination`)."""
+    return check_destination(cfg, aws.client(cfg.destination, "dynamodb"))
+
+
+def key_types(desc: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The table's key attributes with their types (S, N or B): the partition key first."""
+    keys = {k["KeyType"]: k["AttributeName"] for k in desc["KeySchema"]}
+    types = {a["AttributeName"]: a["AttributeType"] for a in desc["AttributeDefinitions"]}
+    return tuple((keys[k], types[keys[k]]) for k in ("HASH", "RANGE") if k in keys)
 
 
 def write_budget(cfg: Config, desc: dict[str, Any], ddb: Any) -> capacity.Budget:
@@ -163,13 +186,15 @@ def _sample(cfg: Config, store: staging.Store, month: str, part: dict[str, Any],
     return est
 
 
-def _checkpoint(store: staging.Store, month: str, part: int, transform_run: str) -> dict[str, Any] | None:
-    """A part's checkpoint, if it exists and belongs to the month's current transform."""
+def _checkpoint(store: staging.Store, month: str, part: int, transform_run: str,
+                destination: staging.Destination) -> dict[str, Any] | None:
+    """A part's checkpoint, if it exists, belongs to the month's current transform and was written for this very
+    destination table (one made for another table, or before a drop and create, says nothing of this one)."""
     key = staging.checkpoint_key(month, part)
     if not store.exists(key):
         return None
     cp = dict(store.read_json(key))
-    return cp if cp.get("transform_run") == transform_run else None
+    return cp if cp.get("transform_run") == transform_run and destination.holds(cp) else None
 
 
 def _ramped_seconds(units: float, start: float, target: float) -> float:
@@ -199,8 +224,11 @@ class Setup:
     deadline: float | None  # wall-clock time.time()
     indexes: tuple[IndexSpec, ...] = ()
     price_per_million: float = 0.625
+    destination: staging.Destination = staging.Destination("", "", "")
+    key_types: tuple[tuple[str, str], ...] = ()  # the table's key attributes and types, partition key first
     waiting: list[str] = field(default_factory=list)  # months not transformed yet at the plan
     started: float = field(default_factory=time.time)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # this load run, in every part's `runs`
     _stop_watch: threading.Event = field(default_factory=threading.Event)
 
     def cost(self, wcu: float) -> float:
@@ -258,37 +286,66 @@ class Setup:
         self._stop_watch.set()
 
 
-def _todo(cfg: Config, store: staging.Store, month: str) -> tuple[list[dict[str, Any]], int, str] | None:
-    """The month's parts without a current checkpoint, the parts done, the transform's run id (None: no
-    committed transform)."""
+class Todo(NamedTuple):
+    left: list[dict[str, Any]]  # the month's parts without a checkpoint of its transform for this table
+    done: int
+    transform_run: str
+    elsewhere: list[dict[str, Any]]  # checkpoints of the current transform, but for another table
+
+
+def _todo(store: staging.Store, month: str, destination: staging.Destination) -> Todo | None:
+    """What is left to load of a month into `destination` (None: no committed transform)."""
     t = staging.read_manifest(store, month, "transform")
     if t is None:
         return None
     run = str(t.get("run_id", ""))
-    todo = [p for p in t["parts"] if _checkpoint(store, month, p["part"], run) is None]
-    return todo, len(t["parts"]) - len(todo), run
+    todo, other = [], []
+    for p in t["parts"]:
+        if _checkpoint(store, month, p["part"], run, destination) is None:
+            todo.append(p)
+            key = staging.checkpoint_key(month, p["part"])
+            if store.exists(key) and (cp := store.read_json(key)).get("transform_run") == run:
+                other.append(cp)
+    return Todo(todo, len(t["parts"]) - len(todo), run, other)
+
+
+def not_loaded_here(store: staging.Store, month: str, destination: staging.Destination) -> str:
+    """One line when the month's load manifest or part checkpoints are for another table than `destination`
+    ("" when not): the month is not loaded there, whatever those say."""
+    m = staging.read_manifest(store, month, "load")
+    if m is not None and not destination.holds(m):
+        return (f"loaded before into {staging.elsewhere(m)}, not into {destination.describe()}: the month is "
+                "not loaded there; loading it")
+    todo = _todo(store, month, destination)
+    if todo is not None and todo.elsewhere:
+        return (f"{len(todo.elsewhere)} part checkpoint(s) are for {staging.elsewhere(todo.elsewhere[0])}, not "
+                f"for {destination.describe()}: those parts are not loaded there; loading them")
+    return ""
 
 
 def preflight(cfg: Config, store: staging.Store, months: list[str], *, include_expired: bool | None = None,
               now: int | None = None, dry_run: bool = False, yes: bool = False, force: bool = False,
-              confirm: Callable[[str], bool] | None = None, reporter: Reporter) -> Setup:
-    """Check the destination and the budget, say the plan, and ask before writing to a production table."""
+              confirm: Callable[[str], bool] | None = None, reporter: Reporter,
+              desc: dict[str, Any] | None = None) -> Setup:
+    """Check the destination and the budget, say the plan, and ask before writing to a production table.
+    `desc`: the destination's description when the caller already checked it."""
     ddb = aws.client(cfg.destination, "dynamodb")
-    desc = check_destination(cfg, ddb)
+    desc = desc or check_destination(cfg, ddb)
     setup = Setup(desc["TableName"], cfg.destination.aws_region, aws.account_of(cfg.destination),
                   write_budget(cfg, desc, ddb), int(now if now is not None else time.time()),
                   cfg.load.include_expired if include_expired is None else include_expired, dry_run,
                   time.time() + cfg.load.deadline_seconds if cfg.load.deadline_seconds else None,
-                  index_specs(desc, mapping.key_columns(cfg)), cfg.load.price_per_million_wcu)
+                  index_specs(desc, mapping.key_columns(cfg)), cfg.load.price_per_million_wcu,
+                  staging.destination_of(desc), key_types(desc))
     rows = parts = done = 0
     waiting = []
     sample: tuple[str, dict[str, Any]] | None = None
     for m in months:
-        todo = _todo(cfg, store, m)
+        todo = _todo(store, m, setup.destination)
         if todo is None:
             waiting.append(m)
             continue
-        left, finished, _ = todo
+        left, finished = todo.left, todo.done
         t = staging.read_manifest(store, m, "transform") or {}
         if force:
             left, finished = list(t.get("parts", [])), 0
@@ -328,6 +385,13 @@ class PartTask:
     rejected: str = ""  # and its quarantine key
     indexes: tuple[IndexSpec, ...] = ()
     budget_wcu: float = 0.0  # the budget's full rate, for progress (what the task attains against it)
+    destination: tuple[str, str] = ("", "")  # the table's ARN and creation time, recorded with the progress
+    key_types: tuple[tuple[str, str], ...] = ()  # the table's key attributes and types (checked before sending)
+    run: tuple[str, float] = ("", 0.0)  # this load run's id and start (time.time())
+    progress: str = ""  # the part's progress key ("": the month's part's)
+
+    def progress_key(self) -> str:
+        return self.progress or staging.progress_key(self.month, self.part)
 
 
 OP = "op"  # a catch-up part's operation column: put or delete (etl.catchup)
@@ -339,6 +403,7 @@ def reset_checkpoints(cfg: Config, months: list[str]) -> int:
     n = 0
     for m in months:
         n += store.delete_prefix(staging.checkpoints_prefix(m))
+        store.delete_prefix(staging.progress_prefix(m))
         for stage in ("load", "verify"):
             store.delete(staging.manifest_key(m, stage))
     return n
@@ -347,20 +412,23 @@ def reset_checkpoints(cfg: Config, months: list[str]) -> int:
 def plan(cfg: Config, store: staging.Store, month: str, setup: Setup, force: bool = False) -> MonthPlan:
     if force and not setup.dry_run:  # after the confirmation: every part is written again
         reset_checkpoints(cfg, [month])
-    todo = _todo(cfg, store, month)
+    elsewhere_note = "" if setup.dry_run else not_loaded_here(store, month, setup.destination)
+    todo = _todo(store, month, setup.destination)
     if todo is None:
         raise StageNotReady(f"no committed transform for month {month}",
                             hint=f"run `etl transform --month {month}` first")
-    left, _, run = todo
-    tasks = [PartTask(month, p["part"], p["output"], p["rows"], run, setup.table, setup.now,
+    left = todo.left
+    d = setup.destination
+    tasks = [PartTask(month, p["part"], p["output"], p["rows"], todo.transform_run, setup.table, setup.now,
                       setup.include_expired, setup.dry_run, setup.deadline, indexes=setup.indexes,
-                      budget_wcu=round(setup.budget.bucket.target, 1)) for p in left]
+                      budget_wcu=round(setup.budget.bucket.target, 1), destination=(d.arn, d.created),
+                      key_types=setup.key_types, run=(setup.run_id, setup.started)) for p in left]
     rows = sum(p.rows for p in tasks)
-    note = ""
+    notes = [elsewhere_note] if elsewhere_note else []
     if month in setup.waiting and left:  # transformed after the plan was said: its units and cost now
         est = _sample(cfg, store, month, left[0], setup.now, setup.include_expired, setup.indexes)
-        note = "; ".join(setup.units(rows, est))
-    return MonthPlan(tasks, rows, "items", note)
+        notes += setup.units(rows, est)
+    return MonthPlan(tasks, rows, "items", "; ".join(notes))
 
 
 # --------------------------------------------------------------------------- run
@@ -456,22 +524,140 @@ class Window:
 
 
 @dataclass
+class _Ticket:
+    """Rows [start, end) of a part: the items of one batch as first read, and the rows before them that were not
+    sent (deduplicated, expired, quarantined before sending). Done when every item is acknowledged or refused.
+    The part's low-water mark is the start of its oldest ticket not done: every row below it is accounted for,
+    whatever order the batches were answered in."""
+
+    start: int
+    end: int
+    skipped: dict[str, int]  # skipped_expired, deduplicated, quarantined (before sending), deletes (of the items)
+    pending: int = 1  # its requests not answered for good: a retry replaces one, a split makes two
+    written: int = 0
+    refused: list[dict[str, Any]] = field(default_factory=list)  # quarantine records of items DynamoDB refused
+
+
+@dataclass
 class _Batch:
     puts: list[bytes]
     cost: float  # estimated units: ceil(size / 1 KB) per item
     attempt: int = 0
+    rows: list[int] = field(default_factory=list)  # each put's row in the part (empty: not known)
+    deletes: int = 0
+    ticket: _Ticket | None = None
+
+
+BELOW = ("written", "skipped_expired", "deduplicated", "quarantined", "deletes")
+RECONCILED = ("written", "skipped_expired", "deduplicated", "quarantined")
+
+
+def _run_record(task: PartTask, c: Counters, seconds: float) -> dict[str, Any]:
+    """What one run did to a part, as far as it got: kept per part and summed per run by the commit."""
+    return {"run": task.run[0], "started": round(task.run[1], 3), "last": round(time.time(), 3),
+            "seconds": round(seconds, 3), "acknowledged": c.written, "wcu": round(c.wcu, 1),
+            "requests": c.requests, "retries": c.retries, "throttles": c.throttles}
+
+
+class _Progress:
+    """A part's low-water mark and the counts below it, saved in the store while the part loads: a resumed
+    load skips the rows below the mark and starts its counts from these, so counts reconcile across runs
+    and a resume rewrites only what was above the mark (the window in flight, and what was acknowledged
+    since the last save). Saved at most every `[load] checkpoint_seconds` and when the part stops."""
+
+    def __init__(self, store: staging.Store, task: PartTask, every: float, prior: dict[str, Any] | None) -> None:
+        self.store, self.task, self.every = store, task, every
+        self.start = int(prior["low_water_mark"]) if prior else 0
+        self.base = {k: int(prior["below"].get(k, 0)) if prior else 0 for k in BELOW}  # the earlier runs'
+        self.lwm = self.start
+        self.below = dict(self.base)
+        self.refused: list[dict[str, Any]] = list(prior.get("refused", [])) if prior else []
+        self.runs: list[dict[str, Any]] = list(prior.get("runs", [])) if prior else []
+        self.t0 = time.monotonic()
+        self._saved = (self.lwm, self.t0)
+
+    def passed(self, t: _Ticket) -> None:
+        self.lwm = t.end
+        for k in ("skipped_expired", "deduplicated", "deletes"):
+            self.below[k] += t.skipped[k]
+        self.below["quarantined"] += t.skipped["quarantined"] + len(t.refused)
+        self.below["written"] += t.written
+        self.refused += t.refused
+
+    def due(self) -> bool:
+        lwm, at = self._saved
+        return self.lwm > lwm and time.monotonic() - at >= self.every
+
+    def runs_with(self, c: Counters) -> list[dict[str, Any]]:
+        return [*self.runs, _run_record(self.task, c, time.monotonic() - self.t0)]
+
+    def save(self, c: Counters) -> None:
+        t = self.task
+        self.store.write_json(t.progress_key(), {
+            "part": t.part, "rows": t.rows, "low_water_mark": self.lwm, "below": self.below,
+            "refused": self.refused, "now": t.now, "include_expired": t.include_expired,
+            "transform_run": t.transform_run, "table": t.table, "table_arn": t.destination[0],
+            "table_created": t.destination[1], "runs": self.runs_with(c), "at": staging.utcnow_iso()})
+        self._saved = (self.lwm, time.monotonic())
+
+
+def _resume_point(store: staging.Store, task: PartTask) -> dict[str, Any] | None:
+    """The part's saved progress, when it is for this transform, this very table and the same rows to write
+    (and its counts reconcile with its mark); else None: the part starts over."""
+    key = task.progress_key()
+    if not store.exists(key):
+        return None
+    p = dict(store.read_json(key))
+    same = (p.get("transform_run") == task.transform_run and p.get("rows") == task.rows
+            and (p.get("table_arn"), p.get("table_created")) == task.destination
+            and p.get("include_expired") == task.include_expired)
+    below = p.get("below") or {}
+    return p if same and sum(int(below.get(k, 0)) for k in RECONCILED) == int(p.get("low_water_mark", -1)) else None
+
+
+# messages of a refusal about the table's key schema: the items were checked against the key the table had
+# at the start, so these mean the table (or the mapping) is not what it was, not that an item is bad
+KEY_SCHEMA_REFUSALS = ("type mismatch for key", "missing the key", "does not match the schema",
+                       "required keys was not given a value")
+REFUSED_LIMIT = 25  # items DynamoDB refused with none written: a problem of the table or mapping, not of items
+
+
+def _plain(v: Any) -> Any:
+    """A key value as the quarantine file holds it (JSON: numbers that are not integers as text, bytes in base64)."""
+    if isinstance(v, Decimal | float):
+        return str(v)
+    if isinstance(v, bytes):
+        return base64.b64encode(v).decode()
+    return v
+
+
+def _key_of(put: bytes, keys: list[str]) -> dict[str, Any]:
+    """The key of a pre-serialised put or delete request (for the quarantine file: the key, never the item)."""
+    req = orjson.loads(put)
+    item = (req.get("PutRequest") or {}).get("Item") or (req.get("DeleteRequest") or {}).get("Key") or {}
+    return {k: _plain(items.decode(item[k])) for k in keys if k in item}
 
 
 class _Loader:
     """One part's requests: this task's thread reads, paces and decides (every budget call is made here);
-    the writer's event loop only sends and hands the replies back."""
+    the writer's event loop only sends and hands the replies back.
 
-    def __init__(self, cfg: Config, task: PartTask, ctx: TaskContext, counters: Counters) -> None:
+    In flight means sent and not yet accounted for: at most the window's limit of batches from the oldest
+    one not acknowledged (its low-water mark) to the newest, so a batch retrying for long holds the part
+    back instead of letting the rows above the mark grow, and a resume rewrites at most that window.
+    A batch DynamoDB refuses as invalid is split in two until the item is found; it is quarantined with the
+    service's message, and the rest is written."""
+
+    def __init__(self, cfg: Config, task: PartTask, ctx: TaskContext, counters: Counters,
+                 progress: _Progress, quarantine: list[bytes]) -> None:
         assert ctx.budget is not None
         self.budget = cast(WriteBudget, ctx.budget)
         self.ctx = ctx
         self.task = task
         self.c = counters
+        self.progress = progress
+        self.quarantine = quarantine
+        self.keys = mapping.key_columns(cfg)
         self.writer = _writer(cfg.destination, task.table)
         self.window = Window(cfg.load.concurrency, cfg.load.max_in_flight, *self.writer.hint)
         self.max_delay = cfg.load.max_backoff_seconds
@@ -479,8 +665,10 @@ class _Loader:
         self.cond = threading.Condition()
         self.replies: deque[tuple[_Batch, Reply]] = deque()
         self.in_flight = 0
+        self.open: deque[_Ticket] = deque()  # tickets sent and not yet below the low-water mark, in row order
         self.retries: list[tuple[float, int, _Batch]] = []  # (due, seq, batch)
         self._seq = 0
+        self.refused = 0  # items DynamoDB refused in this run
         # what holds the rate back, for progress: seconds waiting on the budget / on the window / working
         self.waited = {"budget": 0.0, "window": 0.0}
         self._report_at = time.monotonic()
@@ -501,21 +689,52 @@ class _Loader:
         try:
             while True:
                 self._drain()
+                self._advance()
                 self._check()
                 batch = self._due_retry()
-                if batch is None and source is not None:
+                if batch is None and source is not None and len(self.open) < self.window.limit:
                     batch = next(source, None)
                     if batch is None:
                         source = None
+                    elif batch.ticket is not None:
+                        self.open.append(batch.ticket)
                 if batch is None:
-                    if not self.in_flight and not self.retries:
+                    if source is None and not self.in_flight and not self.retries:
                         return
+                    t0 = time.monotonic()
                     self._wait(self.retries[0][0] - time.monotonic() if self.retries else 0.5)
+                    if source is not None:  # the window is full from the oldest batch not acknowledged
+                        self.waited["window"] += time.monotonic() - t0
                     continue
                 self._send(batch)
+        except BaseException:
+            with contextlib.suppress(Exception):  # what was acknowledged is kept; the error is what matters
+                self._drain_quietly()
+                self.progress.save(self.c)
+            raise
         finally:
             self.writer.hint = (self.window.rtt, self.window.cap)
             self._report(final=True)
+
+    def _advance(self) -> None:
+        """Move the low-water mark past the tickets done, oldest first; save it when due."""
+        while self.open and self.open[0].pending == 0:
+            self.progress.passed(self.open.popleft())
+        if self.progress.due():
+            self.progress.save(self.c)
+
+    def _drain_quietly(self, seconds: float = 2.0) -> None:
+        """On the way out: wait a moment for the replies of the requests in flight (nothing more is sent), so
+        what DynamoDB acknowledged moves the mark and is not written again by the resume."""
+        until = time.monotonic() + seconds
+        while True:
+            with contextlib.suppress(EtlError):
+                self._drain()
+            if not self.in_flight or time.monotonic() >= until:
+                break
+            self._wait(until - time.monotonic())
+        while self.open and self.open[0].pending == 0:
+            self.progress.passed(self.open.popleft())
 
     def _check(self) -> None:
         self.ctx.check()
@@ -563,6 +782,7 @@ class _Loader:
         throttled = False
         for batch, reply in got:
             self.in_flight -= 1
+            ticket = batch.ticket
             if reply.outcome == "ok":
                 n = len(batch.puts)
                 done = n - len(reply.unprocessed)
@@ -583,6 +803,8 @@ class _Loader:
                 refund += batch.cost - done_cost
                 self.c.written += done
                 self.c.wcu += used
+                if ticket is not None:
+                    ticket.written += done
                 self.ctx.progress(done)
                 self.window.answered(reply.rtt, batch.cost)
                 if reply.unprocessed:
@@ -590,20 +812,25 @@ class _Loader:
                     puts = [orjson.dumps(u) for u in reply.unprocessed]
                     # an over-estimate (the JSON is larger than the item); settled by what is consumed
                     self._retry(_Batch(puts, float(sum(max(1, math.ceil(len(p) / 1024)) for p in puts)),
-                                       batch.attempt))
+                                       batch.attempt, ticket=ticket))
                 else:
                     ok += 1
+                    if ticket is not None:
+                        ticket.pending -= 1
             elif reply.outcome in ("throttle", "retry"):
                 refund += batch.cost
                 if reply.outcome == "throttle":
                     throttled = True
                     self.c.throttles += 1
                 self._retry(batch)
+            elif reply.code == "ValidationException":
+                refund += batch.cost
+                self._refused(batch, reply.message)
             else:
                 if reply.error is not None:
                     raise reply.error
                 raise EtlError(f"DynamoDB refused a batch: {reply.code}: {reply.message}",
-                               hint="a validation error is not retried; fix the data or the mapping")
+                               hint="an access or request error is not retried: fix its cause")
         if estimated or actual:
             self.budget.settle(estimated, actual)
         if indexed_est or indexed_act:
@@ -614,6 +841,40 @@ class _Loader:
             self.budget.throttled()
         if ok:
             self.budget.succeeded(ok)
+
+    def _refused(self, batch: _Batch, message: str) -> None:
+        """A batch refused as invalid: about the table (fail), or an item in it (split until found)."""
+        if any(m in message.lower() for m in KEY_SCHEMA_REFUSALS):
+            raise EtlError(f"DynamoDB refused a batch for {self.task.table}'s key schema: {message}",
+                           hint="the items were checked against the key the table had when the load started: "
+                                "was the table created again, or the mapping changed? Check DescribeTable")
+        ticket = batch.ticket
+        if len(batch.puts) > 1:
+            half = len(batch.puts) // 2
+            for lo, hi in ((0, half), (half, len(batch.puts))):
+                puts = batch.puts[lo:hi]
+                self._seq += 1
+                part = _Batch(puts, batch.cost * len(puts) / len(batch.puts), batch.attempt,
+                              batch.rows[lo:hi], ticket=ticket)
+                heapq.heappush(self.retries, (time.monotonic(), self._seq, part))  # at once: no backoff
+            if ticket is not None:
+                ticket.pending += 1
+            return
+        self.refused += 1
+        record: dict[str, Any] = {"reason": "refused_by_dynamodb", "message": message,
+                                  "key": _key_of(batch.puts[0], self.keys)}
+        if batch.rows:
+            record["row"] = batch.rows[0]
+        self.quarantine.append(orjson.dumps(record))
+        self.c.quarantined += 1
+        self.ctx.progress(1)
+        if ticket is not None:
+            ticket.refused.append(record)
+            ticket.pending -= 1
+        if self.refused >= REFUSED_LIMIT and self.c.written == 0:
+            raise EtlError(f"DynamoDB refused each of the first {self.refused} items of part {self.task.part} "
+                           f"as invalid and wrote none: {message}",
+                           hint="that is the table or the mapping, not single items: check both")
 
     def _retry(self, batch: _Batch) -> None:
         batch.attempt += 1
@@ -657,131 +918,227 @@ class _Loader:
         self._reported_rate = rate
 
 
+
+
 class _Batches:
     """Accumulates puts into batches of <= 25 items with distinct keys, under the request size limit."""
 
     def __init__(self) -> None:
         self.puts: list[bytes] = []
+        self.rows: list[int] = []
         self.cost = 0.0
         self.keys: set[tuple[Any, ...]] = set()
         self.bytes = 0
+        self.deletes = 0
 
-    def add(self, put: bytes, size: int, key: tuple[Any, ...]) -> _Batch | None:
+    def add(self, put: bytes, size: int, key: tuple[Any, ...], row: int, delete: bool = False) -> _Batch | None:
         """Add a put; returns the batch it closed, if any."""
         full = len(self.puts) == items.MAX_BATCH or self.bytes + len(put) > items.MAX_REQUEST_BYTES - 4096
         out = self.flush() if key in self.keys or full else None
         self.puts.append(put)
+        self.rows.append(row)
         self.cost += max(1, -(-size // 1024))
         self.keys.add(key)
         self.bytes += len(put)
+        self.deletes += delete
         return out
 
     def flush(self) -> _Batch | None:
-        out = _Batch(self.puts, self.cost) if self.puts else None
-        self.puts, self.cost, self.keys, self.bytes = [], 0.0, set(), 0
+        out = _Batch(self.puts, self.cost, rows=self.rows, deletes=self.deletes) if self.puts else None
+        self.puts, self.rows, self.cost, self.keys, self.bytes, self.deletes = [], [], 0.0, set(), 0, 0
         return out
 
 
 def _kept(rb: pa.RecordBatch, row0: int, losers: np.ndarray | None, ttl_col: str | None,
-          task: PartTask, deletes: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
-    """Which rows of a record batch to write, and how many were collision losers and expired (puts only)."""
+          task: PartTask, deletes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which rows of a record batch to write, which were collision losers and which expired (puts only)."""
     n = rb.num_rows
-    keep = np.ones(n, dtype=bool)
+    dedup = np.zeros(n, dtype=bool)
     if losers is not None:
-        keep &= ~np.isin(np.arange(row0, row0 + n), losers)
-    dedup = int((~keep).sum())
-    expired = 0
+        dedup = np.isin(np.arange(row0, row0 + n), losers)
+    keep = ~dedup
+    expired = np.zeros(n, dtype=bool)
     if ttl_col and not task.include_expired:
         ttl = np.asarray(pc.fill_null(rb.column(ttl_col), np.iinfo(np.int64).max).to_numpy(zero_copy_only=False))
-        exp_mask = keep & (ttl <= task.now)
+        expired = keep & (ttl <= task.now)
         if deletes is not None:
-            exp_mask &= ~deletes
-        expired = int(exp_mask.sum())
-        keep &= ~exp_mask
+            expired &= ~deletes
+        keep &= ~expired
     return keep, dedup, expired
 
 
+MAX_KEY_BYTES = (2048, 1024)  # DynamoDB's limits on a partition key value and a sort key value
+KEY_KINDS = {"S": (pa.types.is_string, pa.types.is_large_string),
+             "N": (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal),
+             "B": (pa.types.is_binary, pa.types.is_large_binary)}
+
+
+def _check_key_types(schema: pa.Schema, task: PartTask) -> None:
+    """A key column of another type than the table's key is every item refused: the part fails, with why."""
+    for name, kind in task.key_types:
+        if name not in schema.names:
+            raise EtlError(f"load {task.month} part {task.part}: the Parquet has no column {name}, a key of "
+                           f"{task.table}", hint="transform the month again with the current mapping")
+        t = schema.field(name).type
+        if not any(f(t) for f in KEY_KINDS.get(kind, ())):
+            raise EtlError(f"load {task.month} part {task.part}: key {name} is {t} in the Parquet, but {task.table} "
+                           f"keys it as {kind}: DynamoDB would refuse every item",
+                           hint="fix the mapping ([destination] keys, the transform's types) or point at the "
+                                "right table")
+
+
+def _refusals(sel: pa.RecordBatch, sizes: np.ndarray, deletes: np.ndarray,
+              keys: list[str]) -> dict[int, tuple[str, str]]:
+    """Items DynamoDB would refuse, found before sending: row in `sel` -> (reason, message). What a message
+    says is sizes and names, never a value."""
+    out: dict[int, tuple[str, str]] = {}
+    for j in np.flatnonzero((sizes > items.MAX_ITEM_BYTES) & ~deletes).tolist():
+        out[j] = ("item_too_large", f"{int(sizes[j]):,} bytes > 400 KB")
+    for pos, name in enumerate(keys):
+        col = sel.column(name)
+        what = "partition key" if pos == 0 else "sort key"
+        for j in np.flatnonzero(np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)).tolist():
+            out.setdefault(j, ("missing_key", f"{what} {name} has no value"))
+        t = col.type
+        if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or \
+                pa.types.is_large_binary(t):
+            lengths = np.asarray(pc.fill_null(pc.binary_length(col), -1).to_numpy(zero_copy_only=False))
+            for j in np.flatnonzero(lengths == 0).tolist():
+                out.setdefault(j, ("empty_key", f"{what} {name} is empty"))
+            limit = MAX_KEY_BYTES[min(pos, 1)]
+            for j in np.flatnonzero(lengths > limit).tolist():
+                out.setdefault(j, ("key_too_long", f"{what} {name} is {int(lengths[j]):,} bytes, over DynamoDB's "
+                                                   f"{limit:,}"))
+        elif pa.types.is_floating(t):
+            finite = np.asarray(pc.fill_null(pc.is_finite(col), True).to_numpy(zero_copy_only=False), dtype=bool)
+            for j in np.flatnonzero(~finite).tolist():
+                out.setdefault(j, ("key_not_a_number", f"{what} {name} is NaN or infinite"))
+    return out
+
+
 def _read(cfg: Config, store: staging.Store, task: PartTask, ctx: TaskContext, c: Counters,
-          quarantine: list[bytes]) -> Iterator[_Batch]:
-    """The part's batches to send, in row order; counts what is not sent (and, in a dry run, what would be)."""
+          quarantine: list[bytes], start: int = 0) -> Iterator[_Batch]:
+    """The part's batches to send, in row order, each with its ticket; counts what is not sent (and, in a dry
+    run, what would be). Rows below `start` (a resumed part's low-water mark) are neither sent nor counted;
+    only their quarantine lines are made again (the same rows, the same rules, the same cut-off time)."""
     ttl_col = mapping.ttl_column(cfg)
     keys = mapping.key_columns(cfg)
     losers = None if task.checkpoint else staging.read_losers(store, task.month).get(task.part)
     pf = pq.ParquetFile(pa.BufferReader(store.read(task.key)))
+    schema = pf.schema_arrow
+    _check_key_types(schema.remove(schema.get_field_index(OP)) if OP in schema.names else schema, task)
     batches = _Batches()
     row0 = 0
+    tstart = start  # where the ticket being filled starts
+    carried = {"deduplicated": 0, "skipped_expired": 0, "quarantined": 0}  # rows not sent, from `tstart` on
+
+    def ticket(b: _Batch, end: int, counts: dict[str, int]) -> _Batch:
+        b.ticket = _Ticket(tstart, end, {**counts, "deletes": b.deletes})
+        return b
+
     for rb in pf.iter_batches(batch_size=10_000):
-        is_del = np.zeros(rb.num_rows, dtype=bool)
+        n = rb.num_rows
+        fresh = np.arange(row0, row0 + n) >= start
+        is_del = np.zeros(n, dtype=bool)
         if OP in rb.schema.names:  # a catch-up part: puts and deletes, in one batch stream
             is_del = np.asarray(pc.fill_null(pc.equal(rb.column(OP), "delete"), False)
                                 .to_numpy(zero_copy_only=False), dtype=bool)
             rb = rb.drop_columns([OP])
         keep, dedup, expired = _kept(rb, row0, losers, ttl_col, task, is_del)
-        row0 += rb.num_rows
-        c.deduplicated += dedup
-        c.skipped_expired += expired
-        ctx.progress(dedup + expired)
+        idx = np.flatnonzero(keep)  # the kept rows' positions in `rb`
         sel = rb.filter(pa.array(keep))
-        if sel.num_rows == 0:
-            continue
         sizes = items.item_sizes(sel)
         puts = items.to_puts(sel)
-        dels = np.flatnonzero(is_del[keep])
+        sel_del = is_del[keep]
+        dels = np.flatnonzero(sel_del)
         if len(dels):  # a delete costs 1 WCU per KB of the item it removes: estimated 1, settled by the reply
             for i, frag in zip(dels.tolist(), items.to_deletes(sel.take(pa.array(dels)), keys), strict=True):
                 puts[i], sizes[i] = frag, 1
-            c.deletes += len(dels)
-        big = sizes > items.MAX_ITEM_BYTES
-        if task.dry_run:
-            fits = sel.filter(pa.array(~big)) if big.any() else sel
-            for k, v in write_units(fits, sizes[~big], task.indexes).items():
-                c.wcu_by[k] = c.wcu_by.get(k, 0.0) + v
+        refused = _refusals(sel, sizes, sel_del, keys)
         key_values = list(zip(*(sel.column(k).to_pylist() for k in keys), strict=True))
-        for j in np.flatnonzero(big):
-            quarantine.append(orjson.dumps({"reason": "item_too_large", "message": f"{int(sizes[j])} bytes > 400 KB",
-                                            "key": dict(zip(keys, key_values[j], strict=True))}))
-        c.quarantined += int(big.sum())
-        ctx.progress(int(big.sum()))
+        bad = np.zeros(n, dtype=bool)
+        for j, (reason, message) in refused.items():
+            bad[idx[j]] = True
+            quarantine.append(orjson.dumps({"reason": reason, "message": message, "row": row0 + int(idx[j]),
+                                            "key": {k: _plain(v) for k, v in zip(keys, key_values[j], strict=True)}}))
+        counts = {"deduplicated": dedup & fresh, "skipped_expired": expired & fresh, "quarantined": bad & fresh}
+        c.deletes += int((sel_del & ~bad[keep] & fresh[keep]).sum())
+        for k, mask in counts.items():
+            setattr(c, k, getattr(c, k) + int(mask.sum()))
+        ctx.progress(int(sum(int(m.sum()) for m in counts.values())))
+        cum = {k: np.concatenate([[0], np.cumsum(mask)]) for k, mask in counts.items()}
+        mark = min(max(tstart - row0, 0), n)  # this record batch's rows from here on are not carried yet
         if task.dry_run:
-            c.written += int((~big).sum())
-            ctx.progress(int((~big).sum()))
+            fits = keep & ~bad & fresh
+            sent = fits[keep]
+            for k, v in write_units(sel.filter(pa.array(sent)), sizes[sent], task.indexes).items():
+                c.wcu_by[k] = c.wcu_by.get(k, 0.0) + v
+            c.written += int(fits.sum())
+            ctx.progress(int(fits.sum()))
+            row0 += n
             continue
-        for i, put in enumerate(puts):
-            if not big[i]:
-                done = batches.add(put, int(sizes[i]), key_values[i])
-                if done is not None:
-                    yield done
+        send = (fresh & ~bad)[idx].tolist()
+        positions, size_list, delete_list = idx.tolist(), sizes.tolist(), sel_del.tolist()
+        for j, li in enumerate(positions):
+            if not send[j]:
+                continue
+            done = batches.add(puts[j], size_list[j], key_values[j], row0 + li, delete_list[j])
+            if done is not None:
+                yield ticket(done, row0 + li, {k: carried[k] + int(cum[k][li] - cum[k][mark]) for k in carried})
+                tstart, mark = row0 + li, li
+                carried = dict.fromkeys(carried, 0)
+        for k in carried:
+            carried[k] += int(cum[k][n] - cum[k][mark])
+        row0 += n
     last = batches.flush()
     if last is not None:
-        yield last
+        yield ticket(last, row0, carried)
 
 
 def run_task(cfg: Config, task: PartTask, ctx: TaskContext) -> dict[str, Any]:
-    """Load one Parquet part; its checkpoint is written once every item is acknowledged."""
+    """Load one Parquet part, from its saved low-water mark when an earlier run left one; its checkpoint is
+    written once every item is acknowledged (or quarantined)."""
     store = staging.open_store(cfg.staging.root, cfg.staging)
+    prior = None if task.dry_run else _resume_point(store, task)
+    if prior is not None:  # the rows below the mark were judged expired or not at the earlier run's time
+        task = dataclasses.replace(task, now=int(prior["now"]))
+        ctx.progress(int(prior["low_water_mark"]))
+    progress = _Progress(store, task, cfg.load.checkpoint_seconds, prior)
     c = Counters()
-    quarantine: list[bytes] = []
-    source = _read(cfg, store, task, ctx, c, quarantine)
+    quarantine: list[bytes] = [orjson.dumps(r) for r in progress.refused]  # refused below the mark
+    source = _read(cfg, store, task, ctx, c, quarantine, progress.start)
     if task.dry_run:
         for _ in source:
             pass
     else:
-        _Loader(cfg, task, ctx, c).run(source)
+        _Loader(cfg, task, ctx, c, progress, quarantine).run(source)
     ctx.check()  # another task failed: this one is unfinished, so no checkpoint
     if quarantine and not task.dry_run:
         store.write(task.rejected or staging.load_rejected_key(task.month, task.part),
                     gzip.compress(b"\n".join(quarantine) + b"\n"))
-    result = {"part": task.part, "rows": task.rows, "written": c.written, "deletes": c.deletes,
-              "skipped_expired": c.skipped_expired,
-              "deduplicated": c.deduplicated, "quarantined": c.quarantined, "wcu": round(c.wcu, 1),
-              "requests": c.requests, "retries": c.retries, "throttles": c.throttles, "at": staging.utcnow_iso(),
-              "transform_run": task.transform_run, "wcu_indexes": {k: round(v, 1) for k, v in c.wcu_indexes.items()}}
+    base = progress.base
+    runs = progress.runs_with(c)
+    quarantined_by: dict[str, int] = {}
+    for line in quarantine:
+        reason = str(orjson.loads(line)["reason"])
+        quarantined_by[reason] = quarantined_by.get(reason, 0) + 1
+    result = {"part": task.part, "rows": task.rows, "written": base["written"] + c.written,
+              "deletes": base["deletes"] + c.deletes, "skipped_expired": base["skipped_expired"] + c.skipped_expired,
+              "deduplicated": base["deduplicated"] + c.deduplicated, "quarantined": base["quarantined"] + c.quarantined,
+              "wcu": round(sum(r["wcu"] for r in runs), 1), "wcu_this_run": round(c.wcu, 1),
+              "requests": sum(r["requests"] for r in runs), "retries": sum(r["retries"] for r in runs),
+              "throttles": sum(r["throttles"] for r in runs), "at": staging.utcnow_iso(),
+              "transform_run": task.transform_run, "table": task.table, "table_arn": task.destination[0],
+              "table_created": task.destination[1], "resumed_at_row": progress.start,
+              "quarantined_by": quarantined_by,
+              "wcu_indexes": {k: round(v, 1) for k, v in c.wcu_indexes.items()}, "runs": runs}
     if task.dry_run:
         result["wcu_estimated"] = {k or "table": v for k, v in c.wcu_by.items()}
-    if c.written + c.skipped_expired + c.deduplicated + c.quarantined != task.rows:
+    if sum(result[k] for k in RECONCILED) != task.rows or len(quarantine) != result["quarantined"]:
         raise EtlError(f"load {task.month} part {task.part}: counts do not reconcile ({result})")
     if not task.dry_run:
         store.write_json(task.checkpoint or staging.checkpoint_key(task.month, task.part), result)
+        store.delete(task.progress_key())
     return result
 
 
@@ -789,6 +1146,35 @@ def run_task(cfg: Config, task: PartTask, ctx: TaskContext) -> dict[str, Any]:
 
 
 COUNTS = ("written", "skipped_expired", "deduplicated", "quarantined", "rows", "requests", "retries", "throttles")
+
+
+def _runs(cps: list[dict[str, Any]], written: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every run that wrote to the month's parts (as far as its checkpoints and progress recorded it), and
+    their totals: items acknowledged, rewritten (acknowledged more than once: a resume's overlap), WCU, time."""
+    by: dict[str, dict[str, Any]] = {}
+    for cp in cps:
+        for r in cp.get("runs", []):
+            run = by.setdefault(r["run"], {"run": r["run"], "started": r["started"], "last": r["last"], "parts": 0,
+                                           "acknowledged": 0, "wcu": 0.0, "requests": 0, "retries": 0,
+                                           "throttles": 0})
+            run["parts"] += 1
+            run["last"] = max(run["last"], r["last"])
+            for k in ("acknowledged", "wcu", "requests", "retries", "throttles"):
+                run[k] += r[k]
+    runs = []
+    for r in sorted(by.values(), key=lambda r: r["started"]):
+        runs.append({"run": r["run"], "started_at": _iso(r["started"]), "last_write_at": _iso(r["last"]),
+                     "seconds": round(max(0.0, r["last"] - r["started"]), 3), "parts": r["parts"],
+                     "acknowledged": r["acknowledged"], "wcu": round(r["wcu"], 1), "requests": r["requests"],
+                     "retries": r["retries"], "throttles": r["throttles"]})
+    acknowledged = sum(r["acknowledged"] for r in runs)
+    totals = {"runs": len(runs), "acknowledged": acknowledged, "rewritten": max(0, acknowledged - written),
+              "wcu": round(sum(r["wcu"] for r in runs), 1), "seconds": round(sum(r["seconds"] for r in runs), 3)}
+    return runs, totals
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def commit(cfg: Config, store: staging.Store, month: str, tasks: list[PartTask], results: list[dict[str, Any]],
@@ -804,30 +1190,38 @@ def commit(cfg: Config, store: staging.Store, month: str, tasks: list[PartTask],
         return {"month": month, "dry_run": True, **sums, "wcu_estimated": units, "wcu_estimated_total": total,
                 "cost_usd": round(setup.cost(total), 4), "price_per_million_wcu": setup.price_per_million,
                 "on_demand": setup.budget.on_demand}
-    cps = [_checkpoint(store, month, p["part"], str(t.get("run_id", ""))) for p in t.get("parts", [])]
+    cps = [_checkpoint(store, month, p["part"], str(t.get("run_id", "")), setup.destination)
+           for p in t.get("parts", [])]
     if any(cp is None for cp in cps):
         raise EtlError(f"load {month}: a part has no checkpoint of the current transform after the run")
-    sums = {k: sum(cp[k] for cp in cps if cp) for k in COUNTS}
-    wcu = round(sum(cp["wcu"] for cp in cps if cp), 1)
+    done = [cp for cp in cps if cp]
+    sums = {k: sum(cp[k] for cp in done) for k in COUNTS}
+    wcu = round(sum(cp["wcu"] for cp in done), 1)
     on_indexes: dict[str, float] = {}
-    for cp in cps:
-        for k, v in (cp or {}).get("wcu_indexes", {}).items():
+    for cp in done:
+        for k, v in cp.get("wcu_indexes", {}).items():
             on_indexes[k] = round(on_indexes.get(k, 0.0) + v, 1)
     if sums["written"] + sums["skipped_expired"] + sums["deduplicated"] + sums["quarantined"] != t["written"]:
         raise EtlError(f"load {month}: counts do not reconcile with the Parquet rows: {sums} vs {t['written']}")
     duration = round(time.time() - started, 3)
-    this_run = round(sum(r["wcu"] for r in results), 1)
+    this_run = round(sum(r.get("wcu_this_run", r["wcu"]) for r in results), 1)
     average = this_run / max(duration, 1e-9)
     # the budget's rate is in the table's own units (with indexes: what the tightest limit lets the table have)
-    table_units = sum(r["wcu"] - sum(r.get("wcu_indexes", {}).values()) for r in results)
+    table_units = sum(r.get("wcu_this_run", r["wcu"]) - sum(r.get("wcu_indexes", {}).values()) for r in results)
     target = setup.budget.bucket.target
+    runs, totals = _runs(done, sums["written"])
+    quarantined_by: dict[str, int] = {}
+    for cp in done:
+        for k, v in cp.get("quarantined_by", {}).items():
+            quarantined_by[k] = quarantined_by.get(k, 0) + v
     return staging.commit_manifest(store, month, "load", {
-        **sums, "wcu_consumed": wcu, "wcu_consumed_by_index": on_indexes, "duration_s": duration,
-        "average_wcu_per_s": round(average, 1),
+        **sums, "quarantined_by": quarantined_by, "wcu_consumed": wcu, "wcu_consumed_by_index": on_indexes,
+        "duration_s": duration, "average_wcu_per_s": round(average, 1),
         "budget": setup.budget.describe, "budget_share": round(table_units / max(duration, 1e-9) / target, 3),
-        "table": setup.table, "region": setup.region,
+        **setup.destination.record(), "region": setup.region,
         "include_expired": setup.include_expired, "expired_before": setup.now,
         "reconciles": "written + skipped_expired + deduplicated + quarantined = rows in the Parquet",
+        "runs": runs, "totals": totals,
         "upstream_run": t.get("run_id"), "transform_run": t.get("run_id"),
         "config_hash": cfg.hash_of("load", "destination"),
     })

@@ -15,14 +15,14 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 from etl import aws, export, lease, load, staging, verify
 from etl.config import Config
 from etl.engine import Engine, LocalEngine, TaskContext, make_engine
-from etl.errors import EtlError, PartlyDone
+from etl.errors import EtlError, Interrupted, PartlyDone
 from etl.progress import QUIET, Reporter
 from etl.transform import stage as transform
 
@@ -34,10 +34,12 @@ def rerun_command(stage: str, month: str, extra: str = "") -> str:
     return f"etl {stage} --month {month}{' ' + extra if extra else ''}"
 
 
-def skip_reason(cfg: Config, store: staging.Store, stage: str, month: str, force: bool = False) -> str | None:
+def skip_reason(cfg: Config, store: staging.Store, stage: str, month: str, force: bool = False,
+                destination: staging.Destination | None = None) -> str | None:
     """Why a stage need not run again for a month (None: it must run). The one place for these rules:
     a stage is skipped when its manifest is committed and was made from the previous stage's current
-    output, with what shapes its output unchanged."""
+    output, with what shapes its output unchanged. A load is done only into the very table it was made for
+    (`destination`: its ARN and creation time; a table dropped and created again is another table)."""
     if force:
         return None
     done = staging.read_manifest(store, month, stage)
@@ -50,7 +52,8 @@ def skip_reason(cfg: Config, store: staging.Store, stage: str, month: str, force
         return None
     if stage == "transform" and done.get("config_hash") != cfg.hash_of("transform"):
         return None
-    if stage == "load" and done.get("table") != cfg.destination_table():
+    if stage == "load" and (done.get("table") != cfg.destination_table()
+                            or (destination is not None and not destination.holds(done))):
         return None
     if stage == "verify" and not done.get("ok"):
         return None
@@ -88,10 +91,12 @@ class Runner:
     opts: Options
     engine: Engine = field(default_factory=LocalEngine)
     load_setup: load.Setup | None = None
+    destination: staging.Destination | None = None  # the destination table as described at the start
     read_budget: Any = None
     _commit_locks: dict[str, threading.Lock] = field(default_factory=lambda: {s: threading.Lock() for s in ORDER})
     _export_slots: threading.Semaphore | None = None
     _contexts: list[TaskContext] = field(default_factory=list)
+    _interrupted: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.engine.task_retries = self.cfg.engine.task_retries
@@ -105,6 +110,8 @@ class Runner:
         if stage == "load":
             assert self.load_setup is not None
             return load.plan(self.cfg, self.store, month, self.load_setup, o.force)
+        if stage == "verify":
+            return verify.plan(self.cfg, self.store, month, self.destination)
         return STAGES[stage].plan(self.cfg, self.store, month)
 
     def _run_tasks(self, stage: str, plan: Any, ctx: TaskContext) -> list[dict[str, Any]]:
@@ -126,7 +133,7 @@ class Runner:
     def stage_month(self, stage: str, month: str) -> dict[str, Any]:
         """Run one stage for one month: skip it, or plan, run its tasks and commit."""
         cfg, store = self.cfg, self.store
-        reason = skip_reason(cfg, store, stage, month, self.opts.force)
+        reason = skip_reason(cfg, store, stage, month, self.opts.force, self.destination)
         if reason is not None:
             self.reporter.info(f"{stage} {month}: {reason}")
             return {**(staging.read_manifest(store, month, stage) or {}), "skipped": True}
@@ -149,6 +156,8 @@ class Runner:
             store.delete(staging.manifest_key(month, stage))
         ctx = TaskContext()
         self._contexts.append(ctx)
+        if self._interrupted.is_set():  # interrupted while this stage was starting
+            ctx.halt(INTERRUPTED)
         if stage != "export":  # the export reports its own wait
             task = self.reporter.task(f"{stage} {month}", plan.total, plan.unit)
             ctx.progress = task.advance
@@ -164,10 +173,14 @@ class Runner:
     def month(self, month: str, stages: tuple[str, ...], out: dict[str, dict[str, Any]],
               failures: list[_Failure]) -> None:
         for stage in stages:
+            if self._interrupted.is_set():
+                return
             try:
                 out[stage] = self.stage_month(stage, month)
             except Exception as exc:  # recorded per month; the others go on
                 exc = aws.explain(exc, self.cfg) or exc
+                if self._interrupted.is_set():
+                    exc = Interrupted(INTERRUPTED)
                 failures.append(_Failure(stage, month, exc))
                 if not isinstance(exc, lease.LeaseHeld):  # the month is not failing: another run has it
                     self._record(stage, month, exc)
@@ -186,16 +199,23 @@ class Runner:
     def run(self, months: list[str], stages: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
         results: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in months}
         failures: list[_Failure] = []
+        months_pool = ThreadPoolExecutor(max(1, len(months)), thread_name_prefix="month")
+        futures = []
         try:
-            with ThreadPoolExecutor(max(1, len(months)), thread_name_prefix="month") as months_pool:
-                futures = [months_pool.submit(self.month, m, stages, results[m], failures) for m in months]
-                for f in futures:
-                    f.result()
-        except BaseException:
-            for ctx in self._contexts:  # interrupted: every task stops at its next check
-                ctx.stop.set()
+            futures = [months_pool.submit(self.month, m, stages, results[m], failures) for m in months]
+            for f in futures:
+                f.result()
+        except BaseException as exc:
+            # interrupted (Ctrl-C, SIGTERM) or failing: every task stops at its next check, saving its progress
+            self._interrupted.set()
+            for ctx in list(self._contexts):
+                ctx.halt(INTERRUPTED)
+            wait(futures)
+            if isinstance(exc, KeyboardInterrupt):
+                raise Interrupted(INTERRUPTED) from None
             raise
         finally:
+            months_pool.shutdown(wait=True)
             self.engine.close()
         if failures:
             raise self._failed(failures, months)
@@ -221,6 +241,9 @@ class Runner:
                  " (committed months are skipped); `etl status` shows every month")
 
 
+INTERRUPTED = "interrupted (SIGINT or SIGTERM): what was acknowledged is kept"
+
+
 def _message(exc: BaseException) -> str:
     return exc.message if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
 
@@ -241,13 +264,18 @@ def run(cfg: Config, months: list[str], stages: tuple[str, ...] = ORDER, *, repo
     store = staging.open_store(cfg.staging.root, cfg.staging)
     store.check()
     runner = Runner(cfg, store, reporter, opts, engine=make_engine(cfg))
+    desc = None
+    if "load" in stages or "verify" in stages:  # which table: a month loaded into another one is not loaded here
+        desc = load.describe_destination(cfg)
+        runner.destination = staging.destination_of(desc)
     with contextlib.ExitStack() as held:
         if "load" in stages:  # the destination, the budget and the confirmation before anything runs
-            todo = [m for m in months if skip_reason(cfg, store, "load", m, opts.force) is None]
+            todo = [m for m in months if skip_reason(cfg, store, "load", m, opts.force, runner.destination) is None]
             if todo:
                 runner.load_setup = load.preflight(cfg, store, todo, include_expired=opts.include_expired,
                                                    now=opts.now, dry_run=opts.dry_run, yes=opts.yes,
-                                                   force=opts.force, confirm=opts.confirm, reporter=reporter)
+                                                   force=opts.force, confirm=opts.confirm, reporter=reporter,
+                                                   desc=desc)
                 held.callback(runner.load_setup.close)
                 if not opts.dry_run:  # one budget per destination: one loading run at a time
                     table = runner.load_setup.table

@@ -8,7 +8,8 @@ Layout under the staging root (S3 `s3://bucket/prefix` or a local directory):
     _state/month=YYYYMM/<stage>.json                   a stage's manifest: present = done
     _state/month=YYYYMM/<stage>.failed.json            the last failure of a stage
     _state/month=YYYYMM/export.pending.json            an export started but not yet committed
-    _state/month=YYYYMM/load/part-NNNNN.done           load checkpoints
+    _state/month=YYYYMM/load/part-NNNNN.done           load checkpoints (a part finished, for one destination table)
+    _state/month=YYYYMM/load-progress/part-NNNNN.json  a part's progress while it loads (its low-water mark)
     _state/month=YYYYMM/transform-collisions.parquet   rows that lost a key collision (the load skips them)
     rejected/month=YYYYMM/load-part-NNNNN.jsonl.gz     items the load quarantined (DynamoDB would refuse them)
     export/month=YYYYMM/changes/window-NNNNN/AWSDynamoDB/...  a catch-up window's changes (incremental export layout)
@@ -37,8 +38,9 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -178,6 +180,8 @@ class LocalStore(Store):
         if base.is_file():
             return [self._info(base)]
         if not base.is_dir():
+            if prefix.endswith("/"):  # a folder's keys only, as on S3 ("load/" is not "load.lease")
+                return []
             parent = base.parent
             if not parent.is_dir():
                 return []
@@ -425,6 +429,16 @@ def checkpoint_key(month: str, part: int) -> str:
     return f"{checkpoints_prefix(month)}part-{part:05d}.done"
 
 
+def progress_prefix(month: str) -> str:
+    return state_key(month, "load-progress/")
+
+
+def progress_key(month: str, part: int) -> str:
+    """A part's progress while it loads: its low-water mark (every row below it acknowledged) and the counts
+    below it; deleted once the part's checkpoint is written."""
+    return f"{progress_prefix(month)}part-{part:05d}.json"
+
+
 def lease_key(month: str, stage: str) -> str:
     return state_key(month, f"{stage}.lease")
 
@@ -479,6 +493,10 @@ def catchup_load_rejected_key(month: str, window: int) -> str:
     return f"{rejected_prefix(month)}load-changes-{window_name(window)}.jsonl.gz"
 
 
+def catchup_progress_key(month: str, window: int) -> str:
+    return f"{catchup_prefix(month)}load-{window:05d}.progress.json"
+
+
 def catchup_final_key(month: str) -> str:
     return f"{catchup_prefix(month)}final.parquet"
 
@@ -507,6 +525,41 @@ def read_losers(store: Store, month: str) -> dict[int, np.ndarray]:
     parts = np.asarray(t["_part"].to_numpy(), dtype=np.int64)
     rows = np.asarray(t["_row"].to_numpy(), dtype=np.int64)
     return {int(p): np.sort(rows[parts == p]) for p in np.unique(parts).tolist()}
+
+
+# --------------------------------------------------------------------------- the destination a record is for
+
+
+class Destination(NamedTuple):
+    """Which table a checkpoint or manifest was written for. A table dropped and created again under the same
+    name is another table (its items are gone), so the name is not enough: its ARN and creation time are."""
+
+    table: str
+    arn: str
+    created: str  # CreationDateTime, ISO-8601 UTC
+
+    def record(self) -> dict[str, str]:
+        return {"table": self.table, "table_arn": self.arn, "table_created": self.created}
+
+    def holds(self, record: dict[str, Any]) -> bool:
+        """Was `record` (a checkpoint, a progress file, a load manifest) written for this very table?"""
+        return record.get("table_arn") == self.arn and record.get("table_created") == self.created
+
+    def describe(self) -> str:
+        return f"{self.table} (created {self.created})"
+
+
+def destination_of(desc: dict[str, Any]) -> Destination:
+    created = desc.get("CreationDateTime")
+    when = (created.astimezone(UTC).isoformat(timespec="milliseconds") if isinstance(created, datetime)
+            else str(created or ""))
+    return Destination(str(desc.get("TableName", "")), str(desc.get("TableArn", "")), when)
+
+
+def elsewhere(record: dict[str, Any]) -> str:
+    """The table a record names, for a message saying it is not the destination's."""
+    when = record.get("table_created")
+    return f"{record.get('table', '?')} ({f'created {when}' if when else 'no table identity recorded'})"
 
 
 # --------------------------------------------------------------------------- manifests

@@ -1,4 +1,6 @@
-"""Months x stages, read from the `_state/` manifests alone."""
+"""Months x stages, read from the `_state/` manifests (and, when the caller gives it, the destination table as
+described now: a month loaded into another table, or into this name before it was dropped and created again,
+is not loaded into it)."""
 
 from __future__ import annotations
 
@@ -25,9 +27,21 @@ def _summary(stage: str, m: dict[str, Any]) -> str:
     return ""
 
 
-def month_status(store: staging.Store, month: str, stages: tuple[str, ...] = staging.STAGES) -> dict[str, Any]:
+def _loaded_elsewhere(load: dict[str, Any], destination: staging.Destination | None, table: str | None) -> str:
+    """Why a committed load is not a load of the destination ("" when it is), by the rule the load uses."""
+    if destination is not None and not destination.holds(load):
+        return f"loaded into {staging.elsewhere(load)}, not into {destination.describe()}"
+    if destination is None and table and load.get("table") != table:
+        return f"loaded into {load.get('table')}, not into {table}"
+    return ""
+
+
+def month_status(store: staging.Store, month: str, stages: tuple[str, ...] = staging.STAGES,
+                 destination: staging.Destination | None = None, table: str | None = None) -> dict[str, Any]:
+    """`destination`: the table as described now (else `table`, its name, when known)."""
     row: dict[str, Any] = {"month": month, "stages": {}}
     previous: dict[str, Any] | None = None
+    elsewhere = ""
     for stage in stages:
         manifest = staging.read_manifest(store, month, stage)
         failed_key = staging.failed_key(month, stage)
@@ -39,6 +53,10 @@ def month_status(store: staging.Store, month: str, stages: tuple[str, ...] = sta
         elif manifest and stage == "verify" and not manifest.get("ok"):
             cell = {"state": "failed", "error": _summary(stage, manifest), "at": manifest.get("committed_at"),
                     "rerun": f"etl load --month {month} --force"}
+        elif manifest and stage in ("load", "verify") and (
+                elsewhere := elsewhere or (_loaded_elsewhere(manifest, destination, table) if stage == "load" else "")):
+            cell = {"state": "stale", "summary": elsewhere if stage == "load" else "verified another table",
+                    "at": manifest.get("committed_at")}
         elif manifest:
             cell = {"state": "done", "summary": _summary(stage, manifest), "at": manifest.get("committed_at"),
                     "duration_s": manifest.get("duration_s")}
@@ -113,6 +131,6 @@ def next_command(row: dict[str, Any], stages: tuple[str, ...]) -> str | None:
     return None
 
 
-def collect(store: staging.Store, months: list[str] | None = None,
-            stages: tuple[str, ...] = staging.STAGES) -> list[dict[str, Any]]:
-    return [month_status(store, m, stages) for m in (months or staging.known_months(store))]
+def collect(store: staging.Store, months: list[str] | None = None, stages: tuple[str, ...] = staging.STAGES,
+            destination: staging.Destination | None = None, table: str | None = None) -> list[dict[str, Any]]:
+    return [month_status(store, m, stages, destination, table) for m in (months or staging.known_months(store))]

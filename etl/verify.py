@@ -58,10 +58,15 @@ def _catchup_final(store: staging.Store, month: str, load: dict[str, Any]) -> st
     return key if c and c.get("load_run") == load.get("run_id") and store.exists(key) else ""
 
 
-def plan(cfg: Config, store: staging.Store, month: str) -> MonthPlan:
+def plan(cfg: Config, store: staging.Store, month: str, destination: staging.Destination | None = None) -> MonthPlan:
+    """`destination`: the table as described now; a load made into another table (or into this name before it
+    was dropped and created again) is no load of this one."""
     load = staging.read_manifest(store, month, "load")
     if load is None:
         raise StageNotReady(f"month {month} has no committed load", hint=f"run `etl load --month {month}` first")
+    if destination is not None and not destination.holds(load):
+        raise StageNotReady(f"month {month} is not loaded into {destination.describe()}: its load went to "
+                            f"{staging.elsewhere(load)}", hint=f"run `etl load --month {month}` first")
     t = staging.read_manifest(store, month, "transform") or {}
     final = _catchup_final(store, month, load)
     parts = [*t.get("parts", []), *([{"part": -1, "output": final, "rows": 0}] if final else [])]

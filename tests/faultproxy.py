@@ -2,7 +2,8 @@
 
 Faults, chosen per request from a seeded schedule: `partial` (forward half the items, return the
 rest as UnprocessedItems), `throttle` (400 ProvisionedThroughputExceededException), `error500`,
-`drop` (close the connection without an answer) and `ok`. Every BatchWriteItem it sees is recorded
+`drop` (close the connection without an answer), `invalid` (400 ValidationException with `invalid_message`)
+and `ok`. Every BatchWriteItem it sees is recorded
 (item count, duplicate keys) so tests can check the loader's requests.
 """
 
@@ -20,13 +21,16 @@ from urllib.parse import urlparse
 
 class FaultProxy:
     def __init__(self, upstream: str, weights: dict[str, float] | None = None, seed: int = 1,
-                 key: tuple[str, str] = ("CustomerID", "CreationDateTime"), tls: ssl.SSLContext | None = None) -> None:
+                 key: tuple[str, str] = ("CustomerID", "CreationDateTime"), tls: ssl.SSLContext | None = None,
+                 invalid_message: str = "One or more parameter values were invalid: Missing the key CreationDateTime "
+                                        "in the item") -> None:
         """`tls`: serve https with this context (on https://localhost:PORT), e.g. a TLS front for tests."""
         self.upstream = urlparse(upstream)
         self.weights = weights or {"ok": 1.0}
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.key = key
+        self.invalid_message = invalid_message
         self.seen: list[dict[str, Any]] = []
         self.faults: dict[str, int] = {}
         proxy = self
@@ -82,7 +86,7 @@ class FaultProxy:
             return
         req = json.loads(body)
         (table, puts), = req["RequestItems"].items()
-        keys = [tuple(json.dumps(p["PutRequest"]["Item"][k], sort_keys=True) for k in self.key) for p in puts]
+        keys = [tuple(json.dumps(p["PutRequest"]["Item"].get(k), sort_keys=True) for k in self.key) for p in puts]
         fault = self._choose()
         with self.lock:
             self.seen.append({"items": len(puts), "distinct_keys": len(set(keys)), "fault": fault})
@@ -91,6 +95,9 @@ class FaultProxy:
             self._reply(h, 400, json.dumps({
                 "__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
                 "message": "The level of configured provisioned throughput for the table was exceeded."}).encode())
+        elif fault == "invalid":
+            self._reply(h, 400, json.dumps({"__type": "com.amazon.coral.validate#ValidationException",
+                                            "message": self.invalid_message}).encode())
         elif fault == "error500":
             self._reply(h, 500, json.dumps({"__type": "com.amazonaws.dynamodb.v20120810#InternalServerError",
                                             "message": "Internal server error"}).encode())

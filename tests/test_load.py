@@ -119,26 +119,6 @@ def test_faults_are_retried_until_every_item_is_acknowledged(ddb_local: str, des
     assert all(s["items"] == s["distinct_keys"] for s in p.seen)  # no two items with one key in a request
 
 
-def test_a_validation_error_fails_with_the_reason(ddb_local: str, dest_table: Callable[..., str],
-                                                  make_config: Callable[..., Config], tmp_path: Path) -> None:
-    table = dest_table()
-    cfg = make_config(dest_endpoint=ddb_local, dest_table=table, extra=FAST)
-    staged(cfg, tmp_path, [orders(10)])
-    # an item DynamoDB refuses: an empty string in a key attribute is a ValidationException
-    store = staging.open_store(cfg.staging.root, cfg.staging)
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(store.key_uri("transformed/month=201604/part-00000.parquet"))
-    t = pq.read_table(path)
-    t = t.set_column(0, "CustomerID", pa.array([""] * t.num_rows, pa.string()))
-    pq.write_table(t, path)
-    with pytest.raises(EtlError, match="ValidationException") as e:
-        run_load(cfg, [M], now=NOW)
-    assert "etl load --month 201604" in (e.value.hint or "")
-    assert store.read_json(staging.failed_key(M, "load"))["rerun"] == "etl load --month 201604"
-
-
 def test_refusals_before_any_write(ddb_local: str, dest_table: Callable[..., str],
                                    make_config: Callable[..., Config], tmp_path: Path) -> None:
     wrong_key = dest_table(key=("CustomerID", "S", "OrderTime", "N"))
@@ -187,13 +167,15 @@ def test_resume_skips_finished_parts(ddb_local: str, dest_table: Callable[..., s
     cfg = make_config(dest_endpoint=p.url, dest_table=table, extra=FAST)
     t = staged(cfg, tmp_path, [orders(100, i * 100) for i in range(4)])
     store = staging.open_store(cfg.staging.root, cfg.staging)
-    for part in (0, 2):  # two parts finished in an earlier run
+    here = staging.destination_of(ddb_client(ddb_local).describe_table(TableName=table)["Table"]).record()
+    for part in (0, 2, 3):  # parts finished in an earlier run: 0 and 2 into this table, 3 with no table recorded
         store.write_json(staging.checkpoint_key(M, part), {"part": part, "rows": 100, "written": 100,
                          "skipped_expired": 0, "deduplicated": 0, "quarantined": 0, "wcu": 100.0,
-                         "requests": 4, "retries": 0, "throttles": 0, "transform_run": t["run_id"]})
+                         "requests": 4, "retries": 0, "throttles": 0, "transform_run": t["run_id"],
+                         **(here if part != 3 else {})})
     [m] = run_load(cfg, [M], now=NOW)
     assert m["written"] == 400  # the manifest sums every checkpoint
-    assert sum(s["items"] for s in p.seen) == 200  # only the two unfinished parts were sent
+    assert sum(s["items"] for s in p.seen) == 200  # only the parts not known to be in this table were sent
 
 
 def test_checkpoints_of_an_older_transform_are_not_trusted(ddb_local: str, dest_table: Callable[..., str],
@@ -214,6 +196,10 @@ def test_checkpoints_of_an_older_transform_are_not_trusted(ddb_local: str, dest_
 def test_sigkill_mid_load_then_rerun_leaves_the_table_exact(ddb_local: str, dest_table: Callable[..., str],
                                                              make_config: Callable[..., Config],
                                                              tmp_path: Path) -> None:
+    """kill -9 mid-part, then the same command: the resume starts each unfinished part at its saved low-water
+    mark, so it rewrites at most the window that was in flight (4 batches of 25 per part, two parts at a time),
+    not whole parts; the manifest keeps both runs. Items are counted as they go out, by a proxy in front of
+    DynamoDB Local."""
     import os
     import signal
     import subprocess
@@ -226,7 +212,9 @@ def test_sigkill_mid_load_then_rerun_leaves_the_table_exact(ddb_local: str, dest
               f"{i // 60 % 60:02d}:{i % 60:02d}Z"}, "OrderID": {"S": f"O{i}"}} for i in range(f * 400, f * 400 + 400)]
             for f in range(6)]
     table = dest_table()
-    cfg = make_config(dest_endpoint=ddb_local, dest_table=table, extra="[load]\nmax_wcu = 250\nmax_rcu = 10000\n")
+    window = 4
+    cfg = make_config(dest_endpoint=ddb_local, dest_table=table,
+                      extra=f"[load]\nmax_wcu = 250\nmax_rcu = 10000\nconcurrency = {window}\ncheckpoint_seconds = 0\n")
     folder = write_real_export(tmp_path / "ext", rows)
     run_export(cfg, [month], use_existing=str(folder))
     run_transform(cfg, [month])
@@ -235,17 +223,41 @@ def test_sigkill_mid_load_then_rerun_leaves_the_table_exact(ddb_local: str, dest
     cmd = [sys.executable, "-m", "etl", "--config", cfg.path, "--progress", "json", "load", "--month", month, "--yes"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while not store.list(staging.state_key(month, "load/")) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    while not (store.list(staging.state_key(month, "load/")) and store.list(staging.progress_prefix(month))) \
+            and time.monotonic() < deadline:  # a part finished, and another one has saved its progress
+        time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = len(store.list(staging.state_key(month, "load/")))
-    assert 1 <= done < 6, "the kill should land mid-run"
+    done = [store.read_json(o.key) for o in store.list(staging.state_key(month, "load/"))]
+    assert 1 <= len(done) < 6, "the kill should land mid-run"
     assert staging.read_manifest(store, month, "load") is None
-    r = subprocess.run(cmd, env={**env, "ETL_LOAD_MAX_WCU": "100000"}, capture_output=True, text=True, timeout=120)
+    marks = {p["part"]: p["low_water_mark"] for p in (store.read_json(o.key)
+                                                      for o in store.list(staging.progress_prefix(month)))}
+    assert marks and all(0 < m < 400 for m in marks.values()), "a part in flight has saved its progress"
+    present = len(table_items(ddb_local, table))
+    counting = FaultProxy(ddb_local)
+    try:
+        r = subprocess.run(cmd, env={**env, "ETL_LOAD_MAX_WCU": "100000", "ETL_DESTINATION_ENDPOINT_URL": counting.url},
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        counting.close()
     assert r.returncode == 0, r.stderr
+    sent = sum(s["items"] for s in counting.seen)
+    unfinished = 6 - len(done)
+    assert sent == unfinished * 400 - sum(marks.values())  # every unfinished part from its mark on, nothing below
+    rewritten = sent - (2400 - present)  # items already in the table that the resume wrote again
+    part_grain = unfinished * 400 - (2400 - present)  # what replaying whole unfinished parts would have rewritten
+    print(f"\nkill -9 then resume: {rewritten} item(s) rewritten (window {window} x 25 per part in flight; "
+          f"whole parts would have rewritten {part_grain})")
+    assert 0 <= rewritten <= 2 * window * 25
     m = staging.read_manifest(store, month, "load")
     assert m is not None and m["written"] == 2400
+    assert m["written"] + m["skipped_expired"] + m["deduplicated"] + m["quarantined"] == 2400
+    assert [len(m["runs"]), m["totals"]["runs"]] == [2, 2] and m["runs"][0]["acknowledged"] > 0
+    assert m["totals"]["acknowledged"] == sum(run["acknowledged"] for run in m["runs"]) >= 2400
+    assert m["totals"]["rewritten"] == m["totals"]["acknowledged"] - 2400
+    assert m["runs"][1]["acknowledged"] == sent  # what the resume wrote, by the proxy's count
+    assert not store.list(staging.progress_prefix(month))  # done parts keep their checkpoint only
     [v] = run_verify(cfg, [month])
     assert v["ok"] and v["checked"] == 2400
     assert len(table_items(ddb_local, table)) == 2400

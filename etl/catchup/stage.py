@@ -205,10 +205,13 @@ def changes_task(cfg: Config, store: staging.Store, month: str, record: dict[str
 
 
 def load_task(cfg: Config, month: str, w: int, rows: int, setup: load.Setup) -> load.PartTask:
+    d = setup.destination
     return load.PartTask(month, w, staging.changes_key(month, w), rows, f"catchup-{w:05d}", setup.table, setup.now,
                          setup.include_expired, False, setup.deadline,
                          checkpoint=staging.catchup_checkpoint_key(month, w),
-                         rejected=staging.catchup_load_rejected_key(month, w))
+                         rejected=staging.catchup_load_rejected_key(month, w), destination=(d.arn, d.created),
+                         key_types=setup.key_types, run=(setup.run_id, setup.started),
+                         progress=staging.catchup_progress_key(month, w))
 
 
 @dataclass
@@ -360,7 +363,8 @@ def run(cfg: Config, months: list[str], *, reporter: Reporter = QUIET, **options
     setup = load.Setup(desc["TableName"], cfg.destination.aws_region, aws.account_of(cfg.destination),
                        load.write_budget(cfg, desc, ddb), int(opts.now if opts.now is not None else time.time()),
                        cfg.load.include_expired if opts.include_expired is None else opts.include_expired, False,
-                       time.time() + cfg.load.deadline_seconds if cfg.load.deadline_seconds else None)
+                       time.time() + cfg.load.deadline_seconds if cfg.load.deadline_seconds else None,
+                       destination=staging.destination_of(desc), key_types=load.key_types(desc))
     if cfg.destination.production and not opts.yes and (opts.confirm is None or not opts.confirm(
             f"apply the changes of months {', '.join(months)} to {setup.table}?")):
         raise EtlError("not confirmed: nothing was written", hint="pass --yes to write without asking")
