@@ -25,7 +25,6 @@ from click.testing import CliRunner
 from etl import staging
 from etl.cli import cli
 from etl.config import Config, load_config
-from etl.errors import EtlError
 from etl.items import decode_item
 from etl.pipeline import run_export, run_load, run_transform
 from tests.conftest import ddb_client
@@ -202,9 +201,8 @@ def test_a_damaged_export_ends_as_its_one_outcome(kind: FileKind, tmp_path: Path
 
 
 def test_a_partition_key_over_2048_bytes(ddb_local: str, tmp_path: Path) -> None:
-    """DynamoDB refuses a partition key over 2048 bytes. Today the load fails the month with one line naming
-    DynamoDB's refusal (checking key sizes before sending, as DESIGN.md's load rules want, is the load-rules work in
-    progress); the transform writes the row exactly."""
+    """DynamoDB refuses a partition key over 2048 bytes: the transform writes the row exactly, the load quarantines
+    it before sending (`key_too_long`, with its key's size, never its contents) and writes the good rows beside it."""
     table = create_table(ddb_local)
     cfg = load_config(str(config_file(tmp_path, tmp_path / "stage", ddb_local, table)), env={})
     big = "K" * 2049
@@ -215,7 +213,11 @@ def test_a_partition_key_over_2048_bytes(ddb_local: str, tmp_path: Path) -> None
     store = staging.open_store(cfg.staging.root, cfg.staging)
     assert pq.read_table(store.key_uri(staging.transformed_key(M, 0))).to_pylist() == \
         [row("G-1"), row(big), row("G-2")]
-    with pytest.raises(EtlError) as e:
-        run_load(cfg, [M], now=NOW)
-    assert e.value.message == ("DynamoDB refused a batch: ValidationException: Hash primary key values must be under "
-                               "2048 bytes, and range primary key values must be under 1024 bytes")
+    [loaded] = run_load(cfg, [M], now=NOW)
+    assert (loaded["written"], loaded["quarantined"]) == (2, 1)
+    assert loaded["written"] + loaded["skipped_expired"] + loaded["deduplicated"] + loaded["quarantined"] == 3
+    [q] = jsonl_gz(store, staging.load_rejected_key(M, 0))
+    assert q["reason"] == "key_too_long" and "2,049 bytes, over DynamoDB's 2,048" in q["message"]
+    assert big not in json.dumps(q["message"])
+    ids = {i["OrderID"]["S"] for i in ddb_client(ddb_local).scan(TableName=table)["Items"]}
+    assert ids == {"O-G-1", "O-G-2"}
