@@ -253,7 +253,10 @@ def _check_bucket(cfg: Config, store: staging.S3Store) -> None:
         )
 
 
-def _wait(ddb: Any, arn: str, cfg: Config, month: str, reporter: Reporter) -> dict[str, Any]:
+def _wait(ddb: Any, arn: str, cfg: Config, month: str, reporter: Reporter,
+          ctx: TaskContext | None = None) -> dict[str, Any]:
+    """DescribeExport with backoff until the export ends; an interrupt (`ctx`) ends the wait at once (the export
+    goes on in DynamoDB, and the next run waits on the same one)."""
     task = reporter.task(f"export {month}", None, "s")
     delay = 1.0
     start = time.monotonic()
@@ -277,7 +280,11 @@ def _wait(ddb: Any, arn: str, cfg: Config, month: str, reporter: Reporter) -> di
                 f"export of month {month} still {state} after {elapsed:.0f}s ({arn})",
                 hint=f"`etl export --month {month}` resumes waiting on the same export",
             )
-        time.sleep(delay)
+        if ctx is None:
+            time.sleep(delay)
+        elif ctx.stop.wait(delay):
+            task.finish(state=state)
+            ctx.check()
         delay = min(cfg.export.poll_max_seconds, delay * 1.6)
 
 
@@ -319,7 +326,8 @@ def _find_started(ddb: Any, table_arn: str, bucket: str, prefix: str) -> str | N
 
 
 def export_pitr(
-    cfg: Config, store: staging.Store, month: str, force: bool, enable_pitr: bool, reporter: Reporter
+    cfg: Config, store: staging.Store, month: str, force: bool, enable_pitr: bool, reporter: Reporter,
+    ctx: TaskContext | None = None,
 ) -> dict[str, Any]:
     if not isinstance(store, staging.S3Store):
         raise EtlError(
@@ -378,7 +386,7 @@ def export_pitr(
         pending = {**pending, "export_arn": arn}
         store.write_json(pending_key, pending)
         reporter.info(f"export {month}: started {arn}")
-    d = _wait(ddb, arn, cfg, month, reporter)
+    d = _wait(ddb, arn, cfg, month, reporter, ctx)
     folder = _find_folder(store, month, d)
     checked = inspect_export(folder)
     if not checked["verified"]:
@@ -526,7 +534,8 @@ class _PartWriter:
         self._gz = None
 
 
-def export_scan(cfg: Config, store: staging.Store, month: str, reporter: Reporter) -> dict[str, Any]:
+def export_scan(cfg: Config, store: staging.Store, month: str, reporter: Reporter,
+                ctx: TaskContext | None = None) -> dict[str, Any]:
     start = datetime.now(UTC)
     ddb = aws.client(cfg.source, "dynamodb")
     table = cfg.source_table(month)
@@ -551,6 +560,8 @@ def export_scan(cfg: Config, store: staging.Store, month: str, reporter: Reporte
                                   "ReturnConsumedCapacity": "TOTAL", "Limit": 500}
         estimate = 1.0
         while True:
+            if ctx is not None:
+                ctx.check()  # interrupted: stop at the next page
             budget.acquire(estimate)
             page = ddb.scan(**kwargs)
             actual = float(page.get("ConsumedCapacity", {}).get("CapacityUnits", estimate))
@@ -640,8 +651,8 @@ def run_task(cfg: Config, task: ExportTask, ctx: TaskContext, reporter: Reporter
         assert task.use_existing is not None
         return adopt_existing(cfg, store, task.month, task.use_existing, reporter)
     if task.mode == "scan":
-        return export_scan(cfg, store, task.month, reporter)
-    return export_pitr(cfg, store, task.month, task.force, task.enable_pitr, reporter)
+        return export_scan(cfg, store, task.month, reporter, ctx)
+    return export_pitr(cfg, store, task.month, task.force, task.enable_pitr, reporter, ctx)
 
 
 def commit(cfg: Config, store: staging.Store, month: str, tasks: list[ExportTask], results: list[dict[str, Any]],

@@ -133,3 +133,40 @@ def test_scan_rerun_replaces_its_output(moto: str, make_config: Callable[..., Co
     run_export(cfg, [MONTH], mode="scan", force=True)
     folders = list((tmp_path / "stage" / "export" / f"month={MONTH}" / "AWSDynamoDB").iterdir())
     assert len(folders) == 1
+
+
+def test_an_interrupted_scan_export_stops_at_once_with_130(moto: str, make_config: Callable[..., Config],
+                                                           tmp_path: Path) -> None:
+    """SIGINT during a scan held back by its read budget: the scan stops at its next page (not when the table has
+    been read), exit 130, one line with the command that resumes, nothing committed, and `status` shows it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from etl.status import collect
+
+    seed(make_config(endpoint=moto, root="s3://seed-bucket/x"), [MONTH], 2000)  # pages of 500, each waits for budget
+    cfg = make_config(endpoint=moto, root=str(tmp_path / "stage"), extra="scan_max_rcu = 1\n")  # the same file
+    args = ["--config", cfg.path, "--progress", "quiet", "export", "--month", MONTH, "--mode", "scan"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "etl", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    deadline = time.monotonic() + 60
+    while not any(o.key.endswith("_started") for o in store.list(staging.export_prefix(MONTH) + "/")) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)  # a guard against a hang
+    assert proc.returncode == 130, err
+    assert [x for x in err.splitlines() if x.strip()] == \
+        [f"interrupted: what was acknowledged is kept; resume with `etl {' '.join(args)}`"]
+    assert "Traceback" not in out + err
+    assert staging.read_manifest(store, MONTH, "export") is None
+    [row] = collect(store, [MONTH])
+    assert row["stages"]["export"]["state"] == "failed" and row["stages"]["export"]["error"].startswith("interrupted")
+    fast = make_config(endpoint=moto, root=str(tmp_path / "stage"), extra="scan_max_rcu = 100000\n")
+    [m] = run_export(fast, [MONTH], mode="scan")  # the rerun: the files of the interrupted scan are not counted
+    assert m["verified"] and m["item_count"] == 2000
