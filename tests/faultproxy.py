@@ -17,7 +17,8 @@ fault is chosen per request from `weights` with a seeded RNG, and one that does 
 
 Counts: `seen` (every BatchWriteItem: items, distinct keys, fault), `faults` (kind -> requests in scope, `ok`
 included), `requests` (operation -> count), `sdk_retries` (requests an AWS SDK marked as a retry, header
-`amz-sdk-request: attempt=N` with N > 1). `configure` changes weights and scope while it runs.
+`amz-sdk-request: attempt=N` with N > 1), `s3_writes` (the path of every S3 PutObject and
+CreateMultipartUpload, in order). `configure` changes weights and scope while it runs.
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ class FaultProxy:
         self.faults: dict[str, int] = {}
         self.requests: dict[str, int] = {}
         self.sdk_retries = 0
+        self.s3_writes: list[str] = []
         self._throttles = 0
         proxy = self
 
@@ -186,7 +188,7 @@ class FaultProxy:
 
     def reset_counts(self) -> None:
         with self.lock:
-            self.seen, self.faults, self.requests, self.sdk_retries = [], {}, {}, 0
+            self.seen, self.faults, self.requests, self.sdk_retries, self.s3_writes = [], {}, {}, 0, []
 
     def _choose(self, req: Request) -> str:
         with self.lock:
@@ -271,10 +273,13 @@ class FaultProxy:
             self.requests[req.op] = self.requests.get(req.op, 0) + 1
             if "attempt=" in attempt and not attempt.split("attempt=")[1].startswith("1;"):
                 self.sdk_retries += 1
+            if req.op in ("PutObject", "CreateMultipartUpload"):
+                self.s3_writes.append(urlparse(req.path).path)
             scope = self.scope
-        fault = self._choose(req) if scope(req) else "ok"
+        in_scope = scope(req)
+        fault = self._choose(req) if in_scope else "ok"
         with self.lock:
-            if scope(req):
+            if in_scope:
                 self.faults[fault] = self.faults.get(fault, 0) + 1
             if req.op == "BatchWriteItem":
                 (table, puts), = json.loads(body)["RequestItems"].items()
