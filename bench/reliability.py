@@ -276,6 +276,7 @@ class Cell:
     eligible: int = 0
     injected: int = 0
     sdk_retries: int = 0
+    resumes: int = 0  # S3 bodies cut off and read on with a ranged GET
     loader_retries: int = 0
     throttles: int = 0
     first_try: bool = True
@@ -287,6 +288,10 @@ class Cell:
     staged_diff: int = 0  # staged Parquet rows that differ from the clean run's (doubled, lost)
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def retries(self) -> int:
+        return self.sdk_retries + self.resumes + self.loader_retries
 
     @property
     def exact(self) -> bool:
@@ -307,22 +312,25 @@ def run_stage(stage: str, cfg: Any, months: list[str]) -> list[dict[str, Any]]:
 
 
 def run_cell(s: Servers, kind: str, stage: str, months: list[str], seeded: int, work: Path,
-             ref: Reference | None, seed: int) -> tuple[Cell, Reference]:
-    """Three months, stage by stage; `kind` faults 10% of the requests it applies to while `stage` runs."""
+             ref: Reference | None, seed: int, rate: float = RATE) -> tuple[Cell, Reference]:
+    """The months, stage by stage; `kind` faults `rate` of the requests it applies to while `stage` runs.
+    `kind` may name several (`throttle+partial`: the rate shared between them), `stage` may be `all`."""
     from tests.faultproxy import applies
 
-    name = f"{kind}-{stage}"
+    kinds = [] if kind == "none" else kind.split("+")
+    weights = {"ok": 1 - rate, **dict.fromkeys(kinds, rate / max(1, len(kinds)))}
+    name = f"{kind.replace('+', '_')}-{stage}"
     table = new_table(s, f"rel_{name.replace('-', '_')}_{seed}")
     root = f"s3://reliability/{name}-{seed}"
     cfg = make_config(work / f"{name}.toml", config_text(s, root, table))
     cell = Cell(kind, stage)
     t0 = time.monotonic()
     for st in (*STAGES, "verify"):
-        faulty = st == stage and kind != "none"
+        faulty = bool(kinds) and stage in (st, "all") and st != "verify"
         for i, p in enumerate(s.proxies()):
             p.reset_counts()
-            p.configure({"ok": 1 - RATE, kind: RATE} if faulty else None,
-                        (lambda r, k=kind: applies(k, r)) if faulty else None, seed=seed * 10 + i)
+            p.configure(weights if faulty else None, (lambda r: any(applies(k, r) for k in kinds)) if faulty else None,
+                        seed=seed * 10 + i)
         try:
             results = run_stage(st, cfg, months)
         except Exception as exc:  # recorded; then the stage runs again without faults, as an operator would
@@ -331,15 +339,16 @@ def run_cell(s: Servers, kind: str, stage: str, months: list[str], seeded: int, 
             for p in s.proxies():
                 p.configure(None)
             results = run_stage(st, cfg, months)
-        if st == stage:
+        if faulty:
             counts = [p.counts() for p in s.proxies()]
-            cell.requests = sum(c["requests"] for c in counts)
-            cell.eligible = sum(c["faults"].get("ok", 0) + c["injected"] for c in counts)
-            cell.injected = sum(c["injected"] for c in counts)
-            cell.sdk_retries = sum(c["sdk_retries"] for c in counts)
+            cell.requests += sum(c["requests"] for c in counts)
+            cell.eligible += sum(c["faults"].get("ok", 0) + c["injected"] for c in counts)
+            cell.injected += sum(c["injected"] for c in counts)
+            cell.sdk_retries += sum(c["sdk_retries"] for c in counts)
+            cell.resumes += sum(c["resumes"] for c in counts)
             if st == "load":
-                cell.loader_retries = sum(r.get("retries", 0) for r in results)
-                cell.throttles = sum(r.get("throttles", 0) for r in results)
+                cell.loader_retries += sum(r.get("retries", 0) for r in results)
+                cell.throttles += sum(r.get("throttles", 0) for r in results)
         if st == "verify":
             cell.verify_missing = sum(r["missing"] for r in results)
             cell.verify_different = sum(r["different"] for r in results)
@@ -371,20 +380,20 @@ def matrix(s: Servers, months: list[str], seeded: int, work: Path, kinds: list[s
             cell, _ = run_cell(s, kind, stage, months, seeded, work, ref, seed)
             cells.append(cell)
             say(f"{kind:10} {stage:9} requests {cell.requests:5} faults {cell.injected:4} retries "
-                f"{cell.sdk_retries + cell.loader_retries:4} lost {cell.lost} "
+                f"{cell.retries:4} lost {cell.lost} "
                 f"{'exact' if cell.exact else 'NOT EXACT ' + str(cell.problems)}"
                 f"{'' if cell.first_try else ' (failed first: ' + '; '.join(cell.errors) + ')'} {cell.seconds:.1f}s")
     return cells, ref
 
 
 def matrix_table(cells: list[Cell]) -> str:
-    lines = ["| fault | stage | requests | in scope | faults injected | retries (SDK + loader) | loader throttles "
-             "| first try | verify | items lost | exact |",
+    lines = ["| fault | stage | requests | in scope | faults injected | retries (SDK + resumed bodies + loader) "
+             "| loader throttles | first try | verify | items lost | exact |",
              "|---|---|---:|---:|---:|---:|---:|---|---|---:|---|"]
     for c in cells:
         lines.append(
             f"| {c.kind} | {c.stage} | {c.requests} | {c.eligible} | {c.injected} | "
-            f"{c.sdk_retries + c.loader_retries} ({c.sdk_retries} + {c.loader_retries}) | {c.throttles} | "
+            f"{c.retries} ({c.sdk_retries} + {c.resumes} + {c.loader_retries}) | {c.throttles} | "
             f"{'passed' if c.first_try else 'failed: ' + '; '.join(c.errors).replace('|', '/')} | "
             f"{c.verify_missing} missing, {c.verify_different} different | {c.lost + c.extra} | "
             f"{'yes' if c.exact else 'NO: ' + '; '.join(c.problems)} |")
@@ -431,21 +440,28 @@ def etl_cmd(cfg_path: Path, months: list[str]) -> list[str]:
             "--months", f"{months[0]}-{months[-1]}", "--yes"]
 
 
-def kill_trial(s: Servers, n: int, delay: float, months: list[str], seeded: int, work: Path, ref: Reference,
-               seed: int) -> Kill:
+def kill_trial(s: Servers, n: int, when: float | Callable[[], bool], months: list[str], seeded: int, work: Path,
+               ref: Reference, seed: int, env: dict[str, str] | None = None) -> Kill:
+    """`etl run` in a subprocess (with `env` added to its environment), SIGKILLed `when` seconds after its start
+    (or as soon as `when()` is true), then run again to the end; what the resume did and whether it ended exact."""
     table = new_table(s, f"rel_kill_{n}_{seed}")
     root = f"s3://reliability/kill-{n}-{seed}"
     path = work / f"kill-{n}.toml"
     cfg = make_config(path, config_text(s, root, table))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     for p in s.proxies():
         p.configure(None)
         p.reset_counts()
     proc = subprocess.Popen(etl_cmd(path, months), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd=ROOT)
-    time.sleep(delay)
+    t0 = time.monotonic()
+    if callable(when):
+        while not when() and proc.poll() is None:
+            time.sleep(0.01)
+    else:
+        time.sleep(when)
     os.kill(proc.pid, signal.SIGKILL)
-    k = Kill(n, delay, {}, exit_code=proc.wait())
+    k = Kill(n, round(time.monotonic() - t0, 2), {}, exit_code=proc.wait())
     store = open_store(cfg)
     k.at_kill = {m: stage_of(store, m) for m in months}
     before = table_rows(s, table)
@@ -570,7 +586,8 @@ def write_report(path: Path, command: str, months: list[str], rows: int, ref: Re
             "`load`, then `verify`), with the proxies faulting only while the named stage runs. *In scope*: the "
             "requests of that stage the fault can happen to (DynamoDB's for throttling, S3's for SlowDown, "
             "BatchWriteItem for UnprocessedItems, every request otherwise). *Retries*: the AWS SDK's (each retried "
-            "request says `amz-sdk-request: attempt=N`) plus the loader's own (the load manifests' `retries`). "
+            "request says `amz-sdk-request: attempt=N`), S3 bodies cut off and read on from where they broke (a "
+            "ranged GET), and the loader's own (the load manifests' `retries`). "
             "*First try*: the stage finished without an error (else the error, and the stage was rerun without "
             "faults). *Items lost*: rows of the clean run missing from the destination, plus any extra. *Exact*: "
             "verify passed, every count reconciles (export = seeded rows, transform `items_in = written + filtered "

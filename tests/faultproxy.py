@@ -12,12 +12,12 @@ fault is chosen per request from `weights` with a seeded RNG, and one that does 
   slowdown   S3: 503 SlowDown
   drop       close the connection without forwarding (FIN)
   reset      forward (the server acts on it), then reset the connection (RST) instead of answering
-  reset_mid  forward, send the answer's head and half its body, then reset
+  reset_mid  forward, send the answer's head and half its body, then reset (`reset` when it has no body)
   slow       forward, answer after `slow_seconds`
 
 Counts: `seen` (every BatchWriteItem: items, distinct keys, fault), `faults` (kind -> requests in scope, `ok`
 included), `requests` (operation -> count), `sdk_retries` (requests an AWS SDK marked as a retry, header
-`amz-sdk-request: attempt=N` with N > 1), `s3_writes` (the path of every S3 PutObject and
+`amz-sdk-request: attempt=N` with N > 1), `resumes` (ranged S3 GETs: the rest of a body asked for again), `s3_writes` (the path of every S3 PutObject and
 CreateMultipartUpload, in order). `configure` changes weights and scope while it runs.
 """
 
@@ -125,6 +125,7 @@ class FaultProxy:
         self.faults: dict[str, int] = {}
         self.requests: dict[str, int] = {}
         self.sdk_retries = 0
+        self.resumes = 0
         self.s3_writes: list[str] = []
         self._throttles = 0
         proxy = self
@@ -184,11 +185,12 @@ class FaultProxy:
         with self.lock:
             return {"requests": sum(self.requests.values()), "by_op": dict(self.requests),
                     "faults": dict(self.faults), "injected": sum(v for k, v in self.faults.items() if k != "ok"),
-                    "sdk_retries": self.sdk_retries}
+                    "sdk_retries": self.sdk_retries, "resumes": self.resumes}
 
     def reset_counts(self) -> None:
         with self.lock:
-            self.seen, self.faults, self.requests, self.sdk_retries, self.s3_writes = [], {}, {}, 0, []
+            self.seen, self.faults, self.requests, self.s3_writes = [], {}, {}, []
+            self.sdk_retries = self.resumes = 0
 
     def _choose(self, req: Request) -> str:
         with self.lock:
@@ -237,6 +239,7 @@ class FaultProxy:
         if cut:
             h.wfile.write(data[: len(data) // 2])
             h.wfile.flush()
+            time.sleep(0.05)  # the head has arrived: the break falls in the body
             self._reset(h)
             return
         h.wfile.write(data)
@@ -273,6 +276,8 @@ class FaultProxy:
             self.requests[req.op] = self.requests.get(req.op, 0) + 1
             if "attempt=" in attempt and not attempt.split("attempt=")[1].startswith("1;"):
                 self.sdk_retries += 1
+            if req.op == "GetObject" and h.headers.get("Range"):
+                self.resumes += 1
             if req.op in ("PutObject", "CreateMultipartUpload"):
                 self.s3_writes.append(urlparse(req.path).path)
             scope = self.scope
@@ -315,7 +320,7 @@ class FaultProxy:
             self._reply(h, 200, json.dumps(out).encode())
         else:
             status, headers, data = self._forward(h, req)
-            if fault == "reset":
+            if fault == "reset" or (fault == "reset_mid" and len(data) < 2):  # no body to cut: withhold it all
                 self._reset(h)
                 return
             if fault == "slow":
