@@ -91,7 +91,7 @@ def acquire(store: staging.Store, key: str, what: str, command: str, *, break_le
     for _ in range(3):
         created = store.create_json(key, body)
         try:
-            holder = body if created else store.read_json(key)
+            holder: dict[str, Any] = body if created else store.read_json(key)
         except EtlError:
             continue  # released between the two calls: try again
         if holder.get("token") == body["token"]:  # ours, also when the create's answer was lost and its retry refused

@@ -17,8 +17,9 @@ fault is chosen per request from `weights` with a seeded RNG, and one that does 
 
 Counts: `seen` (every BatchWriteItem: items, distinct keys, fault), `faults` (kind -> requests in scope, `ok`
 included), `requests` (operation -> count), `sdk_retries` (requests an AWS SDK marked as a retry, header
-`amz-sdk-request: attempt=N` with N > 1), `resumes` (ranged S3 GETs: the rest of a body asked for again), `s3_writes` (the path of every S3 PutObject and
-CreateMultipartUpload, in order). `configure` changes weights and scope while it runs.
+`amz-sdk-request: attempt=N` with N > 1), `resumes` (ranged S3 GETs: the rest of a cut body asked for again),
+`s3_writes` (the path of every S3 PutObject and CreateMultipartUpload, in order). `configure` changes weights
+and scope while it runs.
 """
 
 from __future__ import annotations
