@@ -408,6 +408,8 @@ class Kill:
     n: int
     delay: float
     at_kill: dict[str, str]  # month -> the stage it was in
+    point: str = ""  # where the kill was aimed
+    checkpoints_at_kill: int = 0
     items_at_kill: int = 0
     resume_scans: int = 0  # Scan requests of the resume (an uncommitted export scans again)
     resume_parts: int = 0  # transformed parts the resume wrote
@@ -462,8 +464,11 @@ def kill_trial(s: Servers, n: int, when: float | Callable[[], bool], months: lis
         time.sleep(when)
     os.kill(proc.pid, signal.SIGKILL)
     k = Kill(n, round(time.monotonic() - t0, 2), {}, exit_code=proc.wait())
+    from etl import staging
+
     store = open_store(cfg)
     k.at_kill = {m: stage_of(store, m) for m in months}
+    k.checkpoints_at_kill = sum(len(store.list(staging.checkpoints_prefix(m))) for m in months)
     before = table_rows(s, table)
     k.items_at_kill = sum(before.values())
     for p in s.proxies():
@@ -487,44 +492,76 @@ def kill_trial(s: Servers, n: int, when: float | Callable[[], bool], months: lis
     return k
 
 
-def clean_run_seconds(s: Servers, months: list[str], work: Path, seed: int) -> float:
-    """How long `etl run` takes here, from start to exit: the range the kill points are drawn from."""
+PROGRESS = {  # the request that marks a step of each stage's work, as the proxies see it
+    "export": "Scan requests",
+    "transform": "transformed Parquet parts written",
+    "load": "BatchWriteItem requests",
+}
+
+
+def progress(s: Servers) -> dict[str, int]:
+    src, dst = s.proxies()
+    with src.lock, dst.lock:
+        return {"export": src.requests.get("Scan", 0),
+                "transform": sum(1 for w in src.s3_writes if "/transformed/" in w),
+                "load": dst.requests.get("BatchWriteItem", 0)}
+
+
+def clean_run(s: Servers, months: list[str], work: Path, seed: int) -> tuple[float, dict[str, int]]:
+    """How long `etl run` takes here, and how many steps of each stage it makes (the range kill points are
+    drawn from)."""
     table = new_table(s, f"rel_killref_{seed}")
     path = work / "killref.toml"
     make_config(path, config_text(s, f"s3://reliability/killref-{seed}", table))
+    for p in s.proxies():
+        p.configure(None)
+        p.reset_counts()
     t0 = time.monotonic()
     subprocess.run(etl_cmd(path, months), env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True,
                    capture_output=True, cwd=ROOT, timeout=600)
     drop_table(s, table)
-    return time.monotonic() - t0
+    return time.monotonic() - t0, progress(s)
 
 
 def kill_loop(s: Servers, months: list[str], seeded: int, work: Path, ref: Reference, kills: int, seed: int,
-              say: Callable[[str], None]) -> tuple[list[Kill], float]:
-    full = clean_run_seconds(s, months, work, seed)
-    say(f"clean `etl run`: {full:.1f}s; kill points drawn from [1.0, {full * 0.95:.1f}]s")
+              say: Callable[[str], None]) -> tuple[list[Kill], float, dict[str, int]]:
+    """Kill points spread over the stages: a stage for each (every stage in turn, the order shuffled), then a
+    step of that stage drawn from the clean run's (the n-th Scan, transformed part or BatchWriteItem); the
+    run is killed as soon as the proxies see that step."""
+    full, steps = clean_run(s, months, work, seed)
+    say(f"clean `etl run`: {full:.1f}s, " + ", ".join(f"{v} {PROGRESS[k]}" for k, v in steps.items()))
     rng = random.Random(seed)
+    stages = [STAGES[i % len(STAGES)] for i in range(kills)]
+    rng.shuffle(stages)
     out = []
-    for n in range(1, kills + 1):
-        k = kill_trial(s, n, round(rng.uniform(1.0, full * 0.95), 2), months, seeded, work, ref, seed)
+    for n, stage in enumerate(stages, 1):
+        step = rng.randint(1, max(1, steps[stage]))
+
+        def reached(stage: str = stage, step: int = step) -> bool:
+            return progress(s)[stage] >= step
+
+        k = kill_trial(s, n, reached, months, seeded, work, ref, seed)
+        k.point = f"{stage}: step {step} of {steps[stage]} ({PROGRESS[stage]})"
         out.append(k)
-        say(f"kill {n}: at {k.delay}s {k.at_kill}; resume: {k.resume_scans} scans, {k.resume_parts} parts, "
-            f"{k.resume_checkpoints} checkpoints, {k.resume_items} items sent ({k.rewritten} rewritten); "
-            f"{'exact' if k.exact else 'NOT EXACT ' + str(k.problems)}")
-    return out, full
+        say(f"kill {n} at {k.point}, {k.delay}s: {k.at_kill}, {k.checkpoints_at_kill} checkpoints; resume: "
+            f"{k.resume_scans} scans, {k.resume_parts} parts, {k.resume_checkpoints} checkpoints, {k.resume_items} "
+            f"items sent ({k.rewritten} rewritten); {'exact' if k.exact else 'NOT EXACT ' + str(k.problems)}")
+    return out, full, steps
 
 
 def kill_table(kills: list[Kill]) -> str:
-    lines = ["| # | killed after | stage of each month at the kill | items in the table at the kill | resume: "
-             "scans | transformed parts written | load checkpoints written | items sent | of them rewritten | "
-             "outcome |", "|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| # | kill point | killed after | stage of each month at the kill | load checkpoints at the kill | "
+             "items in the table at the kill | resume: scans | transformed parts written | load checkpoints written "
+             "| items sent | of them rewritten | outcome |",
+             "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for k in kills:
         where = ", ".join(f"{m}: {st}" for m, st in k.at_kill.items())
         outcome = "exact (verify ok, counts reconcile, staged Parquet = clean run's)" if k.exact else \
             "NOT EXACT: " + "; ".join(k.problems + ([f"{k.staged_diff} staged rows differ"] if k.staged_diff else [])
                                       + ([f"{k.lost} table rows differ"] if k.lost else [])).replace("|", "/")
-        lines.append(f"| {k.n} | {k.delay:.2f}s | {where} | {k.items_at_kill} | {k.resume_scans} | {k.resume_parts} "
-                     f"| {k.resume_checkpoints} | {k.resume_items} | {k.rewritten} | {outcome} |")
+        lines.append(f"| {k.n} | {k.point} | {k.delay:.2f}s | {where} | {k.checkpoints_at_kill} | {k.items_at_kill} "
+                     f"| {k.resume_scans} | {k.resume_parts} | {k.resume_checkpoints} | {k.resume_items} "
+                     f"| {k.rewritten} | {outcome} |")
     return "\n".join(lines)
 
 
@@ -557,17 +594,18 @@ def main(argv: list[str] | None = None) -> int:
         seed_sources(s, months, args.rows, work)
         say(f"seeded {len(months)} months x {args.rows} rows: {', '.join(months)}")
         cells, ref = matrix(s, months, args.rows, work, [] if args.no_matrix else kinds, stages, args.seed, say)
-        kills, full = kill_loop(s, months, args.rows, work, ref, args.kills, args.seed, say) if args.kills else ([], 0)
+        kills, full, steps = (kill_loop(s, months, args.rows, work, ref, args.kills, args.seed, say) if args.kills
+                              else ([], 0.0, {}))
     total = time.monotonic() - started
     command = "make reliability" + (f" ARGS={shlex.quote(' '.join(argv or sys.argv[1:]))}"
                                     if (argv or sys.argv[1:]) else "")
-    write_report(Path(args.out), command, months, args.rows, ref, cells, kills, full, total)
+    write_report(Path(args.out), command, months, args.rows, ref, cells, kills, full, steps, total)
     say(f"wrote {args.out} in {total:.0f}s")
     return 0 if all(c.exact for c in cells) and all(k.exact for k in kills) else 1
 
 
 def write_report(path: Path, command: str, months: list[str], rows: int, ref: Reference, cells: list[Cell],
-                 kills: list[Kill], full: float, total: float) -> None:
+                 kills: list[Kill], full: float, steps: dict[str, int], total: float) -> None:
     out = [
         "# Reliability: injected faults and kill -9",
         "",
@@ -604,12 +642,14 @@ def write_report(path: Path, command: str, months: list[str], rows: int, ref: Re
             "## kill -9 and resume",
             "",
             f"Each trial: a fresh staging prefix and destination table, `etl run --months {months[0]}-{months[-1]} "
-            f"--yes` in a subprocess, SIGKILLed after a delay drawn (seeded) from [1.0, {full * 0.95:.1f}]s (a clean "
-            f"run takes {full:.1f}s here), then the same command again to the end. *Stage at the kill*: the first "
-            "stage of the month without a committed manifest. The resume's work is counted at the proxies: Scan "
-            "requests, transformed Parquet parts and load checkpoints written, BatchWriteItem items sent, and of "
-            "those the ones already in the table at the kill (rewritten). Exact: the resume exited 0, verify passed, "
-            "counts reconcile, the staged Parquet rows and the table equal the clean run's.",
+            "--yes` in a subprocess, SIGKILLed at a kill point, then the same command again to the end. Kill points "
+            f"(seeded): each stage in turn (shuffled), at a step drawn from a clean run's ({full:.1f}s here; "
+            + ", ".join(f"{v} {PROGRESS[k]}" for k, v in steps.items()) + "); the run is killed as soon as the "
+            "proxies see that step (months overlap, so the others are wherever they are). *Stage of each month*: the "
+            "first stage without a committed manifest at the kill. The resume's work is counted at the proxies: "
+            "Scan requests, transformed Parquet parts and load checkpoints written, BatchWriteItem items sent, and of "
+            "those the ones already in the table at the kill (rewritten). *Exact*: the resume exited 0, verify "
+            "passed, every count reconciles, the staged Parquet rows and the table equal the clean run's.",
             "",
             kill_table(kills),
             "",

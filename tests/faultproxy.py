@@ -101,6 +101,13 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), handler)
         self.resets: set[int] = set()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (a killed run) is not news; anything else is printed."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
     def shutdown_request(self, request: Any) -> None:
         """A connection marked for reset is closed at once, with SO_LINGER 0 already set: an RST, not a FIN."""
         if id(request) in self.resets:
