@@ -23,7 +23,7 @@ RAY_ENV := ETL_RAY_TESTS=1 RAY_USAGE_STATS_ENABLED=0 RAY_ENABLE_WINDOWS_OR_OSX_C
 	AWS_EC2_METADATA_DISABLED=true
 TEST_ENV := ETL_DDB_LOCAL_DIR=$(abspath $(DDB_LOCAL_DIR))
 
-.PHONY: setup demo test test-ray test-newest check-install lint bench bench-ray export transform load verify run status local-up local-down clean
+.PHONY: setup demo test test-ray test-newest check-install lint bench bench-ray reliability export transform load verify run status local-up local-down clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -111,6 +111,11 @@ lint: $(STAMP)
 
 bench: $(STAMP) $(DDB_LOCAL_STAMP)
 	ETL_DDB_LOCAL_DIR=$(abspath $(DDB_LOCAL_DIR)) $(BIN)/python -m bench $(ARGS)
+
+# faults injected at the edge (a proxy in front of moto and DynamoDB Local) in every stage, and kill -9 then resume
+# of `etl run`, over three months: RELIABILITY-faults.md (`ARGS="--kills 3 --kinds reset,throttle"` runs a part)
+reliability: $(STAMP) $(DDB_LOCAL_STAMP)
+	$(TEST_ENV) $(BIN)/python -m bench.reliability $(ARGS)
 
 # the Ray benchmark (BENCHMARKS.md's Ray section), in a loopback-only namespace like the Ray tests
 bench-ray: $(STAMP)

@@ -85,6 +85,8 @@ def transient(exc: BaseException) -> bool:
         err = exc.response.get("Error", {})
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         return classify(status, str(err.get("Code", ""))) in ("throttle", "retry")
-    # a dropped or timed-out connection (an endpoint that refuses connections is a mistake, not a blip)
+    # a dropped or timed-out connection, also halfway through an answer's body (an endpoint that refuses
+    # connections is a mistake, not a blip)
     return isinstance(exc, botocore.exceptions.ConnectionClosedError | botocore.exceptions.ReadTimeoutError
+                      | botocore.exceptions.ResponseStreamingError | botocore.exceptions.IncompleteReadError
                       | ConnectionResetError | TimeoutError)

@@ -89,14 +89,15 @@ def acquire(store: staging.Store, key: str, what: str, command: str, *, break_le
     if break_lease:
         store.delete(key)
     for _ in range(3):
-        if store.create_json(key, body):
+        created = store.create_json(key, body)
+        try:
+            holder: dict[str, Any] = body if created else store.read_json(key)
+        except EtlError:
+            continue  # released between the two calls: try again
+        if holder.get("token") == body["token"]:  # ours, also when the create's answer was lost and its retry refused
             lease = Lease(store, key, body, ttl)
             threading.Thread(target=lease._renew, daemon=True, name=f"lease {what}").start()
             return lease
-        try:
-            holder = store.read_json(key)
-        except EtlError:
-            continue  # released between the two calls: try again
         if gone(holder):
             store.delete(key)
             continue

@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, cast
 
 import numpy as np
 import pyarrow as pa
@@ -248,11 +248,12 @@ class S3Store(Store):
     @contextlib.contextmanager
     def open_read(self, key: str) -> Iterator[IO[bytes]]:
         try:
-            body = self.s3.get_object(Bucket=self.bucket, Key=self.bucket_key(key))["Body"]
+            first = self.s3.get_object(Bucket=self.bucket, Key=self.bucket_key(key))
         except self.s3.exceptions.NoSuchKey:
             raise EtlError(f"{self.key_uri(key)} does not exist") from None
+        body = _ResumingBody(self.s3, self.bucket, self.bucket_key(key), first)
         try:
-            yield body
+            yield cast(IO[bytes], body)
         finally:
             body.close()
 
@@ -332,6 +333,69 @@ class S3Store(Store):
                 raise EtlError(f"staging bucket {self.bucket} does not exist",
                                hint="create it in the staging region, or fix [staging] root") from None
             raise
+
+
+def _cut(exc: BaseException) -> bool:
+    """Did the connection break while an answer's body was being read?"""
+    import botocore.exceptions as bx
+    import urllib3.exceptions
+
+    return isinstance(exc, bx.ResponseStreamingError | bx.IncompleteReadError | bx.ReadTimeoutError
+                      | urllib3.exceptions.ProtocolError | urllib3.exceptions.ReadTimeoutError | ConnectionError)
+
+
+class _ResumingBody(io.RawIOBase):
+    """An S3 object's body that survives a connection broken halfway through it: the rest is asked for again
+    (`Range` from the byte reached, `IfMatch` the first answer's ETag, so a replaced object fails instead of
+    being spliced), up to RESUMES times per read. botocore retries a request whose answer did not come, but
+    not a body cut off while it streams, and a transform task streams its data file for minutes."""
+
+    RESUMES = 5
+
+    def __init__(self, s3: Any, bucket: str, key: str, first: dict[str, Any]) -> None:
+        super().__init__()
+        self.s3, self.bucket, self.key = s3, bucket, key
+        self.body = first["Body"]
+        self.etag = first.get("ETag")
+        self.size = int(first.get("ContentLength", -1))
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        failures = 0
+        while True:
+            try:
+                data: bytes = self.body.read(None if size is None or size < 0 else size)
+            except Exception as exc:
+                if not _cut(exc) or failures >= self.RESUMES:
+                    raise
+                if self.pos >= self.size >= 0:
+                    return b""
+                failures += 1
+                self._resume(failures)
+                continue
+            self.pos += len(data)
+            return data
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def _resume(self, failures: int) -> None:
+        with contextlib.suppress(Exception):
+            self.body.close()
+        time.sleep(0.05 * 2**failures)
+        extra = {"IfMatch": self.etag} if self.etag else {}
+        self.body = self.s3.get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={self.pos}-", **extra)["Body"]
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.body.close()
+        super().close()
 
 
 def split_s3(uri: str) -> tuple[str, str]:
