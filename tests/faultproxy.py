@@ -300,7 +300,8 @@ class FaultProxy:
                 self.faults[fault] = self.faults.get(fault, 0) + 1
             if req.op == "BatchWriteItem":
                 (table, puts), = json.loads(body)["RequestItems"].items()
-                keys = [tuple(json.dumps(p["PutRequest"]["Item"].get(k), sort_keys=True) for k in self.key) for p in puts]
+                keys = [tuple(json.dumps(p["PutRequest"]["Item"].get(k), sort_keys=True) for k in self.key)
+                        for p in puts]
                 self.seen.append({"items": len(puts), "distinct_keys": len(set(keys)), "fault": fault})
         if fault == "throttle":
             with self.lock:
