@@ -113,7 +113,7 @@ bench: $(STAMP) $(DDB_LOCAL_STAMP)
 	ETL_DDB_LOCAL_DIR=$(abspath $(DDB_LOCAL_DIR)) $(BIN)/python -m bench $(ARGS)
 
 # faults injected at the edge (a proxy in front of moto and DynamoDB Local) in every stage, and kill -9 then resume
-# of `etl run`, over three months: RELIABILITY-faults.md (`ARGS="--kills 3 --kinds reset,throttle"` runs a part)
+# of `etl run`, over three months: RELIABILITY.md (`ARGS="--kills 3 --kinds reset,throttle"` runs a part)
 reliability: $(STAMP) $(DDB_LOCAL_STAMP)
 	$(TEST_ENV) $(BIN)/python -m bench.reliability $(ARGS)
 

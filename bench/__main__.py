@@ -10,21 +10,14 @@ import shlex
 import sys
 import time
 
+from bench import common
 from bench.common import ROOT
 
 SECTIONS = ("transform", "load", "lookup", "pipeline")
 
 
 def write_section(name: str, body: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nProduced by `make bench` on this machine.\n"
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text:
-        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _m: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    common.write_section(ROOT / "BENCHMARKS.md", name, body, "# Benchmarks\n\nProduced by `make bench` on this machine.\n")
 
 
 def main() -> None:

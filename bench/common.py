@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -61,3 +62,16 @@ def peak_rss_mb() -> float:
 
 def emit(**fields: Any) -> None:
     print(json.dumps({**fields, "peak_rss_mb": round(peak_rss_mb(), 1)}))
+
+
+def write_section(path: Path, name: str, body: str, header: str = "") -> None:
+    """Replace the `<!-- name:start -->` ... `<!-- name:end -->` block of a markdown file with `body` (appended,
+    after `header` for a new file, when the file has none), so each generated part is rewritten by its run."""
+    text = path.read_text() if path.exists() else header
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _m: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)

@@ -39,9 +39,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT
+from bench.common import ROOT, write_section
 
 RATE = 0.10
+MIXED_RATE = 0.30  # the last cell: every kind at once, sharing 30% of the requests, in every stage
 STAGES = ("export", "transform", "load")
 # fault kind -> the stages it can happen in (throttling is DynamoDB's: the transform only talks to S3;
 # UnprocessedItems only comes back from BatchWriteItem)
@@ -383,6 +384,11 @@ def matrix(s: Servers, months: list[str], seeded: int, work: Path, kinds: list[s
                 f"{cell.retries:4} lost {cell.lost} "
                 f"{'exact' if cell.exact else 'NOT EXACT ' + str(cell.problems)}"
                 f"{'' if cell.first_try else ' (failed first: ' + '; '.join(cell.errors) + ')'} {cell.seconds:.1f}s")
+    if len(kinds) > 1 and len(stages) == len(STAGES):  # a storm: every kind at once, in every stage
+        cell, _ = run_cell(s, "+".join(kinds), "all", months, seeded, work, ref, seed, rate=MIXED_RATE)
+        cells.append(cell)
+        say(f"every kind, every stage at {MIXED_RATE:.0%}: faults {cell.injected} retries {cell.retries} lost "
+            f"{cell.lost} {'exact' if cell.exact else 'NOT EXACT ' + str(cell.problems)} {cell.seconds:.1f}s")
     return cells, ref
 
 
@@ -392,7 +398,8 @@ def matrix_table(cells: list[Cell]) -> str:
              "|---|---|---:|---:|---:|---:|---:|---|---|---:|---|---:|"]
     for c in cells:
         lines.append(
-            f"| {c.kind} | {c.stage} | {c.requests} | {c.eligible} | {c.injected} | "
+            f"| {'every kind at once, sharing ' + format(MIXED_RATE, '.0%') if '+' in c.kind else c.kind} | "
+            f"{'every stage' if c.stage == 'all' else c.stage} | {c.requests} | {c.eligible} | {c.injected} | "
             f"{c.retries} ({c.sdk_retries} + {c.resumes} + {c.loader_retries}) | {c.throttles} | "
             f"{'passed' if c.first_try else 'failed: ' + '; '.join(c.errors).replace('|', '/')} | "
             f"{c.verify_missing} missing, {c.verify_different} different | {c.lost + c.extra} | "
@@ -576,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kills", type=int, default=10, help="kill points (0: no kill loop)")
     ap.add_argument("--no-matrix", action="store_true", help="only the kill loop")
     ap.add_argument("--seed", type=int, default=15)
-    ap.add_argument("--out", default=str(ROOT / "RELIABILITY-faults.md"))
+    ap.add_argument("--out", default=str(ROOT / "RELIABILITY.md"), help="the file whose `faults` section it rewrites")
     args = ap.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
     stages = [st for st in args.stages.split(",") if st]
@@ -605,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 FOUND = [
-    "## What these runs found (fixed)",
+    "### What these runs found (fixed)",
     "",
     "- A connection reset halfway through an S3 answer's body (`reset_mid`) failed the month: botocore retries a "
     "request whose answer did not come, not a GetObject body cut off while it streams, and the engine did not count "
@@ -631,7 +638,7 @@ FOUND = [
 def write_report(path: Path, command: str, months: list[str], rows: int, ref: Reference, cells: list[Cell],
                  kills: list[Kill], full: float, steps: dict[str, int], total: float) -> None:
     out = [
-        "# Reliability: injected faults and kill -9",
+        "## Injected faults and kill -9",
         "",
         f"Produced by `{command}` (`.venv/bin/python -m bench.reliability`) in {total:.0f}s on "
         f"{datetime.now(UTC):%Y-%m-%d}. Months {', '.join(months)}, {rows:,} seeded rows each "
@@ -642,7 +649,7 @@ def write_report(path: Path, command: str, months: list[str], rows: int, ref: Re
     ]
     if cells:
         out += [
-            "## Faults: 10% of the requests each kind applies to, during one stage",
+            "### Faults: 10% of the requests each kind applies to, during one stage",
             "",
             "Each row is one fresh run of the three months, stage by stage (`etl export --mode scan`, `transform`, "
             "`load`, then `verify`), with the proxies faulting only while the named stage runs. *In scope*: the "
@@ -664,7 +671,7 @@ def write_report(path: Path, command: str, months: list[str], rows: int, ref: Re
     out += FOUND
     if kills:
         out += [
-            "## kill -9 and resume",
+            "### kill -9 and resume",
             "",
             f"Each trial: a fresh staging prefix and destination table, `etl run --months {months[0]}-{months[-1]} "
             "--yes` in a subprocess, SIGKILLed at a kill point, then the same command again to the end. Kill points "
@@ -679,7 +686,7 @@ def write_report(path: Path, command: str, months: list[str], rows: int, ref: Re
             kill_table(kills),
             "",
         ]
-    path.write_text("\n".join(out))
+    write_section(path, "faults", "\n".join(out))
 
 
 if __name__ == "__main__":

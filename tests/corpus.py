@@ -480,7 +480,7 @@ def _line_outcome(k: Kind) -> str:
 
 
 def markdown() -> str:
-    head = ["Reproduce: `make test ARGS=\"tests/test_corpus.py -v\"` (the table: `.venv/bin/python -m tests.corpus`).",
+    head = ["Reproduce: `make test ARGS=\"tests/test_corpus.py -v\"` (this section: `.venv/bin/python -m tests.corpus --write`).",
             "", f"{len(LINE_KINDS) + len(FILE_KINDS) + 1} kinds: {len(LINE_KINDS)} kinds of line, {len(FILE_KINDS)} "
             "of data file or manifest, and a partition key over 2048 bytes at the load. Each sits beside good rows "
             "that are written exactly (and loaded exactly, on DynamoDB Local); per data file, items_in = written + "
@@ -499,5 +499,12 @@ def markdown() -> str:
     return "\n".join([*head, *rows, *files, *load]) + "\n"
 
 
-if __name__ == "__main__":
-    print(markdown(), end="")
+if __name__ == "__main__":  # `python -m tests.corpus [--write]`: print the table, or rewrite its RELIABILITY.md section
+    import sys
+
+    if "--write" in sys.argv[1:]:
+        from bench.common import ROOT, write_section
+
+        write_section(ROOT / "RELIABILITY.md", "corpus", "## Bad input: the corpus\n\n" + markdown())
+    else:
+        print(markdown(), end="")
