@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 import shlex
 import sys
 import time
@@ -17,7 +16,8 @@ SECTIONS = ("transform", "load", "lookup", "pipeline")
 
 
 def write_section(name: str, body: str) -> None:
-    common.write_section(ROOT / "BENCHMARKS.md", name, body, "# Benchmarks\n\nProduced by `make bench` on this machine.\n")
+    common.write_section(ROOT / "BENCHMARKS.md", name, body,
+                         "# Benchmarks\n\nProduced by `make bench` on this machine.\n")
 
 
 def main() -> None:

@@ -112,6 +112,8 @@ class Runner:
             return load.plan(self.cfg, self.store, month, self.load_setup, o.force)
         if stage == "verify":
             return verify.plan(self.cfg, self.store, month, self.destination)
+        if stage == "transform":
+            return transform.plan(self.cfg, self.store, month, o.force)
         return STAGES[stage].plan(self.cfg, self.store, month)
 
     def _run_tasks(self, stage: str, plan: Any, ctx: TaskContext) -> list[dict[str, Any]]:

@@ -493,6 +493,15 @@ def checkpoint_key(month: str, part: int) -> str:
     return f"{checkpoints_prefix(month)}part-{part:05d}.done"
 
 
+def transformed_parts_prefix(month: str) -> str:
+    return state_key(month, "transform/")
+
+
+def transformed_part_key(month: str, part: int) -> str:
+    """A transformed part's checkpoint: its counts, once its Parquet and quarantine files are written."""
+    return f"{transformed_parts_prefix(month)}part-{part:05d}.done"
+
+
 def progress_prefix(month: str) -> str:
     return state_key(month, "load-progress/")
 

@@ -480,7 +480,8 @@ def _line_outcome(k: Kind) -> str:
 
 
 def markdown() -> str:
-    head = ["Reproduce: `make test ARGS=\"tests/test_corpus.py -v\"` (this section: `.venv/bin/python -m tests.corpus --write`).",
+    head = ["Reproduce: `make test ARGS=\"tests/test_corpus.py -v\"` (this section: "
+            "`.venv/bin/python -m tests.corpus --write`).",
             "", f"{len(LINE_KINDS) + len(FILE_KINDS) + 1} kinds: {len(LINE_KINDS)} kinds of line, {len(FILE_KINDS)} "
             "of data file or manifest, and a partition key over 2048 bytes at the load. Each sits beside good rows "
             "that are written exactly (and loaded exactly, on DynamoDB Local); per data file, items_in = written + "

@@ -41,3 +41,13 @@ def slow_for_slow_customers(table: pa.Table) -> pa.Table:
     if pc.any(pc.starts_with(table["CustomerID"], "SLOW")).as_py():
         time.sleep(2)
     return table
+
+
+def fail_on_marked_customers(table: pa.Table) -> pa.Table:
+    """Fails a chunk holding a customer named FAIL* while ETL_TEST_HOOK_FAILS is set (a failure that goes away
+    without changing the config)."""
+    import os
+
+    if os.environ.get("ETL_TEST_HOOK_FAILS") and pc.any(pc.starts_with(table["CustomerID"], "FAIL")).as_py():
+        raise RuntimeError("marked customer")
+    return table

@@ -509,3 +509,35 @@ def test_which_files_convert_on_helper_threads(make_config: Callable[..., Config
     store.write_json(staging.manifest_key(M, "export"), export)
     tasks = plan(cfg, store, M).tasks
     assert {t.part: t.helpers for t in tasks} == dict(enumerate(expected))
+
+
+def test_a_rerun_after_a_failure_transforms_only_the_unfinished_parts(
+        make_config: Callable[..., Config], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A month whose transform stopped midway: the parts it finished keep their checkpoints (their Parquet is not
+    written again), the rerun transforms the rest, and the month's totals are those of a whole run."""
+    items = [{k: v for k, v in it.items() if k != "_dirty"} for it in generate_month(M, 900, 5)]
+    marked = [{**it, "CustomerID": {"S": "FAIL" + it["CustomerID"]["S"]}} for it in items[800:]]
+    folder = write_real_export(tmp_path / "ext", [items[:400], items[400:800], marked])
+    cfg = make_config(root=str(tmp_path / "stage"),
+                      extra='[transform]\nconcurrency = 1\nhook = "tests.hooks_example:fail_on_marked_customers"\n')
+    run_export(cfg, [M], use_existing=str(folder))
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    monkeypatch.setenv("ETL_TEST_HOOK_FAILS", "1")
+    with pytest.raises(EtlError, match="marked customer"):
+        run_transform(cfg, [M])
+    assert staging.read_manifest(store, M, "transform") is None
+    done = sorted(o.key for o in store.list(staging.transformed_parts_prefix(M)))
+    assert done == [staging.transformed_part_key(M, 0), staging.transformed_part_key(M, 1)]
+    kept = {i: Path(store.key_uri(staging.transformed_key(M, i))).stat().st_mtime_ns for i in (0, 1)}
+    monkeypatch.delenv("ETL_TEST_HOOK_FAILS")
+    said = io.StringIO()
+    from etl.progress import Reporter
+
+    [m] = run_transform(cfg, [M], reporter=Reporter("json", stream=said))
+    assert "2 of 3 parts were transformed by an earlier run" in said.getvalue()
+    assert {i: Path(store.key_uri(staging.transformed_key(M, i))).stat().st_mtime_ns for i in (0, 1)} == kept
+    assert [p["part"] for p in m["parts"]] == [0, 1, 2] and m["items_in"] == 900
+    [again] = run_transform(cfg, [M], force=True)  # every part again: the same totals
+    assert {i: Path(store.key_uri(staging.transformed_key(M, i))).stat().st_mtime_ns for i in (0, 1)} != kept
+    for k in ("items_in", "written", "filtered", "rejected", "filtered_by", "rejected_by", "collisions"):
+        assert m[k] == again[k], k

@@ -1,10 +1,13 @@
 """Stage 2: export data files -> projected, converted Parquet; rows that fail go to quarantine.
 
-plan:     one task per export data file (part NNNNN = its index in the export's file list).
+plan:     one task per export data file (part NNNNN = its index in the export's file list) without a checkpoint
+          of this export, transform config and tool version (a run stopped midway redoes only its unfinished parts).
 run_task: streams the file in chunks of whole lines, converts each (`rows.convert_chunk`), and writes
-          `transformed/month=M/part-NNNNN.parquet` plus `rejected/month=M/part-NNNNN.jsonl.gz`.
-commit:   per-part counts, `items_in = written + filtered + rejected` (checked), the export's item count
-          (checked), key collisions (`collisions`), stale outputs of an earlier run removed, manifest last.
+          `transformed/month=M/part-NNNNN.parquet` plus `rejected/month=M/part-NNNNN.jsonl.gz`, then the part's
+          checkpoint `_state/month=M/transform/part-NNNNN.done` (its counts).
+commit:   the parts' counts (this run's and the checkpoints'), `items_in = written + filtered + rejected` (checked),
+          the export's item count (checked), key collisions (`collisions`), stale outputs of an earlier run removed,
+          manifest last.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from isal import igzip
 
-from etl import mapping, staging
+from etl import __version__, mapping, staging
 from etl.config import Config
 from etl.engine import MonthPlan, TaskContext
 from etl.errors import EtlError, StageNotReady
@@ -47,20 +50,43 @@ class FileTask:
     upstream_run: str  # the export's run id
     helpers: int = 0  # threads of its own converting this file's chunks, when the context lends none
     md5: str | None = None  # base64 md5 the export's manifest gave the file (checked as it is read)
+    config_hash: str = ""  # the transform config it runs with (its checkpoint says so)
 
 
-def plan(cfg: Config, store: staging.Store, month: str) -> MonthPlan:
+def plan(cfg: Config, store: staging.Store, month: str, force: bool = False) -> MonthPlan:
     export = staging.read_manifest(store, month, "export")
     if export is None:
         raise StageNotReady(f"month {month} has no committed export", hint=f"run `etl export --month {month}` first")
+    if force:
+        store.delete_prefix(staging.transformed_parts_prefix(month))
     files = sorted(export["files"], key=lambda f: f["uri"])  # part numbers: the files in name order
     size = {f["uri"]: f.get("size") or 0 for f in files}
     tasks = [FileTask(month, i, f["uri"], staging.transformed_key(month, i), staging.rejected_key(month, i),
                       str(export.get("run_id", "")), _helpers(cfg, size[f["uri"]], list(size.values())),
-                      md5=f.get("md5")) for i, f in enumerate(files)]
+                      md5=f.get("md5"), config_hash=cfg.hash_of("transform")) for i, f in enumerate(files)]
+    done = {t.part: cp for t in tasks if (cp := _checkpoint(store, t)) is not None}
+    tasks = [t for t in tasks if t.part not in done]
     # the largest files first, so a big file listed last does not run alone at the end
     tasks.sort(key=lambda t: -size[t.input])
-    return MonthPlan(tasks, export.get("item_count") or export.get("describe_item_count"), "items")
+    total = export.get("item_count") or export.get("describe_item_count")
+    if not done:
+        return MonthPlan(tasks, total, "items")
+    left = None if total is None else total - sum(int(cp.get("items_in", 0)) for cp in done.values())
+    return MonthPlan(tasks, left, "items", f"{len(done)} of {len(files)} parts were transformed by an earlier "
+                                            "run that stopped (their checkpoints): the others are transformed")
+
+
+def _checkpoint(store: staging.Store, task: FileTask) -> dict[str, Any] | None:
+    """A part's checkpoint, when it was written for this export, transform config and tool version, and its
+    outputs are still there."""
+    key = staging.transformed_part_key(task.month, task.part)
+    if not store.exists(key):
+        return None
+    cp = dict(store.read_json(key))
+    if (cp.get("upstream_run"), cp.get("config_hash"), cp.get("tool_version"), cp.get("input")) != \
+            (task.upstream_run, task.config_hash, __version__, task.input) or not store.exists(task.output):
+        return None
+    return cp
 
 
 def _helpers(cfg: Config, size: int, sizes: list[int]) -> int:
@@ -262,9 +288,14 @@ def run_task(cfg: Config, task: FileTask, ctx: TaskContext) -> dict[str, Any]:
     if counts["items_in"] != counts["written"] + counts["filtered"] + counts["rejected"]:
         raise EtlError(f"{task.input}: counts do not reconcile: {counts}")
     info = store.head(task.output)
-    return {"part": task.part, "input": task.input, "output": task.output, "rows": counts["written"],
-            "bytes": info.size if info else None, "rejected_key": task.rejected if counts["rejected"] else None,
-            "uncompressed_bytes": read, **counts}
+    result = {"part": task.part, "input": task.input, "output": task.output, "rows": counts["written"],
+              "bytes": info.size if info else None, "rejected_key": task.rejected if counts["rejected"] else None,
+              "uncompressed_bytes": read, **counts}
+    ctx.check()  # the month was stopped meanwhile: no checkpoint for a part it did not wait for
+    store.write_json(staging.transformed_part_key(task.month, task.part),
+                     {**result, "upstream_run": task.upstream_run, "config_hash": task.config_hash,
+                      "tool_version": __version__})
+    return result
 
 
 def _remove_stale(store: staging.Store, month: str, parts: list[dict[str, Any]]) -> int:
@@ -277,13 +308,33 @@ def _remove_stale(store: staging.Store, month: str, parts: list[dict[str, Any]])
     return len(stale)
 
 
+def _with_checkpoints(cfg: Config, store: staging.Store, month: str, export: dict[str, Any],
+                      parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """This run's parts and the ones an earlier run of this export and config finished (their checkpoints), in
+    part order; every file of the export must be one of them."""
+    files = sorted(export.get("files", []), key=lambda f: f["uri"])
+    mine = {p["part"] for p in parts}
+    keep = ("upstream_run", "config_hash", "tool_version")
+    for i, f in enumerate(files):
+        if i in mine:
+            continue
+        task = FileTask(month, i, f["uri"], staging.transformed_key(month, i), staging.rejected_key(month, i),
+                        str(export.get("run_id", "")), config_hash=cfg.hash_of("transform"))
+        cp = _checkpoint(store, task)
+        if cp is None:
+            raise EtlError(f"transform {month}: part {i} ({f['uri']}) has neither a result nor a checkpoint",
+                           hint=f"`etl transform --month {month} --force` transforms every part again")
+        parts.append({k: v for k, v in cp.items() if k not in keep})
+    return sorted(parts, key=lambda p: p["part"])
+
+
 def commit(cfg: Config, store: staging.Store, month: str, tasks: list[FileTask], parts: list[dict[str, Any]],
            started: float) -> dict[str, Any]:
     export = staging.read_manifest(store, month, "export") or {}
     if tasks and export.get("run_id") != tasks[0].upstream_run:
         raise EtlError(f"transform {month}: the export changed while the month was transformed",
                        hint=f"`etl transform --month {month}` transforms the new export")
-    parts = sorted(parts, key=lambda p: p["part"])
+    parts = _with_checkpoints(cfg, store, month, export, parts)
     totals = {k: sum(p[k] for p in parts) for k in ("items_in", "written", "filtered", "rejected")}
     by: dict[str, dict[str, int]] = {"filtered_by": {}, "rejected_by": {}}
     for p in parts:
