@@ -629,8 +629,8 @@ FOUND = [
     "Also seen, not changed: SlowDown makes a stage 1.3-1.8x slower than the other faults at the same rate, because "
     "the clients' adaptive retry mode (etl/aws.py) rate-limits the whole client after a throttling answer. The "
     "export's `throttle` row is thin: a scan page is 500 items, so the export makes few DynamoDB requests. A killed "
-    "transform redoes every part of its month (its manifest is its only checkpoint); a killed load resends the parts "
-    "that were in flight (rewritten items above).",
+    "scan export scans its month again (a scan has no checkpoint); a killed transform redoes only the parts without a "
+    "checkpoint; a killed load resumes each unfinished part from its low-water mark (rewritten items above).",
     "",
 ]
 
