@@ -626,8 +626,9 @@ FOUND = [
     "was retried by the SDK, refused with 412, and then read as another run's: the run refused to start, naming its "
     "own pid. A lease holding our token is now ours (tests/test_faults.py reproduces it).",
     "",
-    "Also seen, not changed: SlowDown makes a stage 1.3-1.8x slower than the other faults at the same rate, because "
-    "the clients' adaptive retry mode (etl/aws.py) rate-limits the whole client after a throttling answer. The "
+    "Also seen, not changed: SlowDown makes a stage 1.4-3x slower than the other faults at the same rate, because "
+    "the clients' adaptive retry mode (etl/aws.py) rate-limits the whole client after a throttling answer (the load "
+    "most: it also saves each part's progress to S3 every second). The "
     "export's `throttle` row is thin: a scan page is 500 items, so the export makes few DynamoDB requests. A killed "
     "scan export scans its month again (a scan has no checkpoint); a killed transform redoes only the parts without a "
     "checkpoint; a killed load resumes each unfinished part from its low-water mark (rewritten items above).",
@@ -684,6 +685,10 @@ def write_report(path: Path, command: str, months: list[str], rows: int, ref: Re
             "passed, every count reconciles, the staged Parquet rows and the table equal the clean run's.",
             "",
             kill_table(kills),
+            "",
+            "When parts are smaller than one in-flight window (as here: about 180 rows each), a load killed midway "
+            "resends the parts that were in flight. The bound of one window per part is shown on larger parts by "
+            "`tests/test_load.py::test_sigkill_mid_load_then_rerun_leaves_the_table_exact`.",
             "",
         ]
     write_section(path, "faults", "\n".join(out))
