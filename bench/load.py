@@ -102,6 +102,10 @@ def batch_writer_threads(args: dict[str, Any]) -> None:
 
 
 def put_df(args: dict[str, Any]) -> None:
+    # awswrangler runs on Ray when Ray is installed (the ray extra is), in workers that do not see
+    # `wr.config`'s endpoint: the plain Python engine, as a one-machine user runs it
+    os.environ["WR_ENGINE"] = "python"
+    os.environ["WR_MEMORY_FORMAT"] = "pandas"
     import awswrangler as wr
     import pandas as pd
 
