@@ -75,3 +75,17 @@ def write_section(path: Path, name: str, body: str, header: str = "") -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def recent_months(n: int = 3) -> list[str]:
+    """The n months before this one, oldest first: their orders are inside the one-year TTL, so every row is
+    written."""
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    out = []
+    y, m = now.year, now.month
+    for _ in range(n):
+        y, m = (y - 1, 12) if m == 1 else (y, m - 1)
+        out.append(f"{y}{m:02d}")
+    return sorted(out)

@@ -8,23 +8,12 @@ import os
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any
 
-from bench.common import DATA
+from bench.common import DATA, recent_months
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-
-
-def _months(n: int) -> list[str]:
-    now = datetime.now(UTC)
-    out = []
-    y, m = now.year, now.month
-    for _ in range(n):
-        y, m = (y - 1, 12) if m == 1 else (y, m - 1)
-        out.append(f"{y}{m:02d}")
-    return sorted(out)
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -43,7 +32,7 @@ def run(quick: bool) -> str:
     from tests.conftest import start_ddb_local
 
     rows, lookups, n_months = (1_000, 50, 24) if quick else (4_000, 300, 24)
-    months = _months(n_months)
+    months = recent_months(n_months)
     work = DATA / "lookup"
     work.mkdir(parents=True, exist_ok=True)
     proc, endpoint = start_ddb_local()

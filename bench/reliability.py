@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, write_section
+from bench.common import ROOT, recent_months, write_section
 
 RATE = 0.10
 MIXED_RATE = 0.30  # the last cell: every kind at once, sharing 30% of the requests, in every stage
@@ -64,17 +64,6 @@ KIND_TEXT = {
     "reset_mid": "connection reset (RST) halfway through the answer's body",
     "slow": "slow replies (answer held 0.3 s)",
 }
-
-
-def recent_months(n: int = 3) -> list[str]:
-    """The n months before this one: their orders are inside the one-year TTL, so every row is written."""
-    now = datetime.now(UTC)
-    out = []
-    y, m = now.year, now.month
-    for _ in range(n):
-        y, m = (y - 1, 12) if m == 1 else (y, m - 1)
-        out.append(f"{y}{m:02d}")
-    return sorted(out)
 
 
 # --------------------------------------------------------------------------- the servers

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import recent_months
 from bench.reliability import (
     Reference,
     Servers,
     kill_trial,
-    recent_months,
     run_cell,
     seed_sources,
 )
