@@ -533,6 +533,14 @@ class _PartWriter:
                              "etag": etag, "rel": rel})
         self._gz = None
 
+    def discard(self) -> None:
+        """Drop the file being written (a scan that stopped): the gzip stream closed before its file, so nothing
+        is left for the garbage collector to finish writing into a closed file."""
+        if self._gz is not None:
+            self._gz.close()
+            self._tmp.close()
+            self._gz = None
+
 
 def export_scan(cfg: Config, store: staging.Store, month: str, reporter: Reporter,
                 ctx: TaskContext | None = None) -> dict[str, Any]:
@@ -577,8 +585,13 @@ def export_scan(cfg: Config, store: staging.Store, month: str, reporter: Reporte
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         writer.flush()
 
-    with ThreadPoolExecutor(max_workers=segments) as pool:
-        list(pool.map(scan_segment, range(segments)))
+    try:
+        with ThreadPoolExecutor(max_workers=segments) as pool:
+            list(pool.map(scan_segment, range(segments)))
+    except BaseException:
+        for w in writers:
+            w.discard()
+        raise
     task.finish()
     end = datetime.now(UTC)
     s3 = isinstance(store, staging.S3Store)
