@@ -527,6 +527,10 @@ def _validate_mapping(cfg: Config, where: _Where) -> None:
                     f"an integer from 0 to {MAX_EPOCH - MIN_EPOCH} (years 0001 to 9999)")
     if t.epoch_unit not in ("s", "ms"):
         raise _fail("transform.epoch_unit", where["transform.epoch_unit"], t.epoch_unit, "'s' or 'ms'")
+    for fmt in t.date_formats:  # without a year the date lands in 1900 (and Python 3.15 refuses to parse it)
+        if not re.search(r"%[YyGcx]", fmt.replace("%%", "")):
+            raise _fail("transform.date_formats", where["transform.date_formats"], fmt,
+                        "strptime patterns with a year (%Y or %y)")
     if t.hook and not re.match(r"^[\w.]+:\w+$", t.hook):
         raise _fail("transform.hook", where["transform.hook"], t.hook, "'module:function'")
     from zoneinfo import ZoneInfo

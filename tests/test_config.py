@@ -197,3 +197,15 @@ def test_config_show_names_every_source_and_masks_secrets(tmp_path: Path) -> Non
     assert rows["source.endpoint_url"]["value"] == "http://***@127.0.0.1:9" and "pw" not in r.output
     r = CliRunner().invoke(cli, ["--config", path, "config", "show"])
     assert r.exit_code == 0 and "transform.ttl_seconds" in r.output and "(default)" in r.output
+
+
+def test_a_date_pattern_without_a_year_is_refused(tmp_path: Path) -> None:
+    """A strptime pattern without a year reads every date as 1900 (and Python 3.15 refuses it): refused at load,
+    naming the pattern; one with a year (or %% before a y) is taken."""
+    with pytest.raises(ConfigError, match=r"^config: transform.date_formats = '%d/%m %H:%M' .*with a year"):
+        load_config(write(tmp_path, 'domain="d"\nregion="r"\n[transform]\ndate_formats=["%d/%m %H:%M"]\n'), env={})
+    with pytest.raises(ConfigError, match=r"transform.date_formats = '%d %%Y'"):
+        load_config(write(tmp_path, 'domain="d"\nregion="r"\n[transform]\ndate_formats=["%d %%Y"]\n'), env={})
+    cfg = load_config(write(tmp_path, 'domain="d"\nregion="r"\n[transform]\ndate_formats=["%d/%m/%y", "%c"]\n'),
+                      env={})
+    assert cfg.transform.date_formats == ("%d/%m/%y", "%c")
