@@ -502,6 +502,12 @@ def transformed_part_key(month: str, part: int) -> str:
     return f"{transformed_parts_prefix(month)}part-{part:05d}.done"
 
 
+def key_fingerprints_key(month: str, part: int, scheme: str) -> str:
+    """A transformed part's key fingerprints (one int64 per row, in row order), made the way `scheme` names
+    (`transform.collisions`: prints of another scheme are never compared with these)."""
+    return f"{transformed_parts_prefix(month)}part-{part:05d}.keys-{scheme}.npy"
+
+
 def progress_prefix(month: str) -> str:
     return state_key(month, "load-progress/")
 
@@ -587,6 +593,27 @@ def write_collisions(store: Store, month: str, losers: pa.Table) -> str:
     pq.write_table(losers, buf, compression="zstd")
     store.write(key, buf.getvalue())
     return key
+
+
+def write_key_fingerprints(store: Store, month: str, part: int, scheme: str, prints: np.ndarray) -> None:
+    """A part's key fingerprints, one int64 per row in row order (numpy's .npy format)."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(prints, dtype=np.int64), allow_pickle=False)
+    store.write(key_fingerprints_key(month, part, scheme), buf.getvalue())
+
+
+def read_key_fingerprints(store: Store, month: str, part: int, scheme: str) -> np.ndarray | None:
+    """A part's key fingerprints, or None when it has none of this scheme (or an unreadable file: they are made
+    again)."""
+    key = key_fingerprints_key(month, part, scheme)
+    if not store.exists(key):
+        return None
+    data = store.read(key)
+    try:
+        prints = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, EOFError, OSError):
+        return None
+    return prints if prints.dtype == np.int64 and prints.ndim == 1 else None
 
 
 def read_losers(store: Store, month: str) -> dict[int, np.ndarray]:

@@ -4,14 +4,20 @@ They all stay in the Parquet; the losers are listed in the month's collisions fi
 load skips. The winner is the row with the greatest OrderID (when the mapping has one), then the first in
 file order. Keys may be strings or numbers, and the table may have no sort key.
 
-Memory stays bounded: rows are processed in buckets of a value derived from the key (equal keys share a
-bucket), about `collision_bucket_rows` rows each, re-reading only the key columns (and OrderID) per bucket.
+Two steps, so the common case costs little:
+- a task writes a fingerprint of each row's key beside its part (`fingerprints`: equal keys, equal
+  fingerprints) while the rows are still in memory;
+- the commit finds the fingerprints that repeat in the month, in buckets of about `collision_bucket_rows`
+  rows (memory stays bounded), then reads the key columns (and OrderID) of only those rows, from only the
+  row groups that hold them, and compares the keys themselves: unequal keys that share a fingerprint (40 bits:
+  a pair in about a trillion) are never taken for one key.
+A part without a fingerprint file (or with one of another length) has its fingerprints made from its key
+columns.
 """
 
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,20 +26,36 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from numpy.lib.stride_tricks import as_strided
 
 from etl import staging
 from etl.config import Config
 from etl.mapping import collision_columns, key_columns, order_column
 
+SCHEME = "fp1"  # names how `fingerprints` makes a print: a change to it takes a new name
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+_MIX2 = np.uint64(0xBF58476D1CE4E5B9)
+# a string's print: its length and four little-endian 8-byte words of it (from its start, 8 bytes in, 16 and 8
+# before its end; bytes outside the string masked off), each times its own odd constant: strings up to 16 bytes
+# are covered whole, longer ones by their first and last 16 bytes (strings that differ only between those share
+# a print, and the keys are compared anyway)
+_WORD_MUL = np.array([0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0x27D4EB2F165667C5],
+                     dtype=np.uint64)
+_LEN_MUL = np.uint64(0x94D049BB133111EB)
+_LOW_BYTES = np.array([(1 << (8 * v)) - 1 for v in range(8)] + [2**64 - 1], dtype=np.uint64)  # mask of v bytes
+
+
+def _parquet(store: staging.Store, key: str) -> pq.ParquetFile:
+    """A Parquet part (a local file reads just the column chunks asked for)."""
+    if isinstance(store, staging.LocalStore):
+        return pq.ParquetFile(store.key_uri(key))
+    with store.open_read(key) as f:
+        return pq.ParquetFile(pa.BufferReader(f.read()))
+
 
 def _batches(store: staging.Store, key: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    """Those columns of a Parquet part, a row group at a time (a local file reads just those column chunks)."""
-    if isinstance(store, staging.LocalStore):
-        source: Any = store.key_uri(key)
-    else:
-        with store.open_read(key) as f:
-            source = pa.BufferReader(f.read())
-    yield from pq.ParquetFile(source).iter_batches(batch_size=1 << 17, columns=columns)
+    """Those columns of a Parquet part, a row group at a time."""
+    yield from _parquet(store, key).iter_batches(batch_size=1 << 17, columns=columns)
 
 
 def _ints(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -45,17 +67,48 @@ def _is_int(a: pa.Array | pa.ChunkedArray) -> bool:
     return pa.types.is_integer(a.type)
 
 
-def bucket_values(batch: pa.RecordBatch, keys: list[str]) -> np.ndarray:
-    """One int64 per row, equal for equal keys: the first integer key column (the usual epoch sort key), else a
-    CRC-32 of the first key column's strings (computed once per distinct string)."""
+def _string_prints(a: pa.Array) -> np.ndarray:
+    """One uint64 per string, equal for equal strings (see `_WORD_MUL`); whole columns at a time, a few numpy
+    gathers per row and none per byte (a byte-wise sum cost 5x more: BENCHMARKS.md)."""
+    if not any(f(a.type) for f in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
+                                     pa.types.is_large_binary)):
+        a = pc.cast(a, pa.string())
+    if a.null_count:
+        a = pc.fill_null(a, "")
+    n = len(a)
+    wide = pa.types.is_large_string(a.type) or pa.types.is_large_binary(a.type)
+    offsets = np.frombuffer(a.buffers()[1], np.int64 if wide else np.int32, count=n + 1,
+                            offset=a.offset * (8 if wide else 4)).astype(np.int64)
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    data = np.zeros(hi - lo + 8, np.uint8)  # the bytes, and 8 zeros so a word can start at any byte
+    buf = a.buffers()[2]
+    if buf is not None and hi > lo:
+        data[: hi - lo] = np.frombuffer(buf, np.uint8)[lo:hi]
+    offsets -= lo
+    # the 8-byte little-endian word starting at each byte
+    words = as_strided(data, shape=(len(data) - 7, 8), strides=(1, 1)).view(np.dtype("<u8"))[:, 0]
+    start, end = offsets[:-1], offsets[1:]
+    out = (end - start).astype(np.uint64) * _LEN_MUL
+    for mul, at in zip(_WORD_MUL, (start, start + 8, np.maximum(end - 16, start), np.maximum(end - 8, start)),
+                       strict=True):
+        at = np.minimum(at, hi - lo)
+        out += (words[at] & _LOW_BYTES[np.clip(end - at, 0, 8)]) * mul
+    return out
+
+
+def fingerprints(rows: pa.Table | pa.RecordBatch, keys: list[str]) -> np.ndarray:
+    """One int64 in [0, 2^40) per row, equal for equal keys (integer or string key columns, in `keys` order)."""
+    h = np.zeros(rows.num_rows, np.uint64)
     for k in keys:
-        if _is_int(batch.column(k)):
-            return _ints(batch.column(k))
-    enc = pc.dictionary_encode(batch.column(keys[0]))
-    crcs = np.array([zlib.crc32(s.encode()) if s is not None else 0 for s in enc.dictionary.to_pylist()],
-                    dtype=np.int64)
-    idx = np.asarray(pc.fill_null(enc.indices, 0).to_numpy(zero_copy_only=False), np.int64)
-    return crcs[idx] if len(crcs) else np.zeros(len(idx), np.int64)
+        col = rows.column(k)
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        v = _ints(col).view(np.uint64) if _is_int(col) else _string_prints(col)
+        h = (h ^ v) * _MIX
+    h ^= h >> np.uint64(31)
+    h *= _MIX2
+    h ^= h >> np.uint64(29)
+    return (h >> np.uint64(24)).view(np.int64)
 
 
 def _codes(arrays: list[pa.Array]) -> np.ndarray:
@@ -69,7 +122,7 @@ def _codes(arrays: list[pa.Array]) -> np.ndarray:
 
 def duplicate_rows(cols: dict[str, list[pa.Array]], keys: list[str], first: np.ndarray) -> np.ndarray:
     """Positions (ascending) of rows whose key occurs more than once; the rows are the parts' arrays one after
-    another, `first` their bucket values (equal keys, equal values).
+    another, `first` their fingerprints (equal keys, equal values).
 
     Two steps, so the common case stays cheap: keep the rows whose `first` value repeats, and only for those
     encode every key column and compare them all."""
@@ -130,21 +183,37 @@ def _in_runs(order: np.ndarray, same: np.ndarray) -> np.ndarray:
     return np.sort(order[dup])
 
 
-def _bucket_rows(cfg: Config, store: staging.Store, columns: list[str], k: int, bucket: int,
-                 part: dict[str, Any]) -> list[tuple[pa.RecordBatch, np.ndarray, np.ndarray]]:
-    """One bucket's rows of a part, a row group at a time: (columns, bucket values, row numbers in the part)."""
+def _part_prints(cfg: Config, store: staging.Store, month: str, part: dict[str, Any]) -> np.ndarray:
+    """A part's key fingerprints: the file its task wrote, else made from its key columns."""
+    prints = staging.read_key_fingerprints(store, month, part["part"], SCHEME)
+    if prints is not None and len(prints) == part["rows"]:
+        return prints
     keys = key_columns(cfg)
-    out, start = [], 0
-    for b in _batches(store, part["output"], columns):
-        n = b.num_rows
-        first = bucket_values(b, keys)
-        rows = np.arange(start, start + n, dtype=np.int64)
-        if k > 1:
-            keep = np.flatnonzero(np.abs(first) % k == bucket)
-            b, first, rows = b.take(pa.array(keep)), first[keep], rows[keep]
-        out.append((b, first, rows))
-        start += n
-    return out
+    made = [fingerprints(b, keys) for b in _batches(store, part["output"], keys)]
+    return np.concatenate(made) if made else np.zeros(0, np.int64)
+
+
+def _bucket(cfg: Config, store: staging.Store, month: str, part: dict[str, Any], k: int,
+            bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    """One bucket's rows of a part: (their fingerprints, their row numbers in the part)."""
+    prints = _part_prints(cfg, store, month, part)
+    if k == 1:
+        return prints, np.arange(len(prints), dtype=np.int64)
+    rows = np.flatnonzero(prints % k == bucket)
+    return prints[rows], rows
+
+
+def _rows_of(store: staging.Store, part: dict[str, Any], rows: np.ndarray, columns: list[str]) -> pa.Table:
+    """`columns` of the rows `rows` (ascending) of a part, with `_part` and `_row`; only the row groups that
+    hold them are read."""
+    pf = _parquet(store, part["output"])
+    bounds = np.cumsum([0] + [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
+    cuts = np.searchsorted(rows, bounds)
+    pieces = [pf.read_row_group(g, columns=columns).take(pa.array(rows[cuts[g]:cuts[g + 1]] - bounds[g]))
+              for g in range(pf.num_row_groups) if cuts[g + 1] > cuts[g]]
+    t = pa.concat_tables(pieces)
+    return t.append_column("_part", pa.array(np.full(t.num_rows, part["part"], np.int32))) \
+        .append_column("_row", pa.array(rows, pa.int64()))
 
 
 def _summary(cfg: Config, rows: pa.Table) -> tuple[np.ndarray, list[dict[str, Any]]]:
@@ -176,21 +245,22 @@ def find_collisions(cfg: Config, store: staging.Store, month: str, parts: list[d
     columns = collision_columns(cfg)
     total = sum(p["rows"] for p in parts)
     k = math.ceil(total / cfg.transform.collision_bucket_rows)  # buckets; none for a month without rows
-    found: list[pa.Table] = []
+    shared: dict[int, list[np.ndarray]] = {}  # index in `parts` -> rows whose fingerprint repeats in the month
     for bucket in range(k):
-        pieces = run(lambda p, b=bucket: _bucket_rows(cfg, store, columns, k, b, p), parts)
-        got = [(p["part"], piece) for p, ps in zip(parts, pieces, strict=True) for piece in ps]
-        if not got:
-            continue
-        first = np.concatenate([f for _, (_, f, _) in got])
-        cols = {c: [b.column(c) for _, (b, _, _) in got] for c in columns}
-        dup = duplicate_rows(cols, keys, first)
-        if len(dup):
-            part_of = np.concatenate([np.full(len(r), part, np.int32) for part, (_, _, r) in got])
-            row_of = np.concatenate([r for _, (_, _, r) in got])
-            found.append(pa.table({**{c: _take(cols[c], dup) for c in columns},
-                                   "_part": pa.array(part_of[dup]), "_row": pa.array(row_of[dup])}))
-        del got, first, cols
+        got = list(run(lambda p, b=bucket: _bucket(cfg, store, month, p, k, b), parts))
+        prints = np.concatenate([g[0] for g in got])
+        owner = np.concatenate([np.full(len(g[1]), i, np.int32) for i, g in enumerate(got)])
+        rows = np.concatenate([g[1] for g in got])
+        rep = _repeated(prints)
+        for i in np.unique(owner[rep]).tolist():
+            shared.setdefault(i, []).append(rows[rep[owner[rep] == i]])
+        del got, prints, owner, rows
+    found = list(run(lambda i: _rows_of(store, parts[i], np.sort(np.concatenate(shared[i])), columns),
+                     sorted(shared)))
+    if found:
+        cand = pa.concat_tables(found)
+        dup = duplicate_rows({c: cand[c].chunks for c in keys}, keys, fingerprints(cand, keys))
+        found = [cand.take(pa.array(dup))] if len(dup) else []
     if not found:
         staging.write_collisions(store, month, pa.table({"_part": pa.array([], pa.int32())}))
         return {"rows": 0, "keys": 0, "losers": 0, "examples": []}

@@ -31,6 +31,7 @@ class ChunkResult:
     filtered: dict[str, int] = field(default_factory=dict)
     rejected: list[tuple[str, str, bytes]] = field(default_factory=list)  # (reason, message, raw line)
     newlines: int = 0  # lines in the chunk
+    fingerprints: np.ndarray | None = None  # of the table's keys (`collisions.fingerprints`), once made
 
 
 def _np(a: pa.Array | pa.ChunkedArray) -> np.ndarray:

@@ -3,7 +3,8 @@
 plan:     one task per export data file (part NNNNN = its index in the export's file list) without a checkpoint
           of this export, transform config and tool version (a run stopped midway redoes only its unfinished parts).
 run_task: streams the file in chunks of whole lines, converts each (`rows.convert_chunk`), and writes
-          `transformed/month=M/part-NNNNN.parquet` plus `rejected/month=M/part-NNNNN.jsonl.gz`, then the part's
+          `transformed/month=M/part-NNNNN.parquet` plus `rejected/month=M/part-NNNNN.jsonl.gz` and its rows' key
+          fingerprints (`_state/month=M/transform/part-NNNNN.keys-fp1.npy`, for the collision check), then the part's
           checkpoint `_state/month=M/transform/part-NNNNN.done` (its counts).
 commit:   the parts' counts (this run's and the checkpoints'), `items_in = written + filtered + rejected` (checked),
           the export's item count (checked), key collisions (`collisions`), stale outputs of an earlier run removed,
@@ -24,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,7 +35,8 @@ from etl import __version__, mapping, staging
 from etl.config import Config
 from etl.engine import MonthPlan, TaskContext
 from etl.errors import EtlError, StageNotReady
-from etl.transform.collisions import find_collisions
+from etl.transform import collisions
+from etl.transform.collisions import find_collisions, fingerprints
 from etl.transform.lines import Truncated, chunks
 from etl.transform.rows import ChunkResult, convert_chunk
 
@@ -185,6 +188,8 @@ class _Part:
         self.rej_gz = igzip.IGzipFile(fileobj=self.rej_buf, mode="wb", mtime=0, compresslevel=1)
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
+        self.keys = mapping.key_columns(cfg)
+        self.prints: list[np.ndarray] = []  # the written rows' key fingerprints, in row order
 
     def flush(self, final: bool = False) -> None:
         """Write whole row groups of `row_group_rows`; the last one takes the rest."""
@@ -216,6 +221,8 @@ class _Part:
                                                      "line": line.decode("utf-8", "replace")}) + b"\n"
                                        for reason, message, line in r.rejected))
         if r.table.num_rows:
+            self.prints.append(r.fingerprints if r.fingerprints is not None and self.hook is None
+                               else fingerprints(r.table, self.keys))
             self.pending.append(r.table)
             self.pending_rows += r.table.num_rows
             self.flush()
@@ -232,9 +239,13 @@ def run_task(cfg: Config, task: FileTask, ctx: TaskContext) -> dict[str, Any]:
     store = staging.open_store(cfg.staging.root, cfg.staging)
     schema, out_schema = mapping.parse_schema(cfg), mapping.output_schema(cfg)
     hook = mapping.load_hook(cfg.transform.hook)
+    keys = mapping.key_columns(cfg)
 
     def convert(chunk: bytes | memoryview) -> ChunkResult:
-        return convert_chunk(chunk, cfg, schema, out_schema)
+        r = convert_chunk(chunk, cfg, schema, out_schema)
+        if hook is None and r.table.num_rows:  # on the converting thread (a hook's rows are printed after it)
+            r.fingerprints = fingerprints(r.table, keys)
+        return r
 
     read = 0
     with store.open_write(task.output) as sink, open_data(task.input, cfg) as (stream, hashed):
@@ -287,6 +298,8 @@ def run_task(cfg: Config, task: FileTask, ctx: TaskContext) -> dict[str, Any]:
         store.delete(task.rejected)  # an earlier run's quarantine of this part
     if counts["items_in"] != counts["written"] + counts["filtered"] + counts["rejected"]:
         raise EtlError(f"{task.input}: counts do not reconcile: {counts}")
+    staging.write_key_fingerprints(store, task.month, task.part, collisions.SCHEME,
+                                   np.concatenate(part.prints) if part.prints else np.zeros(0, np.int64))
     info = store.head(task.output)
     result = {"part": task.part, "input": task.input, "output": task.output, "rows": counts["written"],
               "bytes": info.size if info else None, "rejected_key": task.rejected if counts["rejected"] else None,
