@@ -5,7 +5,7 @@ mapping's parse schema, and every line that is not one row said why.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -101,32 +101,14 @@ def parse(chunk: bytes | memoryview, schema: pa.Schema, attrs: list[str]) -> Par
                 text = orjson.dumps(obj)
         lines.append(line)
         texts.append(text)
-    tables: list[pa.Table] = []
-    good: list[bytes] = []
-    todo = [(0, len(lines))]  # line ranges, taken in file order
-    while todo:
-        lo, hi = todo.pop()
-        if hi == lo:
-            continue
-        try:
-            t = _decode(b"\n".join(texts[lo:hi]), schema)
-            if t.num_rows == hi - lo:
-                tables.append(t)
-                good.extend(lines[lo:hi])
-                continue
-            if hi - lo == 1:
-                bad.append((lines[lo], "more than one JSON value on the line"))
-                continue
-        except pa.ArrowInvalid as exc:
-            if hi - lo == 1:
-                bad.append((lines[lo], _refused(texts[lo], attrs, exc)))
-                continue
-        mid = (lo + hi) // 2
-        todo += [(mid, hi), (lo, mid)]
-    if not tables:
+    done, refused = _bisect(len(lines), lambda lo, hi: b"\n".join(texts[lo:hi]), lines.__getitem__,
+                            texts.__getitem__, schema, attrs)
+    bad += refused
+    if not done:
         return Parsed(pa.table({"Item": pa.array([], schema.field("Item").type)}), [], None, bad,
                       newlines=len(ends))
-    return Parsed(pa.concat_tables(tables), good, None, bad, newlines=len(ends))
+    good = [line for lo, hi, _ in done for line in lines[lo:hi]]
+    return Parsed(pa.concat_tables([t for _, _, t in done]), good, None, bad, newlines=len(ends))
 
 
 def _has_backslash(chunk: bytes | memoryview, buf: np.ndarray) -> bool:
@@ -146,41 +128,55 @@ def _has_blank_line(buf: np.ndarray, ends: np.ndarray) -> bool:
     return bool(np.any(content[ends] - before == 0))
 
 
-def _bisect_in_place(chunk: bytes | memoryview, ends: np.ndarray, schema: pa.Schema, attrs: list[str]) -> Parsed:
-    """A chunk without control bytes, blank lines or escapes the decoder gets wrong, in which some line is not
-    one object: line ranges are decoded straight from the chunk's bytes (no copies) and halved until every
-    refused line stands alone."""
-    view = memoryview(chunk)
-    starts = np.concatenate([[0], ends[:-1] + 1])
+def _bisect(count: int, piece: Callable[[int, int], bytes | memoryview], line: Callable[[int], bytes],
+            text: Callable[[int], bytes], schema: pa.Schema,
+            attrs: list[str]) -> tuple[list[tuple[int, int, pa.Table]], list[tuple[bytes, str]]]:
+    """Lines 0..count decoded in ranges, halved until every refused line stands alone, so one bad line in an
+    8 MB chunk costs a few decodes of it, not one per line: the ranges that decoded to one row per line
+    (lo, hi, rows), in file order, and each refused line with why. `piece(lo, hi)` is what the decoder reads for
+    a range, `line(i)` a line as in the file, `text(i)` what the decoder read of it."""
+    done: list[tuple[int, int, pa.Table]] = []
     bad: list[tuple[bytes, str]] = []
-    tables: list[pa.Table] = []
-    rows_of: list[np.ndarray] = []
-    todo = [(0, len(ends))]  # line ranges, taken in file order
+    todo = [(0, count)]  # line ranges, taken in file order
     while todo:
         lo, hi = todo.pop()
         if hi == lo:
             continue
-        piece = view[int(starts[lo]) : int(ends[hi - 1]) + 1]
         try:
-            t = _decode(piece, schema)
+            t = _decode(piece(lo, hi), schema)
             if t.num_rows == hi - lo:
-                tables.append(t)
-                rows_of.append(np.arange(lo, hi))
+                done.append((lo, hi, t))
                 continue
             if hi - lo == 1:
-                bad.append((bytes(piece[:-1]), "more than one JSON value on the line"))
+                bad.append((line(lo), "more than one JSON value on the line"))
                 continue
         except pa.ArrowInvalid as exc:
             if hi - lo == 1:
-                line = bytes(piece[:-1])
-                bad.append((line, _refused(line, attrs, exc)))
+                bad.append((line(lo), _refused(text(lo), attrs, exc)))
                 continue
         mid = (lo + hi) // 2
         todo += [(mid, hi), (lo, mid)]
-    if not tables:
+    return done, bad
+
+
+def _bisect_in_place(chunk: bytes | memoryview, ends: np.ndarray, schema: pa.Schema, attrs: list[str]) -> Parsed:
+    """A chunk without control bytes, blank lines or escapes the decoder gets wrong, in which some line is not
+    one object: line ranges are decoded straight from the chunk's bytes (no copies)."""
+    view = memoryview(chunk)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+
+    def piece(lo: int, hi: int) -> memoryview:
+        return view[int(starts[lo]) : int(ends[hi - 1]) + 1]
+
+    def line(i: int) -> bytes:
+        return bytes(view[int(starts[i]) : int(ends[i])])
+
+    done, bad = _bisect(len(ends), piece, line, line, schema, attrs)
+    if not done:
         return Parsed(pa.table({"Item": pa.array([], schema.field("Item").type)}), [], None, bad,
                       newlines=len(ends))
-    return Parsed(pa.concat_tables(tables), None, ends, bad, np.concatenate(rows_of), newlines=len(ends))
+    return Parsed(pa.concat_tables([t for _, _, t in done]), None, ends, bad,
+                  np.concatenate([np.arange(lo, hi) for lo, hi, _ in done]), newlines=len(ends))
 
 
 def _not_json(line: bytes, err: Exception) -> str:
