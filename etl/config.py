@@ -94,7 +94,7 @@ class TransformConfig:
     hook: str | None = None  # "module:function" over a pyarrow.Table
     concurrency: int = 2
     row_group_rows: int = 100_000
-    collision_bucket_rows: int = 1_000_000  # rows of keys the collision check holds at once (memory bound)
+    collision_bucket_rows: int = 1_000_000  # rows of key fingerprints the collision check sorts at once
 
 
 @dataclass(frozen=True)
