@@ -10,6 +10,8 @@ Layout under the staging root (S3 `s3://bucket/prefix` or a local directory):
     _state/month=YYYYMM/export.pending.json            an export started but not yet committed
     _state/month=YYYYMM/load/part-NNNNN.done           load checkpoints (a part finished, for one destination table)
     _state/month=YYYYMM/load-progress/part-NNNNN.json  a part's progress while it loads (its low-water mark)
+    _state/month=YYYYMM/transform/part-NNNNN.done      a transformed part's checkpoint (its counts)
+    _state/month=YYYYMM/transform/part-NNNNN.keys-<scheme>.npy  its rows' key fingerprints (the collision check)
     _state/month=YYYYMM/transform-collisions.parquet   rows that lost a key collision (the load skips them)
     rejected/month=YYYYMM/load-part-NNNNN.jsonl.gz     items the load quarantined (DynamoDB would refuse them)
     export/month=YYYYMM/changes/window-NNNNN/AWSDynamoDB/...  a catch-up window's changes (incremental export layout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -28,6 +29,10 @@ def test_every_key_of_a_month() -> None:
     assert staging.checkpoint_key(M, 12) == "_state/month=201604/load/part-00012.done"
     assert staging.checkpoint_key(M, 12).startswith(staging.checkpoints_prefix(M))
     assert staging.collisions_key(M) == "_state/month=201604/transform-collisions.parquet"
+    assert staging.transformed_part_key(M, 3) == "_state/month=201604/transform/part-00003.done"
+    assert staging.key_fingerprints_key(M, 3, "fp1") == "_state/month=201604/transform/part-00003.keys-fp1.npy"
+    for key in (staging.transformed_part_key(M, 3), staging.key_fingerprints_key(M, 3, "fp1")):
+        assert key.startswith(staging.transformed_parts_prefix(M))  # `--force` removes them with the checkpoints
     # data keeps Hive partitions; state lives outside the data prefixes
     for key in (staging.transformed_key(M, 0), staging.rejected_key(M, 0)):
         assert "/month=201604/" in key and not key.startswith("_state/")
@@ -91,3 +96,14 @@ def test_collision_losers_round_trip(store: staging.Store) -> None:
     assert sorted(got) == [0, 1] and got[1].tolist() == [2, 9] and got[0].tolist() == [4]
     staging.write_collisions(store, M, losers.slice(0, 0))  # none: no file
     assert staging.read_losers(store, M) == {} and not store.exists(staging.collisions_key(M))
+
+
+def test_key_fingerprints_round_trip_per_scheme(store: staging.Store) -> None:
+    prints = np.array([7, 2**40 - 1, 0, 7], np.int64)
+    staging.write_key_fingerprints(store, M, 2, "fp1", prints)
+    got = staging.read_key_fingerprints(store, M, 2, "fp1")
+    assert got is not None and got.dtype == np.int64 and got.tolist() == prints.tolist()
+    assert staging.read_key_fingerprints(store, M, 2, "fp2") is None  # another scheme's prints are not these
+    assert staging.read_key_fingerprints(store, M, 3, "fp1") is None
+    store.write(staging.key_fingerprints_key(M, 3, "fp1"), b"\x93NUMPY cut short")
+    assert staging.read_key_fingerprints(store, M, 3, "fp1") is None  # unreadable: made again by the caller
