@@ -17,7 +17,6 @@ import hashlib
 import json
 import secrets
 import tempfile
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -523,16 +522,17 @@ def adopt_existing(cfg: Config, store: staging.Store, month: str, uri: str, repo
 
 
 class _PartWriter:
-    """Gzip DynamoDB-JSON lines into `data/<name>.json.gz`, rotating every `limit` items."""
+    """Gzip DynamoDB-JSON lines into `data/<name>.json.gz`; `flush` ends a file (the scan ends one at the first
+    page boundary past `[export] scan_items_per_file` items, so a checkpoint can say where the next page starts)."""
 
-    def __init__(self, folder: staging.Store, limit: int) -> None:
+    def __init__(self, folder: staging.Store, entries: list[dict[str, Any]] | None = None,
+                 raw_bytes: int = 0) -> None:
         self.folder = folder
-        self.limit = limit
-        self.entries: list[dict[str, Any]] = []
+        self.entries: list[dict[str, Any]] = list(entries or [])  # the files written (by an earlier run too)
         self._tmp: Any = None
         self._gz: Any = None
-        self.count = 0
-        self.raw_bytes = 0
+        self.count = 0  # lines in the file being written
+        self.raw_bytes = raw_bytes
 
     def add(self, line: bytes) -> None:
         if self._gz is None:
@@ -542,8 +542,6 @@ class _PartWriter:
         self._gz.write(line)
         self.count += 1
         self.raw_bytes += len(line)
-        if self.count >= self.limit:
-            self.flush()
 
     def flush(self) -> None:
         if self._gz is None:
@@ -565,6 +563,7 @@ class _PartWriter:
         self.entries.append({"itemCount": self.count, "md5Checksum": base64.b64encode(h.digest()).decode(),
                              "etag": etag, "rel": rel})
         self._gz = None
+        self.count = 0
 
     def discard(self) -> None:
         """Drop the file being written (a scan that stopped): the gzip stream closed before its file, so nothing
@@ -575,30 +574,117 @@ class _PartWriter:
             self._gz = None
 
 
+def _key_json(key: dict[str, Any]) -> dict[str, Any]:
+    """A scan's LastEvaluatedKey as JSON (a binary key attribute as base64)."""
+    return {k: ({"B64": base64.b64encode(v["B"]).decode()} if "B" in v else v) for k, v in key.items()}
+
+
+def _key_of(saved: dict[str, Any]) -> dict[str, Any]:
+    return {k: ({"B": base64.b64decode(v["B64"])} if "B64" in v else v) for k, v in saved.items()}
+
+
+@dataclass
+class _ScanRun:
+    """What a scan export goes on from: its folder and start, and each segment's checkpoint (none yet: from the
+    start)."""
+
+    export_id: str
+    start: datetime
+    segments: dict[int, dict[str, Any]]
+
+
+def _source_identity(cfg: Config, desc: dict[str, Any]) -> dict[str, Any]:
+    """What a scan checkpoint must match to be gone on from: the same table (not one dropped and created again
+    under its name), the same source config and the same number of segments."""
+    created = desc.get("CreationDateTime")
+    return {"table_arn": desc["TableArn"], "table_created": created.isoformat() if created else None,
+            "config_hash": cfg.hash_of("source"), "segments": cfg.export.scan_segments}
+
+
+def _scan_to_resume(cfg: Config, store: staging.Store, month: str, desc: dict[str, Any],
+                    reporter: Reporter) -> _ScanRun | None:
+    """The checkpoints of an earlier scan of this month that stopped, when they can be gone on from."""
+    saved = [store.read_json(o.key) for o in store.list(staging.scan_state_prefix(month)) if o.key.endswith(".json")]
+    if not saved:
+        return None
+    first = saved[0]
+    same = _source_identity(cfg, desc)
+    folder = store.sub(staging.export_folder_key(month, str(first.get("export_id"))))
+    why = None
+    if any(s.get("export_id") != first.get("export_id") for s in saved) or not folder.exists("_started"):
+        why = "its files are gone"
+    elif any({k: s.get(k) for k in same} != same for s in saved):
+        why = "the table, the source config or the number of segments changed since"
+    if why:
+        reporter.info(f"export {month}: an earlier scan stopped, but {why}: scanning from the start")
+        return None
+    return _ScanRun(str(first["export_id"]), datetime.fromisoformat(first["start"]),
+                    {int(s["segment"]): s for s in saved})
+
+
+def _remove_unlisted(folder: staging.Store, run: _ScanRun) -> None:
+    """Data files no checkpoint lists: written after a segment's last checkpoint by a run that was killed."""
+    kept = {e["rel"] for s in run.segments.values() for e in s["entries"]}
+    for o in folder.list("data/"):
+        if o.key not in kept:
+            folder.delete(o.key)
+
+
 def export_scan(cfg: Config, store: staging.Store, month: str, reporter: Reporter,
-                ctx: TaskContext | None = None) -> dict[str, Any]:
-    start = datetime.now(UTC)
+                ctx: TaskContext | None = None, force: bool = False) -> dict[str, Any]:
+    """The month's table read with parallel Scan segments within a read budget, into the AWS export layout.
+
+    Each segment ends a data file at the first page boundary past `scan_items_per_file` items and then saves a
+    checkpoint (its files and the key it goes on from), so a scan that stopped (Ctrl-C, a crash, kill -9) goes on
+    where each segment's last checkpoint left off when run again, keeping the files written; `force` starts over."""
+    began = datetime.now(UTC)
     ddb = aws.client(cfg.source, "dynamodb")
     table = cfg.source_table(month)
     desc = _describe_source(cfg, ddb, table, month)
     budget = capacity.budget_for(desc, unit="RCU", fraction=cfg.export.scan_read_fraction or 0.5,
                                  absolute=cfg.export.scan_max_rcu, fraction_key="[export] scan_read_fraction",
                                  absolute_key="[export] scan_max_rcu").bucket
-    export_id = f"{int(start.timestamp() * 1000):014d}-{secrets.token_hex(4)}"
-    store.delete_prefix(staging.export_prefix(month) + "/")
-    folder_key = staging.export_folder_key(month, export_id)
+    run = None if force else _scan_to_resume(cfg, store, month, desc, reporter)
+    if run is None:
+        start = datetime.now(UTC)
+        run = _ScanRun(f"{int(start.timestamp() * 1000):014d}-{secrets.token_hex(4)}", start, {})
+        store.delete_prefix(staging.scan_state_prefix(month))
+        store.delete_prefix(staging.export_prefix(month) + "/")
+    folder_key = staging.export_folder_key(month, run.export_id)
     folder = store.sub(folder_key)
-    folder.write("_started", b"")
+    if run.segments:
+        _remove_unlisted(folder, run)
+    else:
+        folder.write("_started", b"")
     segments = cfg.export.scan_segments
+    kept = {seg: sum(e["itemCount"] for e in s["entries"]) for seg, s in run.segments.items()}
     task = reporter.task(f"scan {month}", desc.get("ItemCount") or None, "items")
-    writers = [_PartWriter(folder, cfg.export.scan_items_per_file) for _ in range(segments)]
-    lock = threading.Lock()
-    consumed = [0.0]
+    if kept:
+        task.advance(sum(kept.values()))
+        reporter.info(f"export {month}: going on with the scan that stopped ({sum(kept.values()):,} items in "
+                      f"{sum(len(s['entries']) for s in run.segments.values())} files kept)")
+    writers = [_PartWriter(folder, run.segments.get(seg, {}).get("entries"),
+                           run.segments.get(seg, {}).get("raw_bytes", 0)) for seg in range(segments)]
+    consumed = [float(run.segments.get(seg, {}).get("rcu_consumed", 0.0)) for seg in range(segments)]
+    identity = _source_identity(cfg, desc)
+
+    def save(seg: int, next_key: dict[str, Any] | None) -> None:
+        store.write_json(staging.scan_segment_key(month, seg), {
+            "export_id": run.export_id, "start": run.start.isoformat(), **identity, "segment": seg,
+            "done": next_key is None, "next_key": None if next_key is None else _key_json(next_key),
+            "entries": writers[seg].entries, "raw_bytes": writers[seg].raw_bytes,
+            "rcu_consumed": consumed[seg]})
 
     def scan_segment(seg: int) -> None:
+        saved = run.segments.get(seg)
+        if saved is not None and saved.get("done"):
+            return
         writer = writers[seg]
         kwargs: dict[str, Any] = {"TableName": table, "Segment": seg, "TotalSegments": segments,
-                                  "ReturnConsumedCapacity": "TOTAL", "Limit": 500}
+                                  "ReturnConsumedCapacity": "TOTAL",
+                                  "Limit": min(500, cfg.export.scan_items_per_file)}  # a file: whole pages
+        if saved is not None and saved.get("next_key"):
+            kwargs["ExclusiveStartKey"] = _key_of(saved["next_key"])
         estimate = 1.0
         while True:
             if ctx is not None:
@@ -608,15 +694,18 @@ def export_scan(cfg: Config, store: staging.Store, month: str, reporter: Reporte
             actual = float(page.get("ConsumedCapacity", {}).get("CapacityUnits", estimate))
             budget.settle(estimate, actual)
             estimate = max(0.5, actual)
-            with lock:
-                consumed[0] += actual
+            consumed[seg] += actual
             for item in page.get("Items", []):
                 writer.add(export_line(item))
             task.advance(len(page.get("Items", [])), rcu_per_s=round(budget.rate, 1))
             if "LastEvaluatedKey" not in page:
                 break
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+            if writer.count >= cfg.export.scan_items_per_file:
+                writer.flush()
+                save(seg, page["LastEvaluatedKey"])
         writer.flush()
+        save(seg, None)
 
     try:
         with ThreadPoolExecutor(max_workers=segments) as pool:
@@ -626,7 +715,17 @@ def export_scan(cfg: Config, store: staging.Store, month: str, reporter: Reporte
             w.discard()
         raise
     task.finish()
+    return _finish_scan(cfg, store, month, desc, run, folder_key, writers, budget.target, sum(consumed), kept,
+                        began)
+
+
+def _finish_scan(cfg: Config, store: staging.Store, month: str, desc: dict[str, Any], run: _ScanRun,
+                 folder_key: str, writers: list[_PartWriter], budget_rcu: float, consumed: float,
+                 kept: dict[int, int], began: datetime) -> dict[str, Any]:
+    """The manifests of a scan whose segments all finished, checked as any export is: the body of the export
+    manifest."""
     end = datetime.now(UTC)
+    folder = store.sub(folder_key)
     s3 = isinstance(store, staging.S3Store)
     bucket, base_key = store.s3_location(folder_key) if s3 else (None, folder_key)
     entries = [e for w in writers for e in w.entries]
@@ -639,12 +738,12 @@ def export_scan(cfg: Config, store: staging.Store, month: str, reporter: Reporte
     folder.write("manifest-files.md5", base64.b64encode(hashlib.md5(lines).digest()))
     summary = {
         "version": "2020-06-30",
-        "exportArn": f"{desc['TableArn']}/export/{export_id}",
-        "startTime": _iso_ms(start),
+        "exportArn": f"{desc['TableArn']}/export/{run.export_id}",
+        "startTime": _iso_ms(run.start),
         "endTime": _iso_ms(end),
         "tableArn": desc["TableArn"],
         "tableId": desc.get("TableId"),
-        "exportTime": _iso_ms(start),
+        "exportTime": _iso_ms(run.start),
         "s3Bucket": bucket,
         "s3Prefix": base_key.rsplit("/AWSDynamoDB/", 1)[0],
         "s3SseAlgorithm": "AES256" if s3 else None,
@@ -660,14 +759,16 @@ def export_scan(cfg: Config, store: staging.Store, month: str, reporter: Reporte
     checked = inspect_export(folder)
     return {
         "mode": "scan",
-        "table": table,
+        "table": cfg.source_table(month),
         "table_arn": desc["TableArn"],
         "export_folder": folder.uri,
         "export_time": summary["exportTime"],
-        "read_budget_rcu_per_s": budget.target,
-        "rcu_consumed": round(consumed[0], 1),
+        "read_budget_rcu_per_s": budget_rcu,
+        "rcu_consumed": round(consumed, 1),
+        **({"resumed": {"items_kept": sum(kept.values()),
+                        "files_kept": sum(len(s["entries"]) for s in run.segments.values())}} if kept else {}),
         **{k: v for k, v in checked.items() if k not in ("export_time",)},
-        "duration_s": round((end - start).total_seconds(), 3),
+        "duration_s": round((end - began).total_seconds(), 3),  # this run's (a scan gone on with: since then)
         "config_hash": cfg.hash_of("source"),
     }
 
@@ -697,7 +798,7 @@ def run_task(cfg: Config, task: ExportTask, ctx: TaskContext, reporter: Reporter
         assert task.use_existing is not None
         return adopt_existing(cfg, store, task.month, task.use_existing, reporter)
     if task.mode == "scan":
-        return export_scan(cfg, store, task.month, reporter, ctx)
+        return export_scan(cfg, store, task.month, reporter, ctx, task.force)
     return export_pitr(cfg, store, task.month, task.force, task.enable_pitr, reporter, ctx)
 
 
@@ -706,4 +807,5 @@ def commit(cfg: Config, store: staging.Store, month: str, tasks: list[ExportTask
     [body] = results
     manifest = staging.commit_manifest(store, month, "export", body)
     store.delete(staging.pending_export_key(month))
+    store.delete_prefix(staging.scan_state_prefix(month))  # a scan's checkpoints: the export is committed
     return manifest

@@ -8,6 +8,7 @@ Layout under the staging root (S3 `s3://bucket/prefix` or a local directory):
     _state/month=YYYYMM/<stage>.json                   a stage's manifest: present = done
     _state/month=YYYYMM/<stage>.failed.json            the last failure of a stage
     _state/month=YYYYMM/export.pending.json            an export started but not yet committed
+    _state/month=YYYYMM/export-scan/segment-NNN.json   a scan export's checkpoint per segment (a rerun goes on)
     _state/month=YYYYMM/load/part-NNNNN.done           load checkpoints (a part finished, for one destination table)
     _state/month=YYYYMM/load-progress/part-NNNNN.json  a part's progress while it loads (its low-water mark)
     _state/month=YYYYMM/transform/part-NNNNN.done      a transformed part's checkpoint (its counts)
@@ -485,6 +486,15 @@ def failed_key(month: str, stage: str) -> str:
 
 def pending_export_key(month: str) -> str:
     return state_key(month, "export.pending.json")
+
+
+def scan_state_prefix(month: str) -> str:
+    return state_key(month, "export-scan/")
+
+
+def scan_segment_key(month: str, segment: int) -> str:
+    """A scan export's checkpoint for one segment: its data files so far and the key it goes on from."""
+    return f"{scan_state_prefix(month)}segment-{segment:03d}.json"
 
 
 def checkpoints_prefix(month: str) -> str:

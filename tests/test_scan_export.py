@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import io
 import json
 import re
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from etl.errors import EtlError
 from etl.export import inspect_export
 from etl.local import seed
 from etl.pipeline import run_export
+from etl.progress import Reporter
 from tests.conftest import ddb_client, s3_client
 
 MONTH = "201605"
@@ -170,3 +172,78 @@ def test_an_interrupted_scan_export_stops_at_once_with_130(moto: str, make_confi
     fast = make_config(endpoint=moto, root=str(tmp_path / "stage"), extra="scan_max_rcu = 100000\n")
     [m] = run_export(fast, [MONTH], mode="scan")  # the rerun: the files of the interrupted scan are not counted
     assert m["verified"] and m["item_count"] == 2000
+
+
+def _interrupt_after_first_checkpoint(moto: str, cfg: Config, *more: str) -> None:
+    """`etl export --mode scan` in a process of its own, Ctrl-C once a segment saved its first checkpoint (the
+    read budget of 1 RCU/s holds the next page back)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--config", cfg.path, "--progress", "quiet", "export", "--month", MONTH, "--mode", "scan", *more]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "etl", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    deadline = time.monotonic() + 60
+    while not store.list(staging.scan_state_prefix(MONTH)) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert staging.read_manifest(store, MONTH, "export") is None
+
+
+SLOW_SCAN = "scan_max_rcu = 1\nscan_segments = 1\nscan_items_per_file = 500\n"
+FAST_SCAN = "scan_max_rcu = 100000\nscan_segments = 1\nscan_items_per_file = 500\n"
+
+
+def test_a_stopped_scan_goes_on_from_its_checkpoint(moto: str, make_config: Callable[..., Config],
+                                                    tmp_path: Path) -> None:
+    """Ctrl-C after the first file: the rerun keeps that file (its name and bytes), scans only the rest, and the
+    export holds every item exactly once; the checkpoints go once the export is committed."""
+    seed(make_config(endpoint=moto, root="s3://seed-bucket/x"), [MONTH], 2000)
+    root = tmp_path / "stage"
+    _interrupt_after_first_checkpoint(moto, make_config(endpoint=moto, root=str(root), extra=SLOW_SCAN))
+    store = staging.open_store(str(root), make_config(endpoint=moto, root=str(root)).staging)
+    [saved] = [store.read_json(o.key) for o in store.list(staging.scan_state_prefix(MONTH))]
+    assert not saved["done"] and saved["next_key"] and saved["entries"]
+    kept = {e["rel"]: e["md5Checksum"] for e in saved["entries"]}
+    folder = root / "export" / f"month={MONTH}" / "AWSDynamoDB" / saved["export_id"]
+    (folder / "data" / "zzzzzzzzzzzzzzzzzzzzzzzzzz.json.gz").write_bytes(gzip.compress(b"{}\n"))  # after a checkpoint
+    [m] = run_export(make_config(endpoint=moto, root=str(root), extra=FAST_SCAN), [MONTH], mode="scan")
+    assert m["verified"] and m["item_count"] == 2000
+    assert m["resumed"] == {"items_kept": sum(e["itemCount"] for e in saved["entries"]),
+                            "files_kept": len(saved["entries"])}
+    assert m["export_folder"].endswith(saved["export_id"])
+    listed = {f["uri"].split(saved["export_id"] + "/")[1]: f["md5"] for f in m["files"]}
+    assert kept.items() <= listed.items()  # the first run's files, unchanged
+    check_layout(lambda rel: (folder / rel).read_bytes(), [p.name for p in folder.iterdir()],
+                 lambda rel: f"{staging.export_folder_key(MONTH, saved['export_id'])}/{rel}",
+                 table_keys(moto, f"CustomerTracker_shop_eu_{MONTH}"))
+    assert not store.list(staging.scan_state_prefix(MONTH))
+
+
+def test_a_stopped_scan_starts_over_when_its_table_changed_or_forced(moto: str, make_config: Callable[..., Config],
+                                                                     tmp_path: Path) -> None:
+    seed(make_config(endpoint=moto, root="s3://seed-bucket/x"), [MONTH], 2000)
+    root = tmp_path / "stage"
+    _interrupt_after_first_checkpoint(moto, make_config(endpoint=moto, root=str(root), extra=SLOW_SCAN))
+    store = staging.open_store(str(root), make_config(endpoint=moto, root=str(root)).staging)
+    [o] = store.list(staging.scan_state_prefix(MONTH))
+    saved = store.read_json(o.key)
+    store.write_json(o.key, {**saved, "table_created": "2001-01-01T00:00:00+00:00"})  # another table of that name
+    said = io.StringIO()
+    [m] = run_export(make_config(endpoint=moto, root=str(root), extra=FAST_SCAN), [MONTH], mode="scan",
+                     reporter=Reporter(stream=said))
+    assert "resumed" not in m and not m["export_folder"].endswith(saved["export_id"]) and m["item_count"] == 2000
+    assert "the table, the source config or the number of segments changed since: scanning from the start" in \
+        said.getvalue()
+    _interrupt_after_first_checkpoint(moto, make_config(endpoint=moto, root=str(root), extra=SLOW_SCAN), "--force")
+    [o] = store.list(staging.scan_state_prefix(MONTH))
+    stopped = store.read_json(o.key)["export_id"]
+    [m] = run_export(make_config(endpoint=moto, root=str(root), extra=FAST_SCAN), [MONTH], mode="scan", force=True)
+    assert "resumed" not in m and not m["export_folder"].endswith(stopped) and m["item_count"] == 2000
