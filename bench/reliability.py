@@ -407,7 +407,7 @@ class Kill:
     point: str = ""  # where the kill was aimed
     checkpoints_at_kill: int = 0
     items_at_kill: int = 0
-    resume_scans: int = 0  # Scan requests of the resume (an uncommitted export scans again)
+    resume_scans: int = 0  # Scan requests of the resume (an uncommitted export goes on from its checkpoints)
     resume_parts: int = 0  # transformed parts the resume wrote
     resume_checkpoints: int = 0  # load checkpoints the resume wrote
     resume_items: int = 0  # items the resume sent
@@ -619,7 +619,8 @@ FOUND = [
     "the clients' adaptive retry mode (etl/aws.py) rate-limits the whole client after a throttling answer (the load "
     "most: it also saves each part's progress to S3 every second). The "
     "export's `throttle` row is thin: a scan page is 500 items, so the export makes few DynamoDB requests. A killed "
-    "scan export scans its month again (a scan has no checkpoint); a killed transform redoes only the parts without a "
+    "scan export goes on from each segment's last checkpoint (a checkpoint per data file: here every 1,000 items, "
+    "the first page boundary past `scan_items_per_file = 700`); a killed transform redoes only the parts without a "
     "checkpoint; a killed load resumes each unfinished part from its low-water mark (rewritten items above).",
     "",
 ]
