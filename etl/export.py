@@ -87,8 +87,7 @@ def _inspect_manifests(folder: staging.Store) -> dict[str, Any]:
         )
     incremental = summary.get("exportType") == "INCREMENTAL_EXPORT"
     data_root = _parent(folder) if incremental else folder
-    todo = _listed_files(entries, problems)
-    listed = {rel for e in entries if (rel := _data_path(e)) is not None}  # refused ones too: not "unlisted"
+    todo, listed = _listed_files(entries, problems)
     files = _check_data_files(data_root, todo, problems)
     counts = [_count(e.get("itemCount")) for e in entries]
     total = sum(c for c in counts if c is not None)
@@ -146,9 +145,11 @@ def _data_path(entry: dict[str, Any]) -> str | None:
     return "data/" + key.rsplit("data/", 1)[1]
 
 
-def _listed_files(entries: list[dict[str, Any]], problems: list[str]) -> list[tuple[dict[str, Any], str]]:
-    """(entry, data path) of each file the manifest lists, in order; an entry outside data/, listed twice or
-    without a count of items is a problem. The paths come first: a file listed twice is refused, not read twice."""
+def _listed_files(entries: list[dict[str, Any]],
+                  problems: list[str]) -> tuple[list[tuple[dict[str, Any], str]], set[str]]:
+    """(entry, data path) of each file the manifest lists, in order, and the paths listed (those without a count of
+    items too: they are not "unlisted" as well); an entry outside data/, listed twice or without a count of items
+    is a problem. The paths come first: a file listed twice is refused, not read twice."""
     todo: list[tuple[dict[str, Any], str]] = []
     seen: set[str] = set()
     for entry in entries:
@@ -169,7 +170,7 @@ def _listed_files(entries: list[dict[str, Any]], problems: list[str]) -> list[tu
                             "not a count of items")
             continue
         todo.append((entry, rel))
-    return todo
+    return todo, seen
 
 
 def _check_data_files(data_root: staging.Store, todo: list[tuple[dict[str, Any], str]],
@@ -596,8 +597,8 @@ class _ScanRun:
 def _source_identity(cfg: Config, desc: dict[str, Any]) -> dict[str, Any]:
     """What a scan checkpoint must match to be gone on from: the same table (not one dropped and created again
     under its name), the same source config and the same number of segments."""
-    created = desc.get("CreationDateTime")
-    return {"table_arn": desc["TableArn"], "table_created": created.isoformat() if created else None,
+    created = staging.destination_of(desc).created  # UTC, whatever the process's time zone
+    return {"table_arn": desc["TableArn"], "table_created": created,
             "config_hash": cfg.hash_of("source"), "segments": cfg.export.scan_segments}
 
 
@@ -611,8 +612,9 @@ def _scan_to_resume(cfg: Config, store: staging.Store, month: str, desc: dict[st
     same = _source_identity(cfg, desc)
     folder = store.sub(staging.export_folder_key(month, str(first.get("export_id"))))
     why = None
-    if any(s.get("export_id") != first.get("export_id") for s in saved) or not folder.exists("_started"):
-        why = "its files are gone"
+    if any(s.get("export_id") != first.get("export_id") for s in saved) or not folder.exists("_started") \
+            or any(folder.head(e["rel"]) is None for s in saved for e in s.get("entries", [])):
+        why = "some of its files are gone"
     elif any({k: s.get(k) for k in same} != same for s in saved):
         why = "the table, the source config or the number of segments changed since"
     if why:

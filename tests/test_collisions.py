@@ -82,7 +82,7 @@ def test_each_part_writes_its_prints_and_the_commit_uses_them(colliding: tuple[C
     cfg, store = colliding
     parts = _parts(store)
     for p in parts:
-        prints = staging.read_key_fingerprints(store, M, int(p["part"]), collisions.SCHEME)
+        prints = staging.read_key_fingerprints(store, M, int(p["part"]), collisions.scheme(cfg))
         assert prints is not None and len(prints) == p["rows"]
         t = pq.read_table(store.key_uri(str(p["output"])))
         assert (prints == collisions.fingerprints(t, KEYS)).all()
@@ -90,7 +90,7 @@ def test_each_part_writes_its_prints_and_the_commit_uses_them(colliding: tuple[C
     assert (with_prints["rows"], with_prints["keys"], with_prints["losers"]) == (4, 2, 2)
     assert _losers(store, with_prints) == [(0, 0), (0, 3)]  # O1 loses to O3; O4 loses to O5 (the greater)
     for p in parts:  # without the files, the prints are made from the parts: the same answer
-        store.delete(staging.key_fingerprints_key(M, int(p["part"]), collisions.SCHEME))
+        store.delete(staging.key_fingerprints_key(M, int(p["part"]), collisions.scheme(cfg)))
     without = collisions.find_collisions(cfg, store, M, parts)
     counts = ("rows", "keys", "losers")
     assert {k: without[k] for k in counts} == {k: with_prints[k] for k in counts}
@@ -102,7 +102,8 @@ def test_a_shared_print_is_never_taken_for_a_shared_key(colliding: tuple[Config,
     cfg, store = colliding
     parts = _parts(store)
     for p in parts:
-        staging.write_key_fingerprints(store, M, int(p["part"]), collisions.SCHEME, np.zeros(int(p["rows"]), np.int64))
+        zeros = np.zeros(int(p["rows"]), np.int64)
+        staging.write_key_fingerprints(store, M, int(p["part"]), collisions.scheme(cfg), zeros)
     c = collisions.find_collisions(cfg, store, M, parts)
     assert (c["rows"], c["keys"], c["losers"]) == (4, 2, 2) and _losers(store, c) == [(0, 0), (0, 3)]
 
@@ -110,10 +111,26 @@ def test_a_shared_print_is_never_taken_for_a_shared_key(colliding: tuple[Config,
 def test_prints_of_another_length_or_unreadable_are_made_again(colliding: tuple[Config, staging.Store]) -> None:
     cfg, store = colliding
     parts = _parts(store)
-    key0 = staging.key_fingerprints_key(M, 0, collisions.SCHEME)
-    staging.write_key_fingerprints(store, M, 0, collisions.SCHEME, np.arange(2, dtype=np.int64))  # stale: 2 rows
-    store.write(staging.key_fingerprints_key(M, 1, collisions.SCHEME), b"not numpy")
-    assert staging.read_key_fingerprints(store, M, 1, collisions.SCHEME) is None
+    key0 = staging.key_fingerprints_key(M, 0, collisions.scheme(cfg))
+    staging.write_key_fingerprints(store, M, 0, collisions.scheme(cfg), np.arange(2, dtype=np.int64))  # stale: 2 rows
+    store.write(staging.key_fingerprints_key(M, 1, collisions.scheme(cfg)), b"not numpy")
+    assert staging.read_key_fingerprints(store, M, 1, collisions.scheme(cfg)) is None
     c = collisions.find_collisions(cfg, store, M, parts)
     assert (c["rows"], c["keys"], c["losers"]) == (4, 2, 2) and _losers(store, c) == [(0, 0), (0, 3)]
     assert store.exists(key0)
+
+
+def test_prints_of_another_destination_key_are_not_read(make_config: Callable[..., Config], tmp_path: Path) -> None:
+    """The destination's key changed between a run and a rerun that keeps the first run's parts (their checkpoints
+    are for the transform config, which the key is not part of): the old prints are of another key, so the
+    check makes this key's from the parts rather than miss a collision."""
+    cfg = make_config(extra="[transform]\ncollision_bucket_rows = 3\n")
+    store = stage(cfg, tmp_path, [
+        [row("C1", "2016-04-12T10:15:30Z", "O1"), row("C1", "2016-04-12T11:15:30Z", "O2")],
+        [row("C1", "2016-04-13T10:15:30Z", "O1")]])  # (C1, O1) twice; no (C1, time) twice
+    [m] = run_transform(cfg, [M])
+    assert m["collisions"]["keys"] == 0
+    by_order = make_config(extra="[transform]\ncollision_bucket_rows = 3\n", ETL_DESTINATION_SORT_KEY="OrderID")
+    assert collisions.scheme(by_order) != collisions.scheme(cfg)
+    c = collisions.find_collisions(by_order, store, M, _parts(store))
+    assert (c["rows"], c["keys"], c["losers"]) == (2, 1, 1) and _losers(store, c) == [(1, 0)]

@@ -247,3 +247,19 @@ def test_a_stopped_scan_starts_over_when_its_table_changed_or_forced(moto: str, 
     stopped = store.read_json(o.key)["export_id"]
     [m] = run_export(make_config(endpoint=moto, root=str(root), extra=FAST_SCAN), [MONTH], mode="scan", force=True)
     assert "resumed" not in m and not m["export_folder"].endswith(stopped) and m["item_count"] == 2000
+
+
+def test_a_stopped_scan_whose_kept_file_is_gone_starts_over(moto: str, make_config: Callable[..., Config],
+                                                            tmp_path: Path) -> None:
+    seed(make_config(endpoint=moto, root="s3://seed-bucket/x"), [MONTH], 2000)
+    root = tmp_path / "stage"
+    _interrupt_after_first_checkpoint(moto, make_config(endpoint=moto, root=str(root), extra=SLOW_SCAN))
+    store = staging.open_store(str(root), make_config(endpoint=moto, root=str(root)).staging)
+    [saved] = [store.read_json(o.key) for o in store.list(staging.scan_state_prefix(MONTH))]
+    folder = root / "export" / f"month={MONTH}" / "AWSDynamoDB" / saved["export_id"]
+    (folder / saved["entries"][0]["rel"]).unlink()
+    said = io.StringIO()
+    [m] = run_export(make_config(endpoint=moto, root=str(root), extra=FAST_SCAN), [MONTH], mode="scan",
+                     reporter=Reporter(stream=said))
+    assert "resumed" not in m and m["verified"] and m["item_count"] == 2000
+    assert "some of its files are gone: scanning from the start" in said.getvalue()

@@ -528,8 +528,8 @@ def test_a_rerun_after_a_failure_transforms_only_the_unfinished_parts(
     assert staging.read_manifest(store, M, "transform") is None
     done = sorted(o.key for o in store.list(staging.transformed_parts_prefix(M)))
     assert done == sorted([staging.transformed_part_key(M, 0), staging.transformed_part_key(M, 1),
-                           staging.key_fingerprints_key(M, 0, collisions.SCHEME),
-                           staging.key_fingerprints_key(M, 1, collisions.SCHEME)])
+                           staging.key_fingerprints_key(M, 0, collisions.scheme(cfg)),
+                           staging.key_fingerprints_key(M, 1, collisions.scheme(cfg))])
     kept = {i: Path(store.key_uri(staging.transformed_key(M, i))).stat().st_mtime_ns for i in (0, 1)}
     monkeypatch.delenv("ETL_TEST_HOOK_FAILS")
     said = io.StringIO()

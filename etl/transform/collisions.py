@@ -17,6 +17,7 @@ columns.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,13 @@ _WORD_MUL = np.array([0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93
                      dtype=np.uint64)
 _LEN_MUL = np.uint64(0x94D049BB133111EB)
 _LOW_BYTES = np.array([(1 << (8 * v)) - 1 for v in range(8)] + [2**64 - 1], dtype=np.uint64)  # mask of v bytes
+
+
+def scheme(cfg: Config) -> str:
+    """The fingerprint files' scheme for this mapping: how prints are made and of which key columns (prints of
+    another destination key are never read as this one's: its key can change between a stopped run and its
+    resume)."""
+    return f"{SCHEME}-" + hashlib.sha256(",".join(key_columns(cfg)).encode()).hexdigest()[:8]
 
 
 def _parquet(store: staging.Store, key: str) -> pq.ParquetFile:
@@ -185,7 +193,7 @@ def _in_runs(order: np.ndarray, same: np.ndarray) -> np.ndarray:
 
 def _part_prints(cfg: Config, store: staging.Store, month: str, part: dict[str, Any]) -> np.ndarray:
     """A part's key fingerprints: the file its task wrote, else made from its key columns."""
-    prints = staging.read_key_fingerprints(store, month, part["part"], SCHEME)
+    prints = staging.read_key_fingerprints(store, month, part["part"], scheme(cfg))
     if prints is not None and len(prints) == part["rows"]:
         return prints
     keys = key_columns(cfg)
@@ -211,9 +219,10 @@ def _rows_of(store: staging.Store, part: dict[str, Any], rows: np.ndarray, colum
     cuts = np.searchsorted(rows, bounds)
     pieces = [pf.read_row_group(g, columns=columns).take(pa.array(rows[cuts[g]:cuts[g + 1]] - bounds[g]))
               for g in range(pf.num_row_groups) if cuts[g + 1] > cuts[g]]
-    t = pa.concat_tables(pieces)
-    return t.append_column("_part", pa.array(np.full(t.num_rows, part["part"], np.int32))) \
-        .append_column("_row", pa.array(rows, pa.int64()))
+    t = pa.concat_tables(pieces)  # plain columns: parts written under another mapping still concatenate
+    return pa.table({**{c: t[c].combine_chunks() for c in columns},
+                     "_part": pa.array(np.full(t.num_rows, part["part"], np.int32)),
+                     "_row": pa.array(rows, pa.int64())})
 
 
 def _summary(cfg: Config, rows: pa.Table) -> tuple[np.ndarray, list[dict[str, Any]]]:

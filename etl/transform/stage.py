@@ -3,9 +3,9 @@
 plan:     one task per export data file (part NNNNN = its index in the export's file list) without a checkpoint
           of this export, transform config and tool version (a run stopped midway redoes only its unfinished parts).
 run_task: streams the file in chunks of whole lines, converts each (`rows.convert_chunk`), and writes
-          `transformed/month=M/part-NNNNN.parquet` plus `rejected/month=M/part-NNNNN.jsonl.gz` and its rows' key
-          fingerprints (`_state/month=M/transform/part-NNNNN.keys-fp1.npy`, for the collision check), then the part's
-          checkpoint `_state/month=M/transform/part-NNNNN.done` (its counts).
+          `transformed/month=M/part-NNNNN.parquet` plus `rejected/month=M/part-NNNNN.jsonl.gz` and its rows'
+          key fingerprints (`_state/month=M/transform/part-NNNNN.keys-<scheme>.npy`, for the collision check),
+          then the part's checkpoint `_state/month=M/transform/part-NNNNN.done` (its counts).
 commit:   the parts' counts (this run's and the checkpoints'), `items_in = written + filtered + rejected` (checked),
           the export's item count (checked), key collisions (`collisions`), stale outputs of an earlier run removed,
           manifest last.
@@ -298,7 +298,7 @@ def run_task(cfg: Config, task: FileTask, ctx: TaskContext) -> dict[str, Any]:
         store.delete(task.rejected)  # an earlier run's quarantine of this part
     if counts["items_in"] != counts["written"] + counts["filtered"] + counts["rejected"]:
         raise EtlError(f"{task.input}: counts do not reconcile: {counts}")
-    staging.write_key_fingerprints(store, task.month, task.part, collisions.SCHEME,
+    staging.write_key_fingerprints(store, task.month, task.part, collisions.scheme(cfg),
                                    np.concatenate(part.prints) if part.prints else np.zeros(0, np.int64))
     info = store.head(task.output)
     result = {"part": task.part, "input": task.input, "output": task.output, "rows": counts["written"],
