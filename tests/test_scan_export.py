@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -201,20 +202,32 @@ SLOW_SCAN = "scan_max_rcu = 1\nscan_segments = 1\nscan_items_per_file = 500\n"
 FAST_SCAN = "scan_max_rcu = 100000\nscan_segments = 1\nscan_items_per_file = 500\n"
 
 
-def test_a_stopped_scan_goes_on_from_its_checkpoint(moto: str, make_config: Callable[..., Config],
-                                                    tmp_path: Path) -> None:
-    """Ctrl-C after the first file: the rerun keeps that file (its name and bytes), scans only the rest, and the
-    export holds every item exactly once; the checkpoints go once the export is committed."""
+def _stopped_scan(moto: str, make_config: Callable[..., Config],
+                  tmp_path: Path) -> tuple[Path, staging.Store, dict[str, Any]]:
+    """2,000 seeded items, a scan export stopped after its first checkpoint: (staging root, store, checkpoint)."""
     seed(make_config(endpoint=moto, root="s3://seed-bucket/x"), [MONTH], 2000)
     root = tmp_path / "stage"
     _interrupt_after_first_checkpoint(moto, make_config(endpoint=moto, root=str(root), extra=SLOW_SCAN))
     store = staging.open_store(str(root), make_config(endpoint=moto, root=str(root)).staging)
     [saved] = [store.read_json(o.key) for o in store.list(staging.scan_state_prefix(MONTH))]
+    return root, store, saved
+
+
+def _rerun(moto: str, make_config: Callable[..., Config], root: Path, **options: Any) -> dict[str, Any]:
+    [m] = run_export(make_config(endpoint=moto, root=str(root), extra=FAST_SCAN), [MONTH], mode="scan", **options)
+    return m
+
+
+def test_a_stopped_scan_goes_on_from_its_checkpoint(moto: str, make_config: Callable[..., Config],
+                                                    tmp_path: Path) -> None:
+    """Ctrl-C after the first file: the rerun keeps that file (its name and bytes), scans only the rest, and the
+    export holds every item exactly once; the checkpoints go once the export is committed."""
+    root, store, saved = _stopped_scan(moto, make_config, tmp_path)
     assert not saved["done"] and saved["next_key"] and saved["entries"]
     kept = {e["rel"]: e["md5Checksum"] for e in saved["entries"]}
     folder = root / "export" / f"month={MONTH}" / "AWSDynamoDB" / saved["export_id"]
     (folder / "data" / "zzzzzzzzzzzzzzzzzzzzzzzzzz.json.gz").write_bytes(gzip.compress(b"{}\n"))  # after a checkpoint
-    [m] = run_export(make_config(endpoint=moto, root=str(root), extra=FAST_SCAN), [MONTH], mode="scan")
+    m = _rerun(moto, make_config, root)
     assert m["verified"] and m["item_count"] == 2000
     assert m["resumed"] == {"items_kept": sum(e["itemCount"] for e in saved["entries"]),
                             "files_kept": len(saved["entries"])}
@@ -229,37 +242,27 @@ def test_a_stopped_scan_goes_on_from_its_checkpoint(moto: str, make_config: Call
 
 def test_a_stopped_scan_starts_over_when_its_table_changed_or_forced(moto: str, make_config: Callable[..., Config],
                                                                      tmp_path: Path) -> None:
-    seed(make_config(endpoint=moto, root="s3://seed-bucket/x"), [MONTH], 2000)
-    root = tmp_path / "stage"
-    _interrupt_after_first_checkpoint(moto, make_config(endpoint=moto, root=str(root), extra=SLOW_SCAN))
-    store = staging.open_store(str(root), make_config(endpoint=moto, root=str(root)).staging)
-    [o] = store.list(staging.scan_state_prefix(MONTH))
-    saved = store.read_json(o.key)
-    store.write_json(o.key, {**saved, "table_created": "2001-01-01T00:00:00+00:00"})  # another table of that name
+    root, store, saved = _stopped_scan(moto, make_config, tmp_path)
+    another = {**saved, "table_created": "2001-01-01T00:00:00+00:00"}  # another table of that name
+    store.write_json(staging.scan_segment_key(MONTH, 0), another)
     said = io.StringIO()
-    [m] = run_export(make_config(endpoint=moto, root=str(root), extra=FAST_SCAN), [MONTH], mode="scan",
-                     reporter=Reporter(stream=said))
+    m = _rerun(moto, make_config, root, reporter=Reporter(stream=said))
     assert "resumed" not in m and not m["export_folder"].endswith(saved["export_id"]) and m["item_count"] == 2000
     assert "the table, the source config or the number of segments changed since: scanning from the start" in \
         said.getvalue()
     _interrupt_after_first_checkpoint(moto, make_config(endpoint=moto, root=str(root), extra=SLOW_SCAN), "--force")
     [o] = store.list(staging.scan_state_prefix(MONTH))
     stopped = store.read_json(o.key)["export_id"]
-    [m] = run_export(make_config(endpoint=moto, root=str(root), extra=FAST_SCAN), [MONTH], mode="scan", force=True)
+    m = _rerun(moto, make_config, root, force=True)
     assert "resumed" not in m and not m["export_folder"].endswith(stopped) and m["item_count"] == 2000
 
 
 def test_a_stopped_scan_whose_kept_file_is_gone_starts_over(moto: str, make_config: Callable[..., Config],
                                                             tmp_path: Path) -> None:
-    seed(make_config(endpoint=moto, root="s3://seed-bucket/x"), [MONTH], 2000)
-    root = tmp_path / "stage"
-    _interrupt_after_first_checkpoint(moto, make_config(endpoint=moto, root=str(root), extra=SLOW_SCAN))
-    store = staging.open_store(str(root), make_config(endpoint=moto, root=str(root)).staging)
-    [saved] = [store.read_json(o.key) for o in store.list(staging.scan_state_prefix(MONTH))]
+    root, store, saved = _stopped_scan(moto, make_config, tmp_path)
     folder = root / "export" / f"month={MONTH}" / "AWSDynamoDB" / saved["export_id"]
     (folder / saved["entries"][0]["rel"]).unlink()
     said = io.StringIO()
-    [m] = run_export(make_config(endpoint=moto, root=str(root), extra=FAST_SCAN), [MONTH], mode="scan",
-                     reporter=Reporter(stream=said))
+    m = _rerun(moto, make_config, root, reporter=Reporter(stream=said))
     assert "resumed" not in m and m["verified"] and m["item_count"] == 2000
     assert "some of its files are gone: scanning from the start" in said.getvalue()
