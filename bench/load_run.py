@@ -200,6 +200,15 @@ def boto_matrix(stage: Path, month: str, work: Path, rtts: tuple[int, ...], seco
     return rate
 
 
+def busy_note(others: float) -> str:
+    """What the other processes' share of the cores means for the figures beside it."""
+    if others < 0.1:
+        return " (a quiet machine)"
+    return (": the machine is shared, and client, sink and those processes took turns on its cores, so these "
+            "figures are lower than a quiet machine's and move from run to run; they measure the machine as much "
+            "as the loader")
+
+
 def run(quick: bool) -> str:
     from tests.conftest import start_ddb_local
 
@@ -262,8 +271,8 @@ def run(quick: bool) -> str:
         "items counted per second; an on-demand table pre-warmed above every budget), `etl load` run as a command "
         "of its own with `max_wcu` set to the budget and nothing else (the default in-flight window), items of "
         f"about 140 bytes (1 WCU), `deadline_seconds = {seconds:.0f}` (counted from the plan, after DescribeTable). "
-        f"Other processes used {others:.0%} of the machine's cores while these runs took place (the machine is "
-        "shared: the figures move between runs by a few points). Two figures per cell, as a share of the budget:",
+        f"Other processes used {others:.0%} of the machine's cores while these runs took place{busy_note(others)}. "
+        "Two figures per cell, as a share of the budget:",
         "",
         "- **steady**: the average of the whole seconds in which writes arrived, the first and last (partial) "
         "seconds left out; in brackets the highest second. What the loader holds once it runs.",
@@ -320,8 +329,8 @@ def run(quick: bool) -> str:
         lines.append(f"| {name} | {r['seconds']:.1f} | {r['items'] / r['seconds']:,.0f} | {per100k(r):.1f} | "
                      + ("-" if r is o else f"{(o['items'] / o['seconds']) / (r['items'] / r['seconds']):.2f}x")
                      + " |")
-    lines += ["", "Command: `make bench ARGS=load` (about 7 minutes; `python -m bench.load_run RTT_MS BUDGET` runs one "
-              "latency case)."]
+    lines += ["", "Command: `make bench ARGS=load` (about 7 minutes on a quiet machine; `python -m bench.load_run RTT_MS "
+              "BUDGET` runs one latency case)."]
     return "\n".join(lines)
 
 

@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from etl.config import Config, load_config
 from tests.conftest import free_port
 
@@ -45,10 +43,13 @@ def sections(path: Path) -> dict[str, str]:
     lines = _prose_keep_code(path.read_text()).splitlines()
     heads = [(i, len(m.group(1)), m.group(2)) for i, line in enumerate(lines)
              if (m := re.match(r"^(#{1,6}) (.+)$", line))]
-    out = {}
+    out: dict[str, str] = {}
     for n, (i, level, title) in enumerate(heads):
         end = next((j for j, lv, _ in heads[n + 1:] if lv <= level), len(lines))
-        out[slug(title)] = "\n".join(lines[i:end])
+        anchor, k = slug(title), 0
+        while (anchor if not k else f"{anchor}-{k}") in out:  # a repeated heading: GitHub numbers the later ones
+            k += 1
+        out[anchor if not k else f"{anchor}-{k}"] = "\n".join(lines[i:end])
     return out
 
 
