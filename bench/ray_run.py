@@ -50,6 +50,8 @@ def sink(delay: float) -> Iterator[tuple[str, Path]]:
         {"port": port, "delay": delay, "table": TABLE, "out": str(out)})], cwd=ROOT)
     try:
         while not out.exists():
+            if proc.poll() is not None:  # it died (its error is on stderr): do not wait for it forever
+                raise RuntimeError(f"the Ray benchmark's sink exited with {proc.returncode}")
             time.sleep(0.05)
         yield f"http://127.0.0.1:{port}", out
     finally:
