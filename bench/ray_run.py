@@ -267,7 +267,7 @@ def extrapolate(t_worker: float, l_worker: float, meta: dict[str, Any], rows: in
         "",
         f"- Transform: {t_worker:,.0f} MB/s per worker here, so {t_worker * workers / 1000:,.1f} GB/s on 80 workers: "
         f"**{transform_h:.1f} hours** (S3 reads at ~{t_worker:.0f} MB/s per worker are well within an EC2 node's "
-        "network). It scales with the nodes.",
+        "network), if it scales with the nodes as the assumptions above say.",
         f"- Load: one worker writes {l_worker:,.0f} items/s here against a sink that answers at once; in-region "
         "(5-30 ms a batch) a worker's 8 requests in flight give 8 x 25 / 0.02 = 10,000 items/s, so 4-8 workers "
         "reach any budget below. The budget bounds the load, not the cluster:",

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from etl.config import Config, load_config
 from tests.conftest import free_port
 
@@ -104,10 +106,12 @@ def test_every_quoted_figure_is_in_the_section_it_names() -> None:
     assert not bad, "\n".join(bad)
 
 
-def test_readme_quotes_every_measured_figure_with_its_section() -> None:
-    """A figure in README's prose is inside a link to its BENCHMARKS.md or RELIABILITY.md section, so the test
-    above holds it to that section; commands and their outputs (code) are checked by the example's test."""
-    prose = _prose((ROOT / "README.md").read_text())
+@pytest.mark.parametrize("page", ["README.md", "docs/ray.md"])
+def test_measured_figures_are_quoted_with_their_section(page: str) -> None:
+    """On the pages that report measurements, a figure in the prose is inside a link to its BENCHMARKS.md or
+    RELIABILITY.md section, so the test above holds it to that section; commands and their outputs (code) are
+    checked by the example's test. (The other pages' numbers are settings and AWS's limits, not measurements.)"""
+    prose = _prose((ROOT / page).read_text())
     unquoted = LINK.sub(lambda m: "" if Path(m.group(2).partition("#")[0]).name in SOURCES else m.group(1), prose)
     assert FIGURE.findall(unquoted) == []
 
