@@ -329,8 +329,8 @@ def run(quick: bool) -> str:
         lines.append(f"| {name} | {r['seconds']:.1f} | {r['items'] / r['seconds']:,.0f} | {per100k(r):.1f} | "
                      + ("-" if r is o else f"{(o['items'] / o['seconds']) / (r['items'] / r['seconds']):.2f}x")
                      + " |")
-    lines += ["", "Command: `make bench ARGS=load` (about 7 minutes on a quiet machine; `python -m bench.load_run RTT_MS "
-              "BUDGET` runs one latency case)."]
+    lines += ["", "Command: `make bench ARGS=load` (about 7 minutes on a quiet machine; "
+              "`python -m bench.load_run RTT_MS BUDGET` runs one latency case)."]
     return "\n".join(lines)
 
 
