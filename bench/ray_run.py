@@ -88,7 +88,7 @@ def timed(fn: Callable[[], Any]) -> float:
 
 def throughput(cfg: Any, repeat: int) -> dict[str, Any]:
     """The month transformed and loaded `repeat` times after a first (cold) run of each."""
-    from etl.load import reset_checkpoints
+    from etl.load.stage import reset_checkpoints
     from etl.pipeline import run_load, run_transform
 
     def transform() -> None:
@@ -131,7 +131,7 @@ def overhead(n: int) -> dict[str, float]:
 def fidelity(rate: int, seconds: int, delay: float, work: Path) -> dict[str, Any]:
     """4 load tasks at once on Ray (4 logical CPUs) sharing the budget actor; items per second at the sink."""
     from bench.load_run import prepare
-    from etl.load import reset_checkpoints
+    from etl.load.stage import reset_checkpoints
     from etl.pipeline import run_load
 
     stage, month = prepare(rate * seconds)  # 4 parts of last month (not expired)

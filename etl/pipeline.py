@@ -19,7 +19,9 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from etl import aws, export, lease, load, staging, verify
+from etl import aws, export, lease, staging, verify
+from etl.load import preflight as load_preflight
+from etl.load import stage as load
 from etl.config import Config
 from etl.engine import Engine, LocalEngine, TaskContext, make_engine
 from etl.errors import EtlError, Interrupted, PartlyDone
@@ -90,7 +92,7 @@ class Runner:
     reporter: Reporter
     opts: Options
     engine: Engine = field(default_factory=LocalEngine)
-    load_setup: load.Setup | None = None
+    load_setup: load_preflight.Setup | None = None
     destination: staging.Destination | None = None  # the destination table as described at the start
     read_budget: Any = None
     _commit_locks: dict[str, threading.Lock] = field(default_factory=lambda: {s: threading.Lock() for s in ORDER})
@@ -268,13 +270,13 @@ def run(cfg: Config, months: list[str], stages: tuple[str, ...] = ORDER, *, repo
     runner = Runner(cfg, store, reporter, opts, engine=make_engine(cfg))
     desc = None
     if "load" in stages or "verify" in stages:  # which table: a month loaded into another one is not loaded here
-        desc = load.describe_destination(cfg)
+        desc = load_preflight.describe_destination(cfg)
         runner.destination = staging.destination_of(desc)
     with contextlib.ExitStack() as held:
         if "load" in stages:  # the destination, the budget and the confirmation before anything runs
             todo = [m for m in months if skip_reason(cfg, store, "load", m, opts.force, runner.destination) is None]
             if todo:
-                runner.load_setup = load.preflight(cfg, store, todo, include_expired=opts.include_expired,
+                runner.load_setup = load_preflight.preflight(cfg, store, todo, include_expired=opts.include_expired,
                                                    now=opts.now, dry_run=opts.dry_run, yes=opts.yes,
                                                    force=opts.force, confirm=opts.confirm, reporter=reporter,
                                                    desc=desc)

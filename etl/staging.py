@@ -501,7 +501,7 @@ def checkpoints_prefix(month: str) -> str:
     return state_key(month, "load/")
 
 
-def checkpoint_key(month: str, part: int) -> str:
+def load_part_checkpoint_key(month: str, part: int) -> str:
     return f"{checkpoints_prefix(month)}part-{part:05d}.done"
 
 
@@ -524,7 +524,7 @@ def progress_prefix(month: str) -> str:
     return state_key(month, "load-progress/")
 
 
-def progress_key(month: str, part: int) -> str:
+def load_progress_key(month: str, part: int) -> str:
     """A part's progress while it loads: its low-water mark (every row below it acknowledged) and the counts
     below it; deleted once the part's checkpoint is written."""
     return f"{progress_prefix(month)}part-{part:05d}.json"

@@ -126,7 +126,7 @@ def test_the_writer_reports_each_indexs_share(ddb_local: str, gsi_table: Callabl
                                               make_config: Callable[..., Config]) -> None:
     import orjson
 
-    from etl.writer import BatchWriter
+    from etl.load.writer import BatchWriter
 
     table = gsi_table()
     cfg = make_config(dest_endpoint=ddb_local, dest_table=table)

@@ -26,7 +26,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl import aws, load, mapping, staging
+from etl import aws, mapping, staging
+from etl.load import preflight as load_preflight
+from etl.load import pump
+from etl.load.rows import LoadPartTask
 from etl.catchup import changes, source
 from etl.config import Config
 from etl.engine import LocalEngine, MonthPlan, TaskContext
@@ -204,14 +207,12 @@ def changes_task(cfg: Config, store: staging.Store, month: str, record: dict[str
         int(record.get("replay_until_micros", 0)))
 
 
-def load_task(cfg: Config, month: str, w: int, rows: int, setup: load.Setup) -> load.PartTask:
-    d = setup.destination
-    return load.PartTask(month, w, staging.changes_key(month, w), rows, f"catchup-{w:05d}", setup.table, setup.now,
-                         setup.include_expired, False, setup.deadline,
-                         checkpoint=staging.catchup_checkpoint_key(month, w),
-                         rejected=staging.catchup_load_rejected_key(month, w), destination=(d.arn, d.created),
-                         key_types=setup.key_types, run=(setup.run_id, setup.started),
-                         progress=staging.catchup_progress_key(month, w))
+def load_task(cfg: Config, month: str, w: int, rows: int, setup: load_preflight.Setup) -> LoadPartTask:
+    return LoadPartTask(month=month, part=w, key=staging.changes_key(month, w), rows=rows,
+                        transform_run=f"catchup-{w:05d}", target=setup.target(),
+                        checkpoint=staging.catchup_checkpoint_key(month, w),
+                        progress=staging.catchup_progress_key(month, w),
+                        rejected=staging.catchup_load_rejected_key(month, w), apply_losers=False)
 
 
 @dataclass
@@ -220,7 +221,7 @@ class Driver:
 
     cfg: Config
     store: staging.Store
-    setup: load.Setup
+    setup: load_preflight.Setup
     engine: LocalEngine
     reporter: Reporter = QUIET
     contexts: list[TaskContext] = field(default_factory=list)
@@ -252,7 +253,7 @@ class Driver:
                 task_ = self.reporter.task(f"catch-up {month} window {w}", rows, "items")
                 ctx.progress = task_.advance
                 try:
-                    [result] = self.engine.run("load", 1, load.run_task, cfg, [load_task(cfg, month, w, rows,
+                    [result] = self.engine.run("load", 1, pump.run_task, cfg, [load_task(cfg, month, w, rows,
                                                                                           self.setup)], ctx)
                 finally:
                     task_.finish()
@@ -321,7 +322,7 @@ def write_final(cfg: Config, store: staging.Store, month: str, windows: int) -> 
 
 
 def commit(cfg: Config, store: staging.Store, month: str, body: dict[str, Any], record: dict[str, Any],
-           started: float, setup: load.Setup) -> dict[str, Any]:
+           started: float, setup: load_preflight.Setup) -> dict[str, Any]:
     """One more window applied: the month's manifest, written last (what makes the window count)."""
     ld = record["load"]
     if record["changes"]["rows"] != ld.get("written", 0) + ld.get("skipped_expired", 0) + ld.get("quarantined", 0):
@@ -359,12 +360,12 @@ def run(cfg: Config, months: list[str], *, reporter: Reporter = QUIET, **options
     for m in months:
         upstream(store, m)
     ddb = aws.client(cfg.destination, "dynamodb")
-    desc = load.check_destination(cfg, ddb)
-    setup = load.Setup(desc["TableName"], cfg.destination.aws_region, aws.account_of(cfg.destination),
-                       load.write_budget(cfg, desc, ddb), int(opts.now if opts.now is not None else time.time()),
+    desc = load_preflight.check_destination(cfg, ddb)
+    setup = load_preflight.Setup(desc["TableName"], cfg.destination.aws_region, aws.account_of(cfg.destination),
+                       load_preflight.write_budget(cfg, desc, ddb), int(opts.now if opts.now is not None else time.time()),
                        cfg.load.include_expired if opts.include_expired is None else opts.include_expired, False,
                        time.time() + cfg.load.deadline_seconds if cfg.load.deadline_seconds else None,
-                       destination=staging.destination_of(desc), key_types=load.key_types(desc))
+                       destination=staging.destination_of(desc), key_types=load_preflight.key_types(desc))
     if cfg.destination.production and not opts.yes and (opts.confirm is None or not opts.confirm(
             f"apply the changes of months {', '.join(months)} to {setup.table}?")):
         raise EtlError("not confirmed: nothing was written", hint="pass --yes to write without asking")
