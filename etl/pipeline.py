@@ -19,12 +19,13 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from etl import aws, export, lease, staging, verify
-from etl.load import preflight as load_preflight
-from etl.load import stage as load
+from etl import aws, lease, staging, verify
 from etl.config import Config
 from etl.engine import Engine, LocalEngine, TaskContext, make_engine
 from etl.errors import EtlError, Interrupted, PartlyDone
+from etl.export import stage as export
+from etl.load import preflight as load_preflight
+from etl.load import stage as load
 from etl.progress import QUIET, Reporter
 from etl.transform import stage as transform
 

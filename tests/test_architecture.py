@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parent.parent
-STAGES = {"etl.export", "etl.transform.stage", "etl.load.stage", "etl.verify"}
+STAGES = {"etl.export.stage", "etl.transform.stage", "etl.load.stage", "etl.verify"}
 
 
 def imports_of(module: str) -> set[str]:

@@ -16,8 +16,8 @@ import pytest
 from etl import staging
 from etl.config import Config
 from etl.errors import EtlError
-from etl.pipeline import run_export, run_load, run_transform, run_verify
 from etl.load.writer import BatchWriter, proxy_for
+from etl.pipeline import run_export, run_load, run_transform, run_verify
 from tests.conftest import ddb_client
 from tests.faultproxy import FaultProxy
 from tests.helpers import write_real_export

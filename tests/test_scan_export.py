@@ -17,7 +17,7 @@ import pytest
 from etl import staging
 from etl.config import Config
 from etl.errors import EtlError
-from etl.export import inspect_export
+from etl.export.inspect import inspect_export
 from etl.local import seed
 from etl.pipeline import run_export
 from etl.progress import Reporter

@@ -19,9 +19,11 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from etl import aws, export, staging
+from etl import aws, staging
 from etl.config import Config
 from etl.errors import EtlError
+from etl.export import pitr
+from etl.export.inspect import inspect_export
 from etl.progress import Reporter
 
 MIN_WINDOW = timedelta(minutes=15)
@@ -67,7 +69,7 @@ def _files(checked: dict[str, Any]) -> list[dict[str, Any]]:
 def adopt(cfg: Config, uri: str) -> dict[str, Any]:
     """An existing incremental export, validated like a full one (files, md5s, counts)."""
     folder = staging.open_store(uri.rstrip("/"), cfg.staging)
-    checked = export.inspect_export(folder)
+    checked = inspect_export(folder)
     if checked.get("export_type") != "INCREMENTAL_EXPORT":
         raise EtlError(f"{folder.uri} is a full export, not an incremental one (its manifest has no exportType "
                        "INCREMENTAL_EXPORT)", hint="adopt a full export with `etl export --use-existing`")
@@ -92,15 +94,15 @@ def export_window(cfg: Config, store: staging.Store, month: str, window: int, st
     prefix = staging.changes_source_prefix(month, window)
     arn = record.get("export_arn")
     if not arn:
-        arn, token = export.start_incremental_export(cfg, store, month, prefix, start, end)
+        arn, token = pitr.start_incremental_export(cfg, store, month, prefix, start, end)
         save({**record, "export_arn": arn, "client_token": token})
         reporter.info(f"catch-up {month}: window {window} ({iso(start)} to {iso(end)}): started {arn}")
-    d = export.wait_export(cfg, month, arn, reporter)
+    d = pitr.wait_export(cfg, month, arn, reporter)
     folder = _window_folder(store, prefix)
     base = {"mode": "pitr", "export_arn": arn, "from": iso(start), "to": iso(end), "view": "NEW_AND_OLD_IMAGES",
             "describe_item_count": d.get("ItemCount")}
     if folder is not None:
-        checked = export.inspect_export(folder)
+        checked = inspect_export(folder)
         return {**base, "verified": checked["verified"], "verification": checked["verification"],
                 "item_count": checked["item_count"], "files": _files(checked)}
     data = [o for o in store.list(f"{prefix}/AWSDynamoDB/") if o.key.endswith((".gz", ".json"))]
@@ -240,7 +242,7 @@ def read_stream(cfg: Config, store: staging.Store, month: str, window: int, sinc
     folder = write_layout(store, prefix, f"{micros(now) // 1000:014d}-stream{window:05d}", written,
                           {"tableArn": arn.split("/stream/")[0], "exportFromTime": iso(since),
                            "exportToTime": iso(now), "outputView": view})
-    checked = export.inspect_export(folder)
+    checked = inspect_export(folder)
     return {"mode": "stream", "stream_arn": arn, "from": iso(since), "to": iso(now), "view": view,
             "positions": positions, "times_in_minutes": bool(written) and whole_minutes,
             "verified": checked["verified"], "verification": checked["verification"],

@@ -27,13 +27,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from etl import aws, mapping, staging
-from etl.load import preflight as load_preflight
-from etl.load import pump
-from etl.load.rows import LoadPartTask
 from etl.catchup import changes, source
 from etl.config import Config
 from etl.engine import LocalEngine, MonthPlan, TaskContext
 from etl.errors import EtlError, StageNotReady
+from etl.load import preflight as load_preflight
+from etl.load import pump
+from etl.load.rows import LoadPartTask
 from etl.progress import QUIET, Reporter
 
 NAME = "catchup"
@@ -362,7 +362,8 @@ def run(cfg: Config, months: list[str], *, reporter: Reporter = QUIET, **options
     ddb = aws.client(cfg.destination, "dynamodb")
     desc = load_preflight.check_destination(cfg, ddb)
     setup = load_preflight.Setup(desc["TableName"], cfg.destination.aws_region, aws.account_of(cfg.destination),
-                       load_preflight.write_budget(cfg, desc, ddb), int(opts.now if opts.now is not None else time.time()),
+                       load_preflight.write_budget(cfg, desc, ddb),
+                       int(opts.now if opts.now is not None else time.time()),
                        cfg.load.include_expired if opts.include_expired is None else opts.include_expired, False,
                        time.time() + cfg.load.deadline_seconds if cfg.load.deadline_seconds else None,
                        destination=staging.destination_of(desc), key_types=load_preflight.key_types(desc))

@@ -1,0 +1,59 @@
+"""Stage 1: each monthly table to `export/month=YYYYMM/AWSDynamoDB/<exportId>/` under the staging root.
+
+Three ways in, one result (a committed `_state/month=M/export.json` listing validated data files):
+  pitr          ExportTableToPointInTime (no read capacity used); S3 staging roots only (`etl.export.pitr`)
+  scan          a parallel segment Scan within a read budget, writing the exact AWS export layout
+                (`etl.export.scan`)
+  use-existing  adopt an export folder that already exists, after validating it (`etl.export.inspect`)
+
+plan: one task per month. run_task: the export (its wait stays on the driver: DynamoDB does the work).
+commit: the manifest, then the pending record of a PITR export is cleared."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from etl import staging
+from etl.config import Config
+from etl.engine import MonthPlan, TaskContext
+from etl.export.pitr import adopt_existing, export_pitr
+from etl.export.scan import export_scan
+from etl.progress import QUIET, Reporter
+
+NAME = "export"
+
+
+@dataclass(frozen=True)
+class ExportTask:
+    month: str
+    mode: str  # pitr | scan | adopt
+    use_existing: str | None = None
+    force: bool = False
+    enable_pitr: bool = False
+
+
+def plan(cfg: Config, store: staging.Store, month: str, *, mode: str | None = None, use_existing: str | None = None,
+         force: bool = False, enable_pitr: bool = False) -> MonthPlan:
+    how = "adopt" if use_existing else (mode or cfg.export.mode)
+    return MonthPlan([ExportTask(month, how, use_existing, force, enable_pitr)], None, "s")
+
+
+def run_task(cfg: Config, task: ExportTask, ctx: TaskContext, reporter: Reporter = QUIET) -> dict[str, Any]:
+    """The month's export, as the body of its manifest (runs on the driver: an export is a wait)."""
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    if task.mode == "adopt":
+        assert task.use_existing is not None
+        return adopt_existing(cfg, store, task.month, task.use_existing, reporter)
+    if task.mode == "scan":
+        return export_scan(cfg, store, task.month, reporter, ctx, task.force)
+    return export_pitr(cfg, store, task.month, task.force, task.enable_pitr, reporter, ctx)
+
+
+def commit(cfg: Config, store: staging.Store, month: str, tasks: list[ExportTask], results: list[dict[str, Any]],
+           started: float) -> dict[str, Any]:
+    [body] = results
+    manifest = staging.commit_manifest(store, month, "export", body)
+    store.delete(staging.pending_export_key(month))
+    store.delete_prefix(staging.scan_state_prefix(month))  # a scan's checkpoints: the export is committed
+    return manifest
