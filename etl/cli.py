@@ -639,7 +639,7 @@ def run(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mode: 
         return
     obj.reporter.info(f"run: every stage committed for {len(ms)} month(s); `etl status` shows them")
     if catch_up:
-        from etl.catchup.stage import run as run_catchup
+        from etl.pipeline import run_catchup
 
         _print_catchup(obj, run_catchup(cfg, ms, mode=catch_up, yes=yes, confirm=confirm, reporter=obj.reporter))
 
@@ -681,7 +681,7 @@ def catch_up(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], t
     the incremental-export layout under export/month=M/changes/. Changes are applied in write-time order with
     the full transform's winner rule, and loaded within the write budget, checkpointed per window.
     `etl status` shows the time each month is in sync up to."""
-    from etl.catchup.stage import run as run_catchup
+    from etl.pipeline import run_catchup
 
     cfg = obj.config()
     require_staging_root(cfg)

@@ -43,6 +43,7 @@ class MonthPlan:
     total: float | None = None
     unit: str = "items"
     note: str = ""  # said before the tasks run, when not empty
+    started: float = field(default_factory=time.time)  # when the month's stage was planned (its duration's start)
 
 
 @dataclass
@@ -52,6 +53,10 @@ class TaskContext:
     budget: Budget | None = None
     io: Executor | None = None  # for a task's concurrent requests
     why: str = "stopped: another task of the month failed"  # what `check` says once `stop` is set
+    # a task of a stage that runs on the driver (a wait on AWS) also has the run's reporter and engine; these
+    # are never sent to an engine's workers
+    reporter: Any = None
+    engine: Any = None
 
     def halt(self, why: str) -> None:
         """Stop every task of this context at its next check, saying `why`."""

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -81,7 +82,7 @@ class Lease:
 
 
 def acquire(store: staging.Store, key: str, what: str, command: str, *, break_lease: bool = False,
-            ttl: float = TTL_SECONDS) -> Lease:
+            ttl: float = TTL_SECONDS, on_lost: Callable[[str], None] | None = None) -> Lease:
     """Take the lease at `key` for `what` (e.g. "load 201604"), or refuse naming its holder."""
     now = time.time()
     body = {"what": what, "host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex,

@@ -24,6 +24,8 @@ from etl import aws, capacity, items, mapping, staging
 from etl.config import Config
 from etl.engine import MonthPlan, TaskContext
 from etl.errors import StageNotReady
+from etl.freshness import Verdict
+from etl.runner import StageBase
 
 NAME = "verify"
 EXAMPLES = 5
@@ -40,8 +42,10 @@ def preflight(cfg: Config) -> capacity.Budget:
     return read_budget(cfg, ddb.describe_table(TableName=cfg.destination_table())["Table"])
 
 
-@dataclass(frozen=True)
-class PartTask:
+@dataclass(frozen=True, kw_only=True)
+class VerifyPartTask:
+    """The rows one Parquet part of the month's load meant to write: read back and compared."""
+
     month: str
     part: int
     key: str
@@ -50,6 +54,22 @@ class PartTask:
     expired_before: int
     upstream_run: str
     catchup: str = ""  # the catch-up's final state of its touched keys, when windows were applied after the load
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyCatchupFinalTask:
+    """The keys the month's catch-up windows touched, in their final state: winners read back and compared,
+    deleted keys checked absent."""
+
+    month: str
+    key: str  # the catch-up's final.parquet
+    table: str
+    include_expired: bool
+    expired_before: int
+    upstream_run: str
+
+
+Task = VerifyPartTask | VerifyCatchupFinalTask
 
 
 def _catchup_final(store: staging.Store, month: str, load: dict[str, Any]) -> str:
@@ -69,9 +89,14 @@ def plan(cfg: Config, store: staging.Store, month: str, destination: staging.Des
                             f"{staging.elsewhere(load)}", hint=f"run `etl load --month {month}` first")
     t = staging.read_manifest(store, month, "transform") or {}
     final = _catchup_final(store, month, load)
-    parts = [*t.get("parts", []), *([{"part": -1, "output": final, "rows": 0}] if final else [])]
-    tasks = [PartTask(month, p["part"], p["output"], cfg.destination_table(), bool(load.get("include_expired")),
-                      int(load.get("expired_before", 0)), str(load.get("run_id", "")), final) for p in parts]
+    common: dict[str, Any] = {"month": month, "table": cfg.destination_table(),
+                              "include_expired": bool(load.get("include_expired")),
+                              "expired_before": int(load.get("expired_before", 0)),
+                              "upstream_run": str(load.get("run_id", ""))}
+    parts = t.get("parts", [])
+    tasks: list[Task] = [VerifyPartTask(part=p["part"], key=p["output"], catchup=final, **common) for p in parts]
+    if final:
+        tasks.append(VerifyCatchupFinalTask(key=final, **common))
     return MonthPlan(tasks, sum(p["rows"] for p in parts), "items")
 
 
@@ -80,11 +105,11 @@ def _key_texts(table: pa.Table, keys: list[str]) -> pa.Array:
     return pc.binary_join_element_wise(*cols, "\x1f") if len(cols) > 1 else cols[0]
 
 
-def expected_rows(cfg: Config, store: staging.Store, task: PartTask) -> tuple[list[dict[str, Any]], int]:
+def expected_rows(cfg: Config, store: staging.Store, task: Task) -> tuple[list[dict[str, Any]], int]:
     """The rows the load (and the catch-up after it) meant to write from the part, and how many rows it has."""
     table = pq.read_table(pa.BufferReader(store.read(task.key)))
     keep = np.ones(table.num_rows, dtype=bool)
-    if task.part < 0:  # the catch-up's final state: its winners (its deletes are `expected_absent`)
+    if isinstance(task, VerifyCatchupFinalTask):  # its winners (its deletes are `expected_absent`)
         keep &= np.asarray(pc.equal(table["op"], "put").to_numpy(zero_copy_only=False), dtype=bool)
         table = table.drop_columns(["op"])
     elif task.catchup:  # keys a catch-up window touched hold their final state, checked by its own task
@@ -106,9 +131,9 @@ def expected_rows(cfg: Config, store: staging.Store, task: PartTask) -> tuple[li
     return table.filter(pa.array(keep)).to_pylist(), table.num_rows
 
 
-def expected_absent(cfg: Config, store: staging.Store, task: PartTask) -> list[tuple[Any, ...]]:
+def expected_absent(cfg: Config, store: staging.Store, task: Task) -> list[tuple[Any, ...]]:
     """The keys a catch-up deleted (its final state's deletes): they must not be in the table."""
-    if task.part >= 0:
+    if not isinstance(task, VerifyCatchupFinalTask):
         return []
     keys = mapping.key_columns(cfg)
     table = pq.read_table(pa.BufferReader(store.read(task.key)))
@@ -116,7 +141,7 @@ def expected_absent(cfg: Config, store: staging.Store, task: PartTask) -> list[t
     return list(zip(*(gone[k].to_pylist() for k in keys), strict=True)) if gone.num_rows else []
 
 
-def _read_back(ddb: Any, task: PartTask, ctx: TaskContext, keys: list[str],
+def _read_back(ddb: Any, task: Task, ctx: TaskContext, keys: list[str],
                wanted: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
     """BatchGetItem of up to 100 keys, UnprocessedKeys retried; the items found, by key."""
     assert ctx.budget is not None
@@ -146,7 +171,7 @@ def compare(expected: dict[str, Any], actual: dict[str, Any] | None) -> list[str
     return sorted(c for c, v in expected.items() if v is not None and actual.get(c) != v)
 
 
-def run_task(cfg: Config, task: PartTask, ctx: TaskContext) -> dict[str, Any]:
+def run_task(cfg: Config, task: Task, ctx: TaskContext) -> dict[str, Any]:
     store = staging.open_store(cfg.staging.root, cfg.staging)
     ddb = aws.client(cfg.destination, "dynamodb")
     keys = mapping.key_columns(cfg)
@@ -178,12 +203,13 @@ def run_task(cfg: Config, task: PartTask, ctx: TaskContext) -> dict[str, Any]:
         ctx.check()
         found = _read_back(ddb, task, ctx, keys, absent[i : i + 100])
         undeleted += [dict(zip(keys, key, strict=True)) for key in found]
-    return {"part": task.part, "checked": len(rows) + len(absent), "missing": n_missing, "different": n_different,
+    part = task.part if isinstance(task, VerifyPartTask) else "catch-up final state"
+    return {"part": part, "checked": len(rows) + len(absent), "missing": n_missing, "different": n_different,
             "undeleted": len(undeleted), "missing_examples": missing, "different_examples": different,
             "undeleted_examples": undeleted[:EXAMPLES]}
 
 
-def commit(cfg: Config, store: staging.Store, month: str, tasks: list[PartTask], results: list[dict[str, Any]],
+def commit(cfg: Config, store: staging.Store, month: str, tasks: list[Task], results: list[dict[str, Any]],
            started: float) -> dict[str, Any]:
     load = staging.read_manifest(store, month, "load") or {}
     sums = {k: sum(r.get(k, 0) for r in results) for k in ("checked", "missing", "different", "undeleted")}
@@ -194,3 +220,34 @@ def commit(cfg: Config, store: staging.Store, month: str, tasks: list[PartTask],
         "table": cfg.destination_table(), "upstream_run": load.get("run_id"),
         "duration_s": round(time.time() - started, 3),
     })
+
+
+class VerifyStage(StageBase):
+    """The read-back verify on the Runner: a task per part (and one for the catch-up's final state), within a
+    read budget. Asked for alone it always reads the table again (the table may have changed since)."""
+
+    name = NAME
+    pool = "verify"
+    workers = 2
+    run_task = staticmethod(run_task)
+
+    def __init__(self, cfg: Config, store: staging.Store, *, force: bool = False,
+                 destination: staging.Destination | None = None) -> None:
+        super().__init__(cfg, store, force=force)
+        self.destination = destination
+        self._budget: capacity.Budget | None = None
+
+    def skip(self, month: str, verdict: Verdict) -> str | None:
+        return "already verified, skipped" if verdict.current else None
+
+    def preflight(self, months: list[str]) -> None:
+        self._budget = preflight(self.cfg)
+
+    def plan(self, month: str) -> MonthPlan:
+        return plan(self.cfg, self.store, month, self.destination)
+
+    def commit(self, month: str, plan: MonthPlan, results: list[dict[str, Any]]) -> dict[str, Any]:
+        return commit(self.cfg, self.store, month, plan.tasks, results, plan.started)
+
+    def budget(self) -> Any:
+        return self._budget.bucket if self._budget is not None else None

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from etl import aws, staging
+from etl import aws, pipeline, staging
 from etl.catchup import stage
 from etl.config import Config
 from etl.errors import EtlError
@@ -94,7 +94,7 @@ def test_the_real_incremental_export_is_adopted_transformed_and_applied(
         run_export(cfg, ["202404"], use_existing=str(INCREMENTAL))
     snapshot = loaded_snapshot(cfg, tmp_path)
     assert names(ddb_local, unicorn_index) == snapshot and len(snapshot) == 15
-    [r] = stage.run(cfg, [M], use_existing=str(INCREMENTAL))
+    [r] = pipeline.run_catchup(cfg, [M], use_existing=str(INCREMENTAL))
     lines = fixture_changes()
     deleted = {c["Keys"]["name"]["S"] for c in lines if "NewImage" not in c}
     added = {c["Keys"]["name"]["S"] for c in lines if "OldImage" not in c}
@@ -117,7 +117,7 @@ def test_the_real_incremental_export_is_adopted_transformed_and_applied(
     ddb_client(ddb_local).put_item(TableName=unicorn_index, Item={"CustomerID": {"S": sorted(deleted)[0]}})
     [v] = run_verify(cfg, [M])
     assert not v["ok"] and v["undeleted"] == 1
-    [again] = stage.run(cfg, [M], use_existing=str(INCREMENTAL))  # already applied: skipped
+    [again] = pipeline.run_catchup(cfg, [M], use_existing=str(INCREMENTAL))  # already applied: skipped
     assert again["windows_this_run"] == 1 and len(again["windows"]) == 1
 
 
@@ -126,7 +126,7 @@ def test_a_window_after_the_synced_time_is_refused(ddb_local: str, unicorn_index
     cfg = make_config(dest_endpoint=ddb_local, dest_table=unicorn_index, extra=MAPPING, ETL_DESTINATION_SORT_KEY="")
     loaded_snapshot(cfg, tmp_path, export_time="2024-05-27T06:00:00.000Z")
     with pytest.raises(EtlError, match="after the time the index is in sync up to"):
-        stage.run(cfg, [M], use_existing=str(INCREMENTAL))
+        pipeline.run_catchup(cfg, [M], use_existing=str(INCREMENTAL))
 
 
 def test_pitr_windows_are_chained_incremental_exports_with_idempotent_tokens(
@@ -162,7 +162,7 @@ def test_pitr_windows_are_chained_incremental_exports_with_idempotent_tokens(
     from datetime import timedelta
 
     start = stage.source.parse_time(e["export_time"])
-    [r] = stage.run(cfg, [M], to=start + timedelta(hours=30))
+    [r] = pipeline.run_catchup(cfg, [M], to=start + timedelta(hours=30))
     arn = ddb.describe_table(TableName=table)["Table"]["TableArn"]
     windows = [(start, start + timedelta(hours=24)), (start + timedelta(hours=24), start + timedelta(hours=30))]
     assert [(s["ExportType"], s["IncrementalExportSpecification"], s["S3Prefix"], s["ClientToken"]) for s in sent] == [
@@ -174,7 +174,8 @@ def test_pitr_windows_are_chained_incremental_exports_with_idempotent_tokens(
     # moto writes a full export's `Item` lines, no change lines: quarantined as such, nothing applied
     assert len(r["windows"]) == 2 and r["synced_to"] == stage.source.iso(windows[1][1])
     assert r["applied"] == 0 and r["rejected"] == r["changes_in"] and r["puts"] == r["deletes"] == 0
-    [again] = stage.run(cfg, [M], to=start + timedelta(hours=30, minutes=10))  # under 15 minutes: nothing to do
+    # under 15 minutes: nothing to do
+    [again] = pipeline.run_catchup(cfg, [M], to=start + timedelta(hours=30, minutes=10))
     assert again["windows_this_run"] == 0 and len(sent) == 2
 
 
@@ -224,7 +225,7 @@ def test_two_items_with_one_identical_row_are_counted_apart(ddb_local: str, dest
         {"Metadata": micros(1), "Keys": {k: b[k] for k in ("CustomerID", "DateTime")}, "NewImage": b},  # B added
         {"Metadata": micros(2), "Keys": {k: a[k] for k in ("CustomerID", "DateTime")}, "OldImage": a},  # A deleted
     ], iso(t0), iso(t0 + timedelta(minutes=15)))
-    [r] = stage.run(cfg, [month], use_existing=str(changes))
+    [r] = pipeline.run_catchup(cfg, [month], use_existing=str(changes))
     assert (r["applied"], r["keys_touched"], r["puts"], r["deletes"], r["unchanged"]) == (2, 1, 0, 0, 1)
     rows = [it for page in ddb_client(ddb_local).get_paginator("scan").paginate(TableName=cfg.destination_table())
             for it in page["Items"]]

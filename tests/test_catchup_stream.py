@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from etl.catchup import stage
+from etl import pipeline
 from etl.config import Config
 from etl.pipeline import run as run_pipeline
 from etl.pipeline import run_verify
@@ -88,7 +88,7 @@ def test_stream_catch_up_equals_a_fresh_backfill(ddb_local: str, dest_table: Cal
                 ms = int(target["DateTime"]["S"][-4:-1])
                 ddb.update_item(TableName=table, Key=key, UpdateExpression="SET OrderID = :o",
                                 ExpressionAttributeValues={":o": {"S": tagged(change[2], ms)}})
-        [r] = stage.run(cfg, [M], mode="stream")
+        [r] = pipeline.run_catchup(cfg, [M], mode="stream")
         assert r["changes_in"] == r["before_sync"] + r["applied"] + r["filtered"] + r["rejected"]
         assert r["keys_touched"] == r["puts"] + r["deletes"] + r["unchanged"]
         fresh = make_config(endpoint=ddb_local, root=str(tmp_path / run / "b"), dest_table=dest_table(None),
@@ -97,7 +97,7 @@ def test_stream_catch_up_equals_a_fresh_backfill(ddb_local: str, dest_table: Cal
         assert index(ddb_local, cfg.destination_table()) == index(ddb_local, fresh.destination_table())
         [v] = run_verify(cfg, [M])
         assert v["ok"], v
-        [again] = stage.run(cfg, [M], mode="stream")  # nothing new: one more window, nothing applied
+        [again] = pipeline.run_catchup(cfg, [M], mode="stream")  # nothing new: one more window, nothing applied
         assert again["windows"][-1]["changes_in"] == 0 and len(again["windows"]) == 2
     finally:
         ddb.delete_table(TableName=table)

@@ -5,11 +5,12 @@ plan:     the month's windows, in order: windows to apply again (the month was l
           failed run left, then the new ones (`--mode pitr`: chained incremental exports of 15 minutes to
           24 hours from the last synced time to `--to`; `--mode stream`: one window, the stream from its stored
           position; `--use-existing`: the adopted export's own window).
-run:      per window, three tasks, each recorded in `_state/month=M/catchup/window-NNNNN.json` as it ends, so a
-          rerun continues where it stopped: `capture` (the source: a wait, on the driver, like the export),
-          `changes.run_task` (the transform of the changes) and the load's own `run_task` on the window's part
-          (puts and deletes in the same batches, within the destination's shared budget, checkpointed in
-          `_state/month=M/catchup/load-NNNNN.done`).
+run:      per window (a task on the Runner, the windows in order), three steps, each recorded in
+          `_state/month=M/catchup/window-NNNNN.json` as it ends, so a rerun continues where it stopped: `capture`
+          (the source: a wait, on the driver, like the export), `changes.run_task` (the transform of the changes,
+          on the engine) and the writing task the load uses (`etl.load.pump.run_task`, on the engine) on the
+          window's part (puts and deletes in the same batches, within the destination's shared budget and under
+          its writing lease, checkpointed in `_state/month=M/catchup/load-NNNNN.done`).
 commit:   after every window, the month's `_state/month=M/catchup.json` (windows, in sync up to, counts, the
           stream's positions) and `final.parquet` (every touched key's final winner or delete, for verify).
 """
@@ -18,8 +19,7 @@ from __future__ import annotations
 
 import io
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,12 +29,14 @@ import pyarrow.parquet as pq
 from etl import aws, mapping, staging
 from etl.catchup import changes, source
 from etl.config import Config
-from etl.engine import LocalEngine, MonthPlan, TaskContext
+from etl.engine import MonthPlan, TaskContext
 from etl.errors import EtlError, StageNotReady
+from etl.freshness import Verdict
 from etl.load import preflight as load_preflight
 from etl.load import pump
 from etl.load.rows import LoadPartTask
 from etl.progress import QUIET, Reporter
+from etl.runner import StageBase
 
 NAME = "catchup"
 SUMS = ("changes_in", "before_sync", "applied", "filtered", "rejected", "keys_touched", "puts", "deletes",
@@ -215,72 +217,6 @@ def load_task(cfg: Config, month: str, w: int, rows: int, setup: load_preflight.
                         rejected=staging.catchup_load_rejected_key(month, w), apply_losers=False)
 
 
-@dataclass
-class Driver:
-    """Runs a month's windows in order on an engine, within the destination's shared budget."""
-
-    cfg: Config
-    store: staging.Store
-    setup: load_preflight.Setup
-    engine: LocalEngine
-    reporter: Reporter = QUIET
-    contexts: list[TaskContext] = field(default_factory=list)
-
-    def _ctx(self) -> TaskContext:
-        ctx = TaskContext()
-        self.contexts.append(ctx)
-        return ctx
-
-    def window(self, task: WindowTask, body: dict[str, Any]) -> dict[str, Any] | None:
-        store, cfg, month, w = self.store, self.cfg, task.month, task.window
-        record = capture(cfg, store, task, body, self.reporter)
-        if record is None:
-            return None
-        key = staging.catchup_window_key(month, w)
-        if record["phase"] == "captured":
-            [result] = self.engine.run("catchup", 1, changes.run_task, cfg, [changes_task(cfg, store, month, record)],
-                                       self._ctx())
-            record = {**record, "changes": result, "phase": "transformed"}
-            store.write_json(key, record)
-        if record["phase"] == "transformed":
-            rows = int(record["changes"]["rows"])
-            cp = staging.catchup_checkpoint_key(month, w)
-            if rows and store.exists(cp):
-                result = store.read_json(cp)
-            elif rows:
-                ctx = self._ctx()
-                ctx.budget = self.setup.budget.bucket
-                task_ = self.reporter.task(f"catch-up {month} window {w}", rows, "items")
-                ctx.progress = task_.advance
-                try:
-                    [result] = self.engine.run("load", 1, pump.run_task, cfg, [load_task(cfg, month, w, rows,
-                                                                                          self.setup)], ctx)
-                finally:
-                    task_.finish()
-            else:
-                result = {"rows": 0, "written": 0, "deletes": 0, "skipped_expired": 0, "quarantined": 0, "wcu": 0.0}
-            record = {**record, "load": result, "phase": "loaded"}
-            store.write_json(key, record)
-        return record
-
-    def month(self, month: str, opts: Options) -> dict[str, Any]:
-        started = time.time()
-        body = prepare(self.store, month, self.reporter)
-        p = plan(self.cfg, self.store, month, body, opts)
-        if p.note:
-            self.reporter.info(f"catch-up {month}: {p.note}")
-        manifest = staging.read_manifest(self.store, month, NAME) or {}
-        for task in p.tasks:
-            record = self.window(task, body)
-            if record is None:
-                continue
-            if task.window in body["reapply"]:
-                body["reapply"].remove(task.window)
-            manifest = commit(self.cfg, self.store, month, body, record, started, self.setup)
-            body = {**manifest, "reapply": body["reapply"]}
-        return {**manifest, "windows_this_run": len(p.tasks), "month": month}
-
-
 # --------------------------------------------------------------------------- commit
 
 
@@ -346,59 +282,117 @@ def commit(cfg: Config, store: staging.Store, month: str, body: dict[str, Any], 
     })
 
 
-# --------------------------------------------------------------------------- the months
+# --------------------------------------------------------------------------- on the Runner
 
 
-def run(cfg: Config, months: list[str], *, reporter: Reporter = QUIET, **options: Any) -> list[dict[str, Any]]:
-    """Catch up every month (each on its own driver thread, all within the destination's one budget)."""
-    if not months:
-        raise EtlError("no month given to catch-up", hint="pass --month YYYYMM or --months FIRST-LAST")
-    opts = Options(**options)
-    if opts.use_existing and len(months) != 1:
-        raise EtlError("--use-existing adopts one incremental export: give exactly one --month")
-    store = staging.open_store(cfg.staging.root, cfg.staging)
-    for m in months:
-        upstream(store, m)
-    ddb = aws.client(cfg.destination, "dynamodb")
-    desc = load_preflight.check_destination(cfg, ddb)
-    setup = load_preflight.Setup(desc["TableName"], cfg.destination.aws_region, aws.account_of(cfg.destination),
-                       load_preflight.write_budget(cfg, desc, ddb),
-                       int(opts.now if opts.now is not None else time.time()),
-                       cfg.load.include_expired if opts.include_expired is None else opts.include_expired, False,
-                       time.time() + cfg.load.deadline_seconds if cfg.load.deadline_seconds else None,
-                       destination=staging.destination_of(desc), key_types=load_preflight.key_types(desc))
-    if cfg.destination.production and not opts.yes and (opts.confirm is None or not opts.confirm(
-            f"apply the changes of months {', '.join(months)} to {setup.table}?")):
-        raise EtlError("not confirmed: nothing was written", hint="pass --yes to write without asking")
-    driver = Driver(cfg, store, setup, LocalEngine(cfg.engine.task_retries), reporter)
-    setup.watch()
-    failures: list[tuple[str, BaseException]] = []
+class CatchupStage(StageBase):
+    """Catch-up on the Runner: a month's windows are its tasks, run in order and each committed before the next.
+    A window's capture is a wait on AWS (on the driver, like the export); its changes and its load run on the
+    engine (local threads or Ray), the load within the destination's shared budget and under its writing lease,
+    as the load's are."""
 
-    def one(month: str) -> dict[str, Any] | None:
+    name = NAME
+    verb = "catch-up"
+    pool = "catchup"
+    on_driver = True
+    ordered = True
+    cumulative = True
+    writes_destination = True
+
+    def __init__(self, cfg: Config, store: staging.Store, reporter: Reporter, opts: Options,
+                 desc: dict[str, Any] | None = None) -> None:
+        super().__init__(cfg, store)
+        self.reporter, self.opts, self.desc = reporter, opts, desc
+        self.setup: load_preflight.Setup | None = None
+        self._bodies: dict[str, dict[str, Any]] = {}
+
+    def skip(self, month: str, verdict: Verdict) -> str | None:
+        return None  # there may always be newer changes: the plan says when there are none
+
+    def preflight(self, months: list[str]) -> None:
+        for m in months:
+            upstream(self.store, m)
+        cfg, opts = self.cfg, self.opts
+        ddb = aws.client(cfg.destination, "dynamodb")
+        desc = self.desc or load_preflight.check_destination(cfg, ddb)
+        setup = load_preflight.Setup(
+            desc["TableName"], cfg.destination.aws_region, aws.account_of(cfg.destination),
+            load_preflight.write_budget(cfg, desc, ddb), int(opts.now if opts.now is not None else time.time()),
+            cfg.load.include_expired if opts.include_expired is None else opts.include_expired, False,
+            time.time() + cfg.load.deadline_seconds if cfg.load.deadline_seconds else None,
+            destination=staging.destination_of(desc), key_types=load_preflight.key_types(desc))
+        if cfg.destination.production and not opts.yes and (opts.confirm is None or not opts.confirm(
+                f"apply the changes of months {', '.join(months)} to {setup.table}?")):
+            raise EtlError("not confirmed: nothing was written", hint="pass --yes to write without asking")
+        self.setup = setup
+        setup.watch()
+
+    def _setup(self) -> load_preflight.Setup:
+        if self.setup is None:
+            raise EtlError("catch-up: planned before its preflight")
+        return self.setup
+
+    def plan(self, month: str) -> MonthPlan:
+        body = prepare(self.store, month, self.reporter)
+        self._bodies[month] = body
+        return plan(self.cfg, self.store, month, body, self.opts)
+
+    def run_task(self, cfg: Config, task: WindowTask, ctx: TaskContext) -> dict[str, Any]:
+        """One window: captured (on this driver thread), its changes transformed and loaded (on the engine)."""
+        store, month, w = self.store, task.month, task.window
+        reporter: Reporter = ctx.reporter or QUIET
+        record = capture(cfg, store, task, self._bodies[month], reporter)
+        if record is None:
+            return {"window": w, "skipped": "the adopted export is already applied"}
+        key = staging.catchup_window_key(month, w)
+        if record["phase"] == "captured":
+            [result] = ctx.engine.run("catchup", 1, changes.run_task, cfg, [changes_task(cfg, store, month, record)],
+                                      ctx)
+            record = {**record, "changes": result, "phase": "transformed"}
+            store.write_json(key, record)
+        if record["phase"] == "transformed":
+            record = {**record, "load": self._load(cfg, month, record, ctx, reporter), "phase": "loaded"}
+            store.write_json(key, record)
+        return record
+
+    def _load(self, cfg: Config, month: str, record: dict[str, Any], ctx: TaskContext,
+              reporter: Reporter) -> dict[str, Any]:
+        w = int(record["window"])
+        rows = int(record["changes"]["rows"])
+        cp = staging.catchup_checkpoint_key(month, w)
+        if not rows:
+            return {"rows": 0, "written": 0, "deletes": 0, "skipped_expired": 0, "quarantined": 0, "wcu": 0.0}
+        if self.store.exists(cp):
+            return dict(self.store.read_json(cp))
+        progress = reporter.task(f"catch-up {month} window {w}", rows, "items")
+        ctx.progress = progress.advance
         try:
-            return driver.month(month, opts)
-        except Exception as exc:
-            failures.append((month, exc))
-            msg = exc.message if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
-            staging.record_failure(store, month, NAME, msg, f"etl catch-up --month {month}")
-            return None
+            [result] = ctx.engine.run("load", 1, pump.run_task, cfg, [load_task(cfg, month, w, rows, self._setup())],
+                                      ctx)
+        finally:
+            progress.finish()
+        return dict(result)
 
-    try:
-        with ThreadPoolExecutor(max(1, len(months)), thread_name_prefix="catchup") as pool:
-            results = list(pool.map(one, months))
-    except BaseException:
-        for ctx in driver.contexts:
-            ctx.stop.set()
-        raise
-    finally:
-        setup.close()
-        driver.engine.close()
-    if failures:
-        month, exc = failures[0]
-        if len(failures) == 1 and len(months) == 1 and isinstance(exc, EtlError):
-            exc.hint = exc.hint or f"fix the cause, then `etl catch-up --month {month}` continues"
-            raise exc
-        listed = "; ".join(f"{m}: {e}" for m, e in failures)
-        raise EtlError(f"catch-up failed for {len(failures)} of {len(months)} month(s): {listed}",
-                       hint=f"fix the cause, then rerun e.g. `etl catch-up --month {month}`")
-    return [r for r in results if r is not None]
+    def commit(self, month: str, plan: MonthPlan, results: list[dict[str, Any]]) -> dict[str, Any]:
+        """After each window: the month's manifest with it (what makes the window count)."""
+        body = self._bodies[month]
+        if results and not results[-1].get("skipped"):
+            record = results[-1]
+            if record["window"] in body["reapply"]:
+                body["reapply"].remove(record["window"])
+            manifest = commit(self.cfg, self.store, month, body, record, plan.started, self._setup())
+            self._bodies[month] = {**manifest, "reapply": body["reapply"]}
+        manifest = staging.read_manifest(self.store, month, NAME) or {}
+        skipped = [r["skipped"] for r in results if r.get("skipped")]
+        return {**manifest, "windows_this_run": len(results) - len(skipped), "windows_skipped": skipped,
+                "month": month}
+
+    def budget(self) -> Any:
+        return self._setup().budget.bucket
+
+    def destination_table(self) -> str:
+        return self._setup().table
+
+    def close(self) -> None:
+        if self.setup is not None:
+            self.setup.close()

@@ -220,6 +220,7 @@ def export_pitr(
         "mode": "pitr",
         "table": table,
         "table_arn": table_arn,
+        "table_created": staging.destination_of(desc).created,  # a table created again is another table
         "export_arn": arn,
         "export_time": pending.get("export_time") if pending else None,
         "export_folder": folder.uri,

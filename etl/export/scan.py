@@ -264,6 +264,7 @@ def _finish_scan(cfg: Config, store: staging.Store, month: str, desc: dict[str, 
         "mode": "scan",
         "table": cfg.source_table(month),
         "table_arn": desc["TableArn"],
+        "table_created": staging.destination_of(desc).created,  # a table created again is another table
         "export_folder": folder.uri,
         "export_time": summary["exportTime"],
         "read_budget_rcu_per_s": budget_rcu,

@@ -19,7 +19,9 @@ from etl.config import Config
 from etl.engine import MonthPlan, TaskContext
 from etl.export.pitr import adopt_existing, export_pitr
 from etl.export.scan import export_scan
+from etl.freshness import Verdict
 from etl.progress import QUIET, Reporter
+from etl.runner import StageBase
 
 NAME = "export"
 
@@ -39,9 +41,10 @@ def plan(cfg: Config, store: staging.Store, month: str, *, mode: str | None = No
     return MonthPlan([ExportTask(month, how, use_existing, force, enable_pitr)], None, "s")
 
 
-def run_task(cfg: Config, task: ExportTask, ctx: TaskContext, reporter: Reporter = QUIET) -> dict[str, Any]:
+def run_task(cfg: Config, task: ExportTask, ctx: TaskContext) -> dict[str, Any]:
     """The month's export, as the body of its manifest (runs on the driver: an export is a wait)."""
     store = staging.open_store(cfg.staging.root, cfg.staging)
+    reporter: Reporter = ctx.reporter or QUIET
     if task.mode == "adopt":
         assert task.use_existing is not None
         return adopt_existing(cfg, store, task.month, task.use_existing, reporter)
@@ -57,3 +60,33 @@ def commit(cfg: Config, store: staging.Store, month: str, tasks: list[ExportTask
     store.delete(staging.pending_export_key(month))
     store.delete_prefix(staging.scan_state_prefix(month))  # a scan's checkpoints: the export is committed
     return manifest
+
+
+class ExportStage(StageBase):
+    """The export on the Runner: a task per month, a wait on DynamoDB on the month's driver thread."""
+
+    name = NAME
+    pool = "export"
+    on_driver = True
+    run_task = staticmethod(run_task)
+
+    def __init__(self, cfg: Config, store: staging.Store, *, mode: str | None = None,
+                 use_existing: str | None = None, force: bool = False, enable_pitr: bool = False) -> None:
+        super().__init__(cfg, store, force=force)
+        self.mode, self.use_existing, self.enable_pitr = mode, use_existing, enable_pitr
+
+    def skip(self, month: str, verdict: Verdict) -> str | None:
+        if not verdict.current or verdict.manifest is None:
+            return None
+        return f"already committed ({verdict.manifest.get('mode')}), skipped; --force redoes it"
+
+    def plan(self, month: str) -> MonthPlan:
+        return plan(self.cfg, self.store, month, mode=self.mode, use_existing=self.use_existing, force=self.force,
+                    enable_pitr=self.enable_pitr)
+
+    def commit(self, month: str, plan: MonthPlan, results: list[dict[str, Any]]) -> dict[str, Any]:
+        return commit(self.cfg, self.store, month, plan.tasks, results, plan.started)
+
+    def command(self, months: list[str]) -> str:
+        scan = " --mode scan" if (self.mode or self.cfg.export.mode) == "scan" else ""
+        return super().command(months) + scan

@@ -14,6 +14,7 @@ commit:    sums the checkpoints, so counts reconcile across resumed runs:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,9 +22,12 @@ from etl import staging
 from etl.config import Config
 from etl.engine import MonthPlan
 from etl.errors import EtlError, StageNotReady
-from etl.load.preflight import Setup, _checkpoint, _sample, _todo, not_loaded_here
+from etl.freshness import Verdict
+from etl.load.preflight import Setup, _checkpoint, _sample, _todo, not_loaded_here, preflight
 from etl.load.pump import run_task
 from etl.load.rows import LoadPartTask
+from etl.progress import Reporter
+from etl.runner import StageBase
 
 NAME = "load"
 __all__ = ["NAME", "commit", "plan", "reset_checkpoints", "run_task"]
@@ -49,6 +53,9 @@ def plan(cfg: Config, store: staging.Store, month: str, setup: Setup, force: boo
         raise StageNotReady(f"no committed transform for month {month}",
                             hint=f"run `etl transform --month {month}` first")
     left = todo.left
+    if force and setup.dry_run:  # what the real command would write: every part again
+        t = staging.read_manifest(store, month, "transform") or {}
+        left = list(t.get("parts", []))
     target = setup.target()
     tasks = [LoadPartTask(month=month, part=p["part"], key=p["output"], rows=p["rows"],
                           transform_run=todo.transform_run, target=target,
@@ -147,3 +154,55 @@ def commit(cfg: Config, store: staging.Store, month: str, tasks: list[LoadPartTa
         "upstream_run": t.get("run_id"), "transform_run": t.get("run_id"),
         "config_hash": cfg.hash_of("load", "destination"),
     })
+
+
+class LoadStage(StageBase):
+    """The load on the Runner: its preflight says the plan and asks before writing; a task per part on the
+    engine, within the destination's shared budget, under the destination's writing lease."""
+
+    name = NAME
+    pool = "load"
+    workers = 2  # no io pool: the load's requests go out on the writer's event loop
+    writes_destination = True
+    run_task = staticmethod(run_task)
+
+    def __init__(self, cfg: Config, store: staging.Store, reporter: Reporter, *, force: bool = False,
+                 dry_run: bool = False, yes: bool = False, include_expired: bool | None = None,
+                 now: int | None = None, confirm: Callable[[str], bool] | None = None,
+                 desc: dict[str, Any] | None = None) -> None:
+        super().__init__(cfg, store, force=force)
+        self.reporter, self.dry_run, self.yes, self.include_expired = reporter, dry_run, yes, include_expired
+        self.now, self.confirm, self.desc = now, confirm, desc
+        self.setup: Setup | None = None
+
+    def skip(self, month: str, verdict: Verdict) -> str | None:
+        if not verdict.current or verdict.manifest is None:
+            return None
+        return f"already loaded into {verdict.manifest.get('table')}, skipped; --force redoes it"
+
+    def preflight(self, months: list[str]) -> None:
+        self.setup = preflight(self.cfg, self.store, months, include_expired=self.include_expired, now=self.now,
+                               dry_run=self.dry_run, yes=self.yes, force=self.force, confirm=self.confirm,
+                               reporter=self.reporter, desc=self.desc)
+        self.setup.watch()
+
+    def _setup(self) -> Setup:
+        if self.setup is None:
+            raise EtlError("load: planned before its preflight")
+        return self.setup
+
+    def plan(self, month: str) -> MonthPlan:
+        return plan(self.cfg, self.store, month, self._setup(), self.force)
+
+    def commit(self, month: str, plan: MonthPlan, results: list[dict[str, Any]]) -> dict[str, Any]:
+        return commit(self.cfg, self.store, month, plan.tasks, results, plan.started, self._setup())
+
+    def budget(self) -> Any:
+        return self._setup().budget.bucket
+
+    def destination_table(self) -> str:
+        return self._setup().table
+
+    def close(self) -> None:
+        if self.setup is not None:
+            self.setup.close()

@@ -35,6 +35,7 @@ from etl import __version__, mapping, staging
 from etl.config import Config
 from etl.engine import MonthPlan, TaskContext
 from etl.errors import EtlError, StageNotReady
+from etl.runner import StageBase
 from etl.transform import collisions
 from etl.transform.collisions import find_collisions, fingerprints
 from etl.transform.lines import Truncated, chunks
@@ -377,3 +378,21 @@ def commit(cfg: Config, store: staging.Store, month: str, tasks: list[FileTask],
         "duration_s": round(time.time() - started, 3),
         "config_hash": cfg.hash_of("transform"),
     })
+
+
+class TransformStage(StageBase):
+    """The transform on the Runner: a task per export data file, on the engine."""
+
+    name = NAME
+    pool = "transform"
+    run_task = staticmethod(run_task)
+
+    def __init__(self, cfg: Config, store: staging.Store, *, force: bool = False) -> None:
+        super().__init__(cfg, store, force=force)
+        self.workers = cfg.transform.concurrency
+
+    def plan(self, month: str) -> MonthPlan:
+        return plan(self.cfg, self.store, month, self.force)
+
+    def commit(self, month: str, plan: MonthPlan, results: list[dict[str, Any]]) -> dict[str, Any]:
+        return commit(self.cfg, self.store, month, plan.tasks, results, plan.started)
