@@ -570,7 +570,12 @@ def status(obj: Ctx, as_json: bool, months: tuple[str, ...], month_ranges: tuple
     store = staging.open_store(require_staging_root(cfg), cfg.staging)
     store.check()
     name, destination = _destination_now(cfg)
-    rows = collect(store, resolve_months(months, month_ranges) or None, destination=destination, table=name)
+    from etl import freshness
+    from etl.pipeline import source_tables
+
+    listed = resolve_months(months, month_ranges) or staging.known_months(store)
+    now = freshness.Current.of(cfg, destination, source_tables(cfg, listed))
+    rows = collect(store, listed, destination=destination, table=name, now=now)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -651,6 +656,10 @@ def _print_catchup(obj: Ctx, results: list[dict[str, Any]]) -> None:
     for r in results:
         if not r.get("windows"):
             click.echo(f"catch-up {r['month']}: nothing applied yet")
+            continue
+        if r.get("windows_skipped") and not r.get("windows_this_run"):
+            click.echo(f"catch-up {r['month']}: nothing applied this run ({'; '.join(r['windows_skipped'])}, "
+                       f"skipped); in sync up to {r['synced_to']} ({len(r['windows'])} window(s))")
             continue
         click.echo(f"catch-up {r['month']}: in sync up to {r['synced_to']} ({len(r['windows'])} window(s), "
                    f"{r['windows_this_run']} this run): {r['changes_in'] - r['before_sync']:,} changes after the "

@@ -52,12 +52,15 @@ class Options:
 
 
 def source_tables(cfg: Config, months: list[str]) -> dict[str, tuple[str, str]]:
-    """Each month's source table as it is now (ARN, creation time), for the export's skip rule; a table that
-    cannot be described is left out (the export itself says why, if it runs)."""
-    ddb = aws.client(cfg.source, "dynamodb")
-    out = {}
+    """Each month's source table as it is now (ARN, creation time), for the export's freshness; one that cannot
+    be described (no such table, no network, no names configured) is left out: the export says why, if it runs."""
+    out: dict[str, tuple[str, str]] = {}
+    try:
+        ddb = aws.client(cfg.source, "dynamodb", retries={"mode": "standard", "max_attempts": 2}, connect_timeout=3)
+    except EtlError:
+        return out
     for m in months:
-        with contextlib.suppress(botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+        with contextlib.suppress(EtlError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
             d = staging.destination_of(ddb.describe_table(TableName=cfg.source_table(m))["Table"])
             out[m] = (d.arn, d.created)
     return out

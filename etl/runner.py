@@ -51,7 +51,6 @@ class Stage(Protocol):
     def commit(self, month: str, plan: MonthPlan, results: list[dict[str, Any]]) -> dict[str, Any]: ...
     def budget(self) -> Any: ...  # the bucket its tasks share, or None
     def command(self, months: list[str]) -> str: ...  # the command that runs (resumes) it for these months
-    def destination_table(self) -> str: ...  # the table it writes, when `writes_destination`
     def close(self) -> None: ...
 
 
@@ -81,9 +80,6 @@ class StageBase:
 
     def command(self, months: list[str]) -> str:
         return f"etl {self.verb or self.name} " + " ".join(f"--month {m}" for m in months)
-
-    def destination_table(self) -> str:
-        return ""
 
     def close(self) -> None:
         return None
@@ -270,19 +266,18 @@ class Runner:
         return {s.name: [results[m][s.name] for m in months if s.name in results[m]] for s in stages}
 
     def _preflight(self, months: list[str], stages: list[Stage], held: contextlib.ExitStack) -> None:
-        """Each stage's run-wide state for the months that will run it (before anything is written), then the
-        destination's writing lease when a stage writes it."""
-        writing: list[str] = []
+        """The destination's writing lease first, when a stage writes it (one writing run per destination, a load
+        and a catch-up alike: refused before anything is planned, asked or written), then each stage's run-wide
+        state for the months that will run it."""
         for stage in stages:
             todo = [m for m in months if self._runs_later(stage, m, stages)]
             if not todo:
                 continue
-            stage.preflight(todo)
             if stage.writes_destination and not self.opts.dry_run:
-                writing = todo
-                table = stage.destination_table()
+                table = self.cfg.destination_table()
                 held.enter_context(self._lease(staging.destination_lease_key(table), f"loading {table}",
-                                               stage.command(writing)))
+                                               stage.command(todo)))
+            stage.preflight(todo)
 
     def _runs_later(self, stage: Stage, month: str, stages: list[Stage]) -> bool:
         """Whether the stage may run for the month: not current now, or made stale by an earlier stage of this

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from etl import staging
+from etl import freshness, staging
 from etl.lease import gone
 
 NEXT = {"export": "etl export", "transform": "etl transform", "load": "etl load", "verify": "etl verify"}
@@ -27,42 +27,35 @@ def _summary(stage: str, m: dict[str, Any]) -> str:
     return ""
 
 
-def _loaded_elsewhere(load: dict[str, Any], destination: staging.Destination | None, table: str | None) -> str:
-    """Why a committed load is not a load of the destination ("" when it is), by the rule the load uses."""
-    if destination is not None and not destination.holds(load):
-        return f"loaded into {staging.elsewhere(load)}, not into {destination.describe()}"
-    if destination is None and table and load.get("table") != table:
-        return f"loaded into {load.get('table')}, not into {table}"
-    return ""
-
-
 def month_status(store: staging.Store, month: str, stages: tuple[str, ...] = staging.STAGES,
-                 destination: staging.Destination | None = None, table: str | None = None) -> dict[str, Any]:
-    """`destination`: the table as described now (else `table`, its name, when known)."""
+                 destination: staging.Destination | None = None, table: str | None = None,
+                 now: freshness.Current | None = None) -> dict[str, Any]:
+    """`now`: what outputs must be made for (the config's hashes, the destination and source tables as
+    described now); without it, `destination` (else `table`, its name, when known). Done and stale are
+    `etl.freshness`'s verdicts, the rule `etl run` skips by; a stage after one that is not current is not
+    current either (the run redoes it after)."""
+    now = now or freshness.Current(table=table, destination=destination)
     row: dict[str, Any] = {"month": month, "stages": {}}
-    previous: dict[str, Any] | None = None
-    elsewhere = ""
+    before = ""  # the first stage before this one that is not current
     for stage in stages:
-        manifest = staging.read_manifest(store, month, stage)
+        v = freshness.verdict(store, month, stage, now)
+        manifest = v.manifest
         failed_key = staging.failed_key(month, stage)
         failure = store.read_json(failed_key) if store.exists(failed_key) else None
         cell: dict[str, Any]
         if failure and (not manifest or failure.get("failed_at", "") >= manifest.get("committed_at", "")):
             cell = {"state": "failed", "error": failure.get("error"), "rerun": failure.get("rerun"),
                     "at": failure.get("failed_at")}
-        elif manifest and stage == "verify" and not manifest.get("ok"):
-            cell = {"state": "failed", "error": _summary(stage, manifest), "at": manifest.get("committed_at"),
-                    "rerun": f"etl load --month {month} --force"}
-        elif manifest and stage in ("load", "verify") and (
-                elsewhere := elsewhere or (_loaded_elsewhere(manifest, destination, table) if stage == "load" else "")):
-            cell = {"state": "stale", "summary": elsewhere if stage == "load" else "verified another table",
-                    "at": manifest.get("committed_at")}
-        elif manifest:
+        elif v.state == "failed":
+            cell = {"state": "failed", "error": _summary(stage, manifest or {}),
+                    "at": (manifest or {}).get("committed_at"), "rerun": f"etl load --month {month} --force"}
+        elif v.state == "stale" or (v.state == "done" and before):
+            why = v.why if v.state == "stale" else f"the {before} runs again first"
+            cell = {"state": "stale", "summary": f"{_summary(stage, manifest or {})} ({why})",
+                    "at": (manifest or {}).get("committed_at")}
+        elif v.state == "done" and manifest is not None:
             cell = {"state": "done", "summary": _summary(stage, manifest), "at": manifest.get("committed_at"),
                     "duration_s": manifest.get("duration_s")}
-            if previous is not None and manifest.get("upstream_run") != previous.get("run_id"):
-                cell["state"] = "stale"
-                cell["summary"] += " (made from an older run of the previous stage)"
         elif stage == "export" and store.exists(staging.pending_export_key(month)):
             pending = store.read_json(staging.pending_export_key(month))
             cell = {"state": "running", "summary": f"export {pending.get('export_arn', 'starting')}",
@@ -70,7 +63,8 @@ def month_status(store: staging.Store, month: str, stages: tuple[str, ...] = sta
         else:
             cell = {"state": "-"}
         cell = _with_lease(store, month, stage, cell)
-        previous = manifest
+        if cell["state"] != "done" and not before:
+            before = stage
         row["stages"][stage] = cell
     row["next"] = next_command(row, stages)
     row["catchup"] = catchup_status(store, month, staging.read_manifest(store, month, "load"))
@@ -132,5 +126,6 @@ def next_command(row: dict[str, Any], stages: tuple[str, ...]) -> str | None:
 
 
 def collect(store: staging.Store, months: list[str] | None = None, stages: tuple[str, ...] = staging.STAGES,
-            destination: staging.Destination | None = None, table: str | None = None) -> list[dict[str, Any]]:
-    return [month_status(store, m, stages, destination, table) for m in (months or staging.known_months(store))]
+            destination: staging.Destination | None = None, table: str | None = None,
+            now: freshness.Current | None = None) -> list[dict[str, Any]]:
+    return [month_status(store, m, stages, destination, table, now) for m in (months or staging.known_months(store))]

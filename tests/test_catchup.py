@@ -118,7 +118,8 @@ def test_the_real_incremental_export_is_adopted_transformed_and_applied(
     [v] = run_verify(cfg, [M])
     assert not v["ok"] and v["undeleted"] == 1
     [again] = pipeline.run_catchup(cfg, [M], use_existing=str(INCREMENTAL))  # already applied: skipped
-    assert again["windows_this_run"] == 1 and len(again["windows"]) == 1
+    assert again["windows_this_run"] == 0 and len(again["windows"]) == 1
+    assert again["windows_skipped"] == ["the adopted export is already applied"]
 
 
 def test_a_window_after_the_synced_time_is_refused(ddb_local: str, unicorn_index: str,
@@ -232,3 +233,23 @@ def test_two_items_with_one_identical_row_are_counted_apart(ddb_local: str, dest
     assert [(it["CustomerID"]["S"], it["OrderID"]["S"]) for it in rows] == [("C1", "O1")]
     [v] = run_verify(cfg, [month])
     assert v["ok"]
+
+
+def test_quiet_catch_up_says_when_a_window_was_skipped_as_already_applied(
+        ddb_local: str, unicorn_index: str, make_config: Callable[..., Config], tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from etl.cli import cli
+
+    cfg = make_config(dest_endpoint=ddb_local, dest_table=unicorn_index, extra=MAPPING, ETL_DESTINATION_SORT_KEY="")
+    loaded_snapshot(cfg, tmp_path)
+    args = ["--config", str(tmp_path / "pipeline.toml"), "--progress", "quiet", "catch-up", "--month", M,
+            "--use-existing", str(INCREMENTAL), "--yes"]
+    env = {"ETL_DESTINATION_SORT_KEY": ""}
+    first = CliRunner().invoke(cli, args, env=env)
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(cli, args, env=env)
+    assert again.exit_code == 0, again.output
+    assert "skipped" not in first.output and "15 changes after the export" in first.output
+    assert "nothing applied this run (the adopted export is already applied, skipped)" in again.output
+    assert again.output != first.output

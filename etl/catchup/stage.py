@@ -37,6 +37,7 @@ from etl.load import pump
 from etl.load.rows import LoadPartTask
 from etl.progress import QUIET, Reporter
 from etl.runner import StageBase
+from etl.state import CatchupWindow
 
 NAME = "catchup"
 SUMS = ("changes_in", "before_sync", "applied", "filtered", "rejected", "keys_touched", "puts", "deletes",
@@ -152,9 +153,10 @@ def capture(cfg: Config, store: staging.Store, task: WindowTask, body: dict[str,
             reporter: Reporter) -> dict[str, Any] | None:
     """The window's source, recorded (`phase: captured`); None: an adopted window that is already applied."""
     key = staging.catchup_window_key(task.month, task.window)
-    record: dict[str, Any] = store.read_json(key) if store.exists(key) else {}
-    if record.get("phase") in ("captured", "transformed", "loaded"):
-        return record
+    saved = CatchupWindow.read(store, key)
+    if saved is not None and saved.valid_for("captured"):
+        return saved.body
+    record: dict[str, Any] = saved.body if saved is not None else {}
 
     def save(r: dict[str, Any]) -> None:
         store.write_json(key, r)
@@ -345,12 +347,12 @@ class CatchupStage(StageBase):
         if record is None:
             return {"window": w, "skipped": "the adopted export is already applied"}
         key = staging.catchup_window_key(month, w)
-        if record["phase"] == "captured":
+        if not CatchupWindow(record).valid_for("transformed"):
             [result] = ctx.engine.run("catchup", 1, changes.run_task, cfg, [changes_task(cfg, store, month, record)],
                                       ctx)
             record = {**record, "changes": result, "phase": "transformed"}
             store.write_json(key, record)
-        if record["phase"] == "transformed":
+        if not CatchupWindow(record).valid_for("loaded"):
             record = {**record, "load": self._load(cfg, month, record, ctx, reporter), "phase": "loaded"}
             store.write_json(key, record)
         return record
@@ -389,9 +391,6 @@ class CatchupStage(StageBase):
 
     def budget(self) -> Any:
         return self._setup().budget.bucket
-
-    def destination_table(self) -> str:
-        return self._setup().table
 
     def close(self) -> None:
         if self.setup is not None:

@@ -21,6 +21,7 @@ from etl.export.inspect import inspect_export
 from etl.export.pitr import describe_source, iso_ms
 from etl.items import export_line
 from etl.progress import Reporter
+from etl.state import ScanSegment
 
 
 class _PartWriter:
@@ -113,10 +114,12 @@ def _scan_to_resume(cfg: Config, store: staging.Store, month: str, desc: dict[st
     same = _source_identity(cfg, desc)
     folder = store.sub(staging.export_folder_key(month, str(first.get("export_id"))))
     why = None
-    if any(s.get("export_id") != first.get("export_id") for s in saved) or not folder.exists("_started") \
-            or any(folder.head(e["rel"]) is None for s in saved for e in s.get("entries", [])):
+    segments = [ScanSegment(s) for s in saved]
+    files = folder.exists("_started") and all(folder.head(e["rel"]) is not None for s in saved
+                                               for e in s.get("entries", []))
+    if not files or any(s.get("export_id") != first.get("export_id") for s in saved):
         why = "some of its files are gone"
-    elif any({k: s.get(k) for k in same} != same for s in saved):
+    elif not all(s.valid_for(same, str(first.get("export_id")), files) for s in segments):
         why = "the table, the source config or the number of segments changed since"
     if why:
         reporter.info(f"export {month}: an earlier scan stopped, but {why}: scanning from the start")

@@ -22,6 +22,7 @@ from etl.config import Config
 from etl.errors import EtlError
 from etl.load.rows import IndexSpec, WriteTarget, _kept, index_specs, write_units
 from etl.progress import Reporter
+from etl.state import LoadPartCheckpoint
 
 
 def check_destination(cfg: Config, ddb: Any) -> dict[str, Any]:
@@ -106,11 +107,8 @@ def _checkpoint(store: staging.Store, month: str, part: int, transform_run: str,
                 destination: staging.Destination) -> dict[str, Any] | None:
     """A part's checkpoint, if it exists, belongs to the month's current transform and was written for this very
     destination table (one made for another table, or before a drop and create, says nothing of this one)."""
-    key = staging.load_part_checkpoint_key(month, part)
-    if not store.exists(key):
-        return None
-    cp = dict(store.read_json(key))
-    return cp if cp.get("transform_run") == transform_run and destination.holds(cp) else None
+    cp = LoadPartCheckpoint.read(store, staging.load_part_checkpoint_key(month, part))
+    return cp.body if cp is not None and cp.valid_for(transform_run, destination) else None
 
 
 def _ramped_seconds(units: float, start: float, target: float) -> float:

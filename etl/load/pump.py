@@ -31,6 +31,7 @@ from etl.errors import DeadlineReached, EtlError
 from etl.load.rows import BELOW, RECONCILED, Counters, LoadPartTask, _Batch, _plain, _read, _Ticket
 from etl.load.window import Window
 from etl.load.writer import BatchWriter, Reply
+from etl.state import LoadProgress
 
 
 def _writer(side: AwsSide, table: str) -> BatchWriter:
@@ -95,15 +96,11 @@ class _Progress:
 def _resume_point(store: staging.Store, task: LoadPartTask) -> dict[str, Any] | None:
     """The part's saved progress, when it is for this transform, this very table and the same rows to write
     (and its counts reconcile with its mark); else None: the part starts over."""
-    key = task.progress
-    if not store.exists(key):
+    p = LoadProgress.read(store, task.progress)
+    if p is None or not p.valid_for(task.transform_run, task.rows, task.target.destination,
+                                    task.target.include_expired):
         return None
-    p = dict(store.read_json(key))
-    same = (p.get("transform_run") == task.transform_run and p.get("rows") == task.rows
-            and (p.get("table_arn"), p.get("table_created")) == task.target.destination
-            and p.get("include_expired") == task.target.include_expired)
-    below = p.get("below") or {}
-    return p if same and sum(int(below.get(k, 0)) for k in RECONCILED) == int(p.get("low_water_mark", -1)) else None
+    return p.body
 
 
 # messages of a refusal about the table's key schema: the items were checked against the key the table had

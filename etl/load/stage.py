@@ -200,9 +200,6 @@ class LoadStage(StageBase):
     def budget(self) -> Any:
         return self._setup().budget.bucket
 
-    def destination_table(self) -> str:
-        return self._setup().table
-
     def close(self) -> None:
         if self.setup is not None:
             self.setup.close()

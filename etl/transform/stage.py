@@ -36,6 +36,7 @@ from etl.config import Config
 from etl.engine import MonthPlan, TaskContext
 from etl.errors import EtlError, StageNotReady
 from etl.runner import StageBase
+from etl.state import TransformPartCheckpoint
 from etl.transform import collisions
 from etl.transform.collisions import find_collisions, fingerprints
 from etl.transform.lines import Truncated, chunks
@@ -83,14 +84,11 @@ def plan(cfg: Config, store: staging.Store, month: str, force: bool = False) -> 
 def _checkpoint(store: staging.Store, task: FileTask) -> dict[str, Any] | None:
     """A part's checkpoint, when it was written for this export, transform config and tool version, and its
     outputs are still there."""
-    key = staging.transformed_part_key(task.month, task.part)
-    if not store.exists(key):
+    cp = TransformPartCheckpoint.read(store, staging.transformed_part_key(task.month, task.part))
+    if cp is None or not cp.valid_for(task.upstream_run, task.config_hash, __version__, task.input,
+                                      store.exists(task.output)):
         return None
-    cp = dict(store.read_json(key))
-    if (cp.get("upstream_run"), cp.get("config_hash"), cp.get("tool_version"), cp.get("input")) != \
-            (task.upstream_run, task.config_hash, __version__, task.input) or not store.exists(task.output):
-        return None
-    return cp
+    return cp.body
 
 
 def _helpers(cfg: Config, size: int, sizes: list[int]) -> int:
