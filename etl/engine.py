@@ -11,6 +11,7 @@ times; its outputs have deterministic names, so a retry overwrites what the fail
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -52,7 +53,8 @@ class TaskContext:
     stop: threading.Event = field(default_factory=threading.Event)  # set when another task of the month failed
     budget: Budget | None = None
     io: Executor | None = None  # for a task's concurrent requests
-    why: str = "stopped: another task of the month failed"  # what `check` says once `stop` is set
+    # what `check` says once `stop` is set; shared by the copies a retry makes of the context
+    reason: list[str] = field(default_factory=lambda: ["stopped: another task of the month failed"])
     # a task of a stage that runs on the driver (a wait on AWS) also has the run's reporter and engine; these
     # are never sent to an engine's workers
     reporter: Any = None
@@ -60,12 +62,12 @@ class TaskContext:
 
     def halt(self, why: str) -> None:
         """Stop every task of this context at its next check, saying `why`."""
-        self.why = why
+        self.reason[0] = why
         self.stop.set()
 
     def check(self) -> None:
         if self.stop.is_set():
-            raise Stopped(self.why)
+            raise Stopped(self.reason[0])
 
 
 class Engine(Protocol):
@@ -92,17 +94,33 @@ def make_engine(cfg: Any) -> Engine:
     return LocalEngine(task_retries=e.task_retries)
 
 
+class _Counted:
+    """A task attempt's progress, passed on and summed (to take back if the attempt fails and is retried)."""
+
+    def __init__(self, report: Callable[..., None]) -> None:
+        self.report, self.n = report, 0.0
+
+    def advance(self, n: float = 0, add: dict[str, float] | None = None, **fields: Any) -> None:
+        self.n += n
+        self.report(n, add=add, **fields)
+
+
 def run_attempts(run_task: Callable[..., dict[str, Any]], cfg: Any, task: Any, ctx: TaskContext, retries: int,
                  delay: float) -> dict[str, Any]:
-    """One task, run again after a transient failure (up to `retries` times) unless the month was stopped."""
+    """One task, run again after a transient failure (up to `retries` times) unless the month was stopped. What
+    a failed attempt counted as done is taken back before the next one, so a retried task never counts twice."""
     attempt = 0
+    report = ctx.progress
     while True:
         ctx.check()
+        counted = _Counted(report)
         try:
-            return run_task(cfg, task, ctx)
+            return run_task(cfg, task, dataclasses.replace(ctx, progress=counted.advance))
         except Exception as exc:
             if attempt >= retries or not transient(exc) or ctx.stop.is_set():
                 raise
+            if counted.n:
+                report(-counted.n)
             attempt += 1
             time.sleep(delay * attempt)
 
