@@ -250,6 +250,6 @@ def test_quiet_catch_up_says_when_a_window_was_skipped_as_already_applied(
     assert first.exit_code == 0, first.output
     again = CliRunner().invoke(cli, args, env=env)
     assert again.exit_code == 0, again.output
-    assert "skipped" not in first.output and "15 changes after the export" in first.output
+    assert "already applied" not in first.output and "15 changes after the export" in first.output
     assert "nothing applied this run (the adopted export is already applied, skipped)" in again.output
     assert again.output != first.output

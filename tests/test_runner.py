@@ -22,6 +22,7 @@ from tests.helpers import write_real_export
 A = "201604"
 NOW = int(datetime(2016, 7, 1, tzinfo=UTC).timestamp())
 FAST = "[load]\nmax_wcu = 100000\nmax_rcu = 100000\n"
+SCAN = {"ETL_EXPORT_MODE": "scan", "ETL_EXPORT_SCAN_MAX_RCU": "100000"}  # a scan export of a table on moto
 
 
 def orders(month: str, n: int) -> list[dict[str, Any]]:
@@ -89,7 +90,7 @@ def test_status_and_run_agree_on_every_cause_of_staleness(
             src.put_item(TableName="CustomerTracker_shop_eu_201604", Item=it)
 
     source_table()
-    cfg = make_config(moto, dest_endpoint=ddb_local, dest_table=table, extra=FAST + "[export]\nmode = \"scan\"\n")
+    cfg = make_config(moto, dest_endpoint=ddb_local, dest_table=table, extra=FAST, **SCAN)
     store = staging.open_store(cfg.staging.root, cfg.staging)
     first = agree(cfg, store)
     assert set(first.values()) == {"-"}  # nothing staged: every stage runs
@@ -97,13 +98,13 @@ def test_status_and_run_agree_on_every_cause_of_staleness(
 
     # the mapping changed: the transform and everything after it
     changed = make_config(moto, dest_endpoint=ddb_local, dest_table=table,
-                          extra=FAST + "[export]\nmode = \"scan\"\n", ETL_TRANSFORM_TTL_SECONDS="86400")
+                          extra=FAST, **SCAN, ETL_TRANSFORM_TTL_SECONDS="86400")
     states = agree(changed, store)
     assert states == {"export": "done", "transform": "stale", "load": "stale", "verify": "stale"}
 
     # another destination (a table of another name), then the same name dropped and created again
     other = make_config(moto, dest_endpoint=ddb_local, dest_table=dest_table(),
-                        extra=FAST + "[export]\nmode = \"scan\"\n", ETL_TRANSFORM_TTL_SECONDS="86400")
+                        extra=FAST, **SCAN, ETL_TRANSFORM_TTL_SECONDS="86400")
     assert agree(other, store) == {"export": "done", "transform": "done", "load": "stale", "verify": "stale"}
     assert agree(changed, store) == {"export": "done", "transform": "done", "load": "stale", "verify": "stale"}
     ddb_client(ddb_local).delete_table(TableName=table)
