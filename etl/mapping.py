@@ -84,7 +84,8 @@ def order_column(cfg: Config) -> str | None:
 
 
 def collision_columns(cfg: Config) -> list[str]:
-    """What the collision check reads from each part: the key columns and the order column, each once."""
+    """What a collision's losers file records of each row: the key columns and the order column, each once (the
+    winner rule, `etl.winner`, compares these first, then the mapping's other columns)."""
     return list(dict.fromkeys([*key_columns(cfg), *([o] if (o := order_column(cfg)) else [])]))
 
 

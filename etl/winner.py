@@ -43,14 +43,12 @@ def first_of_each_key(rows: pa.Table, keys: Sequence[str], order: str | None,
     sort = [(k, "ascending") for k in keys] + ranking(ranked, keys, order) + [(c, "ascending") for c in then]
     rows = rows.sort_by(sort).combine_chunks()  # nulls at the end, ascending or descending
     first = np.ones(rows.num_rows, dtype=bool)
-    if rows.num_rows > 1 and keys:
+    if rows.num_rows > 1:
         same = np.ones(rows.num_rows - 1, dtype=bool)
         for k in keys:
-            col = rows[k].chunk(0) if rows[k].num_chunks else pa.array([], rows[k].type)
+            col = rows[k].chunk(0)
             same &= np.asarray(pc.fill_null(pc.equal(col[1:], col[:-1]), False).to_numpy(zero_copy_only=False))
         first[1:] = ~same
-    elif rows.num_rows > 1:
-        first[1:] = False
     return rows, first
 
 
