@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from etl import __version__
+from etl import __version__, times
 from etl.config import Config, load_config, require_staging_root
 from etl.errors import EtlError, Interrupted, PartlyDone
 from etl.months import resolve_months
@@ -385,10 +385,8 @@ def verify(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], bre
 def _at(value: str | None) -> Any:
     if value is None:
         return None
-    from datetime import datetime
-
     try:
-        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        at = times.parse(value, assume=None)
     except ValueError:
         raise EtlError(f"--at {value!r} is not ISO-8601 (e.g. 2017-05-31T12:00:00+02:00)") from None
     if at.tzinfo is None:

@@ -23,9 +23,12 @@ from etl.errors import Stopped, transient
 
 
 class Budget(Protocol):
-    """The narrow interface a task has to its table's capacity budget (a `ratelimit.TokenBucket`)."""
+    """The narrow interface a task has to its table's capacity budget, and all of it: every engine's
+    `shared_budget` gives one (`ratelimit.TokenBucket` in one process, `ray_engine.SharedBudget` on Ray), with
+    these methods and signatures (tests/test_budget.py checks them). Plain numbers and a dict of str -> float,
+    so a proxy in another process forwards them as they are."""
 
-    def acquire(self, n: float) -> float | None: ...  # the rate it lets through now, when it knows
+    def acquire(self, n: float) -> float: ...  # blocks until `n` units are taken; the rate it lets through now
     def settle(self, estimated: float, actual: float, per_index: dict[str, float] | None = None) -> None: ...
     def refund(self, n: float) -> None: ...
     def throttled(self) -> None: ...

@@ -17,17 +17,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from etl import staging
+from etl import staging, times
 from etl.errors import EtlError
 
 TTL_SECONDS = 120.0
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def gone(holder: dict[str, Any]) -> bool:
@@ -86,7 +81,7 @@ def acquire(store: staging.Store, key: str, what: str, command: str, *, break_le
     """Take the lease at `key` for `what` (e.g. "load 201604"), or refuse naming its holder."""
     now = time.time()
     body = {"what": what, "host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex,
-            "since": _iso(now), "expires": now + ttl, "command": command}
+            "since": times.iso_seconds(now), "expires": now + ttl, "command": command}
     if break_lease:
         store.delete(key)
     for _ in range(3):
@@ -106,5 +101,5 @@ def acquire(store: staging.Store, key: str, what: str, command: str, *, break_le
             f"{what} is being run by another process ({holder.get('host')} pid {holder.get('pid')}, "
             f"`{holder.get('command')}`) since {holder.get('since')}; refusing to run it twice at once",
             hint=f"wait for it to finish; if that run is dead on another machine, its lease expires at "
-                 f"{_iso(float(holder.get('expires', 0)))}, or rerun with --break-lease")
+                 f"{times.iso_seconds(float(holder.get('expires', 0)))}, or rerun with --break-lease")
     raise LeaseHeld(f"{what}: could not take the lease at {store.key_uri(key)}")

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from etl import items, mapping
+from etl import expiry, items, mapping
 from etl.config import Config
 from etl.transform.rows import convert_chunk
 
@@ -87,7 +87,7 @@ def discount_for(customer_id: str, at: datetime | None, cfg: Config, ddb: Any) -
     for item in r.get("Items", []):
         plain = items.decode_item(item)
         expires = plain.get(ttl_col) if ttl_col else None
-        if expires is not None and expires <= now_s:
+        if expiry.is_expired(expires, now_s):
             continue  # expired: DynamoDB deletes it up to about two days late
         evidence = {sk: plain[sk], "OrderID": plain.get("OrderID"), ttl_col or "ttl": expires}
         break

@@ -72,12 +72,12 @@ class BudgetActor:
         return self._bucket
 
     def lease(self, n: float, ops: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> tuple[float, float]:
-        """Apply a worker's queued calls, then block until `n` tokens are taken; returns them and the size
-        of the next lease."""
+        """Apply a worker's queued calls, then block until `n` tokens are taken; returns them and the rate the
+        bucket lets through now (which sizes the next lease)."""
         self.apply(ops)
-        self.bucket.acquire(n)
+        rate = float(self.bucket.acquire(n))
         self.leases += 1
-        return n, max(1.0, float(getattr(self.bucket, "rate", 10.0)) * LEASE_SECONDS)
+        return n, rate
 
     def apply(self, ops: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> None:
         for name, args, kwargs in ops:
@@ -132,22 +132,24 @@ class _Lease:
         self.ops_lock = threading.Lock()
         self.tokens = 0.0
         self.chunk = 1.0
+        self.rate = 0.0  # what the bucket let through at the last lease (0: not asked yet)
         self.ops: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self.sent = time.monotonic()
 
-    def acquire(self, n: float, *args: Any, **kwargs: Any) -> Any:
+    def acquire(self, n: float, *args: Any, **kwargs: Any) -> float:
         if args or kwargs:  # a form the lease does not know: the bucket answers it
             self.flush(wait=True)
-            return ray.get(self.actor.call.remote("acquire", (n, *args), kwargs))
+            return float(ray.get(self.actor.call.remote("acquire", (n, *args), kwargs)))
         with self.lock:
             if self.tokens >= n:
                 self.tokens -= n
-                return None
+                return self.rate
             with self.ops_lock:
                 ops, self.ops, self.sent = self.ops, [], time.monotonic()
-            granted, self.chunk = ray.get(self.actor.lease.remote(max(n - self.tokens, self.chunk), ops))
+            granted, self.rate = ray.get(self.actor.lease.remote(max(n - self.tokens, self.chunk), ops))
+            self.chunk = max(1.0, self.rate * LEASE_SECONDS)
             self.tokens += granted - n
-        return None
+            return self.rate
 
     def queue(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if name == "throttled":  # the table pushed back: give back what this process holds, tell the bucket now
@@ -200,7 +202,7 @@ class SharedBudget:
                 _leases[key] = _Lease(self.actor)
             return _leases[key]
 
-    def acquire(self, n: float, *args: Any, **kwargs: Any) -> Any:
+    def acquire(self, n: float, *args: Any, **kwargs: Any) -> float:
         return self._lease.acquire(n, *args, **kwargs)
 
     def settle(self, *args: Any, **kwargs: Any) -> None:

@@ -52,6 +52,7 @@ import pyarrow.parquet as pq
 from etl import __version__
 from etl.config import AwsSide
 from etl.errors import EtlError
+from etl.times import iso_seconds as utcnow_iso
 
 STAGES = ("export", "transform", "load", "verify")
 CHUNK = 8 * 1024 * 1024
@@ -675,10 +676,6 @@ def elsewhere(record: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- manifests
-
-
-def utcnow_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def read_manifest(store: Store, month: str, stage: str) -> dict[str, Any] | None:

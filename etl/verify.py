@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from etl import aws, capacity, items, mapping, staging
+from etl import aws, capacity, expiry, items, mapping, staging
 from etl.config import Config
 from etl.engine import MonthPlan, TaskContext
 from etl.errors import StageNotReady
@@ -31,13 +31,13 @@ NAME = "verify"
 EXAMPLES = 5
 
 
-def read_budget(cfg: Config, desc: dict[str, Any]) -> capacity.Budget:
+def read_budget(cfg: Config, desc: dict[str, Any]) -> capacity.BudgetPlan:
     return capacity.budget_for(desc, unit="RCU", fraction=cfg.load.read_capacity_fraction or 0.5,
                                absolute=cfg.load.max_rcu, fraction_key="[load] read_capacity_fraction",
                                absolute_key="[load] max_rcu")
 
 
-def preflight(cfg: Config) -> capacity.Budget:
+def preflight(cfg: Config) -> capacity.BudgetPlan:
     ddb = aws.client(cfg.destination, "dynamodb")
     return read_budget(cfg, ddb.describe_table(TableName=cfg.destination_table())["Table"])
 
@@ -110,8 +110,8 @@ def expected_rows(cfg: Config, store: staging.Store, task: Task) -> tuple[list[d
     table = pq.read_table(pa.BufferReader(store.read(task.key)))
     keep = np.ones(table.num_rows, dtype=bool)
     if isinstance(task, VerifyCatchupFinalTask):  # its winners (its deletes are `expected_absent`)
-        keep &= np.asarray(pc.equal(table["op"], "put").to_numpy(zero_copy_only=False), dtype=bool)
-        table = table.drop_columns(["op"])
+        keep &= np.asarray(pc.equal(table[mapping.OP], mapping.PUT).to_numpy(zero_copy_only=False), dtype=bool)
+        table = table.drop_columns([mapping.OP])
     elif task.catchup:  # keys a catch-up window touched hold their final state, checked by its own task
         final = pq.read_table(pa.BufferReader(store.read(task.catchup)))
         keys = mapping.key_columns(cfg)
@@ -126,8 +126,7 @@ def expected_rows(cfg: Config, store: staging.Store, task: Task) -> tuple[list[d
             keep[losers] = False
     ttl_col = mapping.ttl_column(cfg)
     if ttl_col and not task.include_expired:
-        ttl = np.asarray(pc.fill_null(table[ttl_col], np.iinfo(np.int64).max).to_numpy(zero_copy_only=False))
-        keep &= ttl > task.expired_before
+        keep &= ~expiry.expired(table[ttl_col], task.expired_before)
     return table.filter(pa.array(keep)).to_pylist(), table.num_rows
 
 
@@ -137,7 +136,7 @@ def expected_absent(cfg: Config, store: staging.Store, task: Task) -> list[tuple
         return []
     keys = mapping.key_columns(cfg)
     table = pq.read_table(pa.BufferReader(store.read(task.key)))
-    gone = table.filter(pc.equal(table["op"], "delete"))
+    gone = table.filter(pc.equal(table[mapping.OP], mapping.DELETE))
     return list(zip(*(gone[k].to_pylist() for k in keys), strict=True)) if gone.num_rows else []
 
 
@@ -235,7 +234,7 @@ class VerifyStage(StageBase):
                  destination: staging.Destination | None = None) -> None:
         super().__init__(cfg, store, force=force)
         self.destination = destination
-        self._budget: capacity.Budget | None = None
+        self._budget: capacity.BudgetPlan | None = None
 
     def skip(self, month: str, verdict: Verdict) -> str | None:
         return "already verified, skipped" if verdict.current else None

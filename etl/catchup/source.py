@@ -25,20 +25,13 @@ from etl.errors import EtlError
 from etl.export import pitr
 from etl.export.inspect import inspect_export
 from etl.progress import Reporter
+from etl.times import iso_ms as iso
+from etl.times import parse as parse_time
 
 MIN_WINDOW = timedelta(minutes=15)
 MAX_WINDOW = timedelta(hours=24)
 STREAM_RETENTION = timedelta(hours=24)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def parse_time(text: str) -> datetime:
-    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
-def iso(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
 def micros(t: datetime) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl import aws, mapping, staging
+from etl import aws, mapping, staging, times, winner
 from etl.catchup import changes, source
 from etl.config import Config
 from etl.engine import MonthPlan, TaskContext
@@ -85,7 +85,7 @@ def synced_since(e: dict[str, Any], month: str) -> str:
     if not e.get("export_time"):
         raise EtlError(f"month {month}: the export's manifest records no export time, so the time the index is in "
                        "sync from is unknown", hint="export the month with a manifest that has exportTime")
-    return source.iso(source.parse_time(str(e["export_time"])))
+    return times.iso_ms(times.parse(str(e["export_time"])))
 
 
 def prepare(store: staging.Store, month: str, reporter: Reporter = QUIET) -> dict[str, Any]:
@@ -131,7 +131,7 @@ def plan(cfg: Config, store: staging.Store, month: str, body: dict[str, Any], op
         tasks.append(WindowTask(month, nxt, "recorded"))
         return MonthPlan(tasks, None, "windows", note=f"finishing window {nxt}, which a run left unfinished; "
                                                        "run again for newer changes")
-    synced = source.parse_time(body["synced_to"])
+    synced = times.parse(body["synced_to"])
     if opts.use_existing:
         tasks.append(WindowTask(month, nxt, "adopt", use_existing=opts.use_existing))
     elif opts.mode == "stream":
@@ -139,8 +139,8 @@ def plan(cfg: Config, store: staging.Store, month: str, body: dict[str, Any], op
     else:
         to = opts.to or datetime.now(UTC)
         for i, (a, b) in enumerate(source.pitr_windows(synced, to)):
-            tasks.append(WindowTask(month, nxt + i, "pitr", source.iso(a), source.iso(b)))
-    until = source.iso(opts.to or datetime.now(UTC))
+            tasks.append(WindowTask(month, nxt + i, "pitr", times.iso_ms(a), times.iso_ms(b)))
+    until = times.iso_ms(opts.to or datetime.now(UTC))
     note = "" if tasks else (f"in sync up to {body['synced_to']}; less than 15 minutes to {until}: an incremental "
                              "export needs a window of 15 minutes to 24 hours")
     return MonthPlan(tasks, None, "windows", note=note)
@@ -161,12 +161,12 @@ def capture(cfg: Config, store: staging.Store, task: WindowTask, body: dict[str,
     def save(r: dict[str, Any]) -> None:
         store.write_json(key, r)
 
-    synced = source.parse_time(body["synced_to"])
+    synced = times.parse(body["synced_to"])
     first = not body["windows"] and not body["reapply"]
     mode = record.get("mode", task.mode)
     if mode == "adopt":
         got = source.adopt(cfg, str(task.use_existing))
-        start, end = source.parse_time(got["from"]), source.parse_time(got["to"])
+        start, end = times.parse(got["from"]), times.parse(got["to"])
         if start > synced:
             raise EtlError(f"catch-up {task.month}: the incremental export starts at {got['from']}, after the time "
                            f"the index is in sync up to ({body['synced_to']}): the changes between would be lost",
@@ -187,15 +187,15 @@ def capture(cfg: Config, store: staging.Store, task: WindowTask, body: dict[str,
         # a record stamped at or before the export's time may already be in the snapshot: applied idempotently
         replay = source.micros(synced) + 1 if first else 0
     else:
-        start, end = source.parse_time(record.get("from", task.start)), source.parse_time(record.get("to", task.end))
-        record = {**record, "window": task.window, "mode": "pitr", "from": source.iso(start), "to": source.iso(end),
+        start, end = times.parse(record.get("from", task.start)), times.parse(record.get("to", task.end))
+        record = {**record, "window": task.window, "mode": "pitr", "from": times.iso_ms(start), "to": times.iso_ms(end),
                   "phase": "exporting"}
         save(record)
         got = source.export_window(cfg, store, task.month, task.window, start, end, record, save, reporter)
         since = source.micros(start)
     record = {**record, **got, "window": task.window, "since_micros": since,
               "replay_until_micros": replay if mode == "stream" else 0, "phase": "captured",
-              "captured_at": staging.utcnow_iso()}
+              "captured_at": times.iso_seconds()}
     save(record)
     return record
 
@@ -247,11 +247,10 @@ def write_final(cfg: Config, store: staging.Store, month: str, windows: int) -> 
                 got.add(row)
         final.update(seen)
     records = []
-    for key, rows_ in final.items():
-        win = changes.winner(rows_, order)
+    for key, win in winner.winners(final, order).items():
         records.append({**(dict(zip(names, win, strict=True)) if win is not None
                            else {names[p]: v for p, v in zip(key_pos, key, strict=True)}),
-                        changes.OP: "put" if win is not None else "delete"})
+                        mapping.OP: mapping.PUT if win is not None else mapping.DELETE})
     out = staging.catchup_final_key(month)
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(records, changes.changes_schema(cfg)), buf, compression="zstd")
@@ -271,7 +270,7 @@ def commit(cfg: Config, store: staging.Store, month: str, body: dict[str, Any], 
     totals = {k: sum(w[k] for w in windows) for k in (*SUMS, *LOAD_SUMS)}
     stream = ({"stream_arn": record["stream_arn"], "positions": record["positions"]} if record["mode"] == "stream"
               else body.get("stream"))
-    synced_to = max(body.get("synced_to", record["to"]), record["to"], key=lambda s: source.parse_time(s))
+    synced_to = max(body.get("synced_to", record["to"]), record["to"], key=times.parse)
     return staging.commit_manifest(store, month, NAME, {
         "mode": record["mode"], "synced_from": body.get("synced_from"), "synced_to": synced_to,
         "windows": windows, **totals,

@@ -10,17 +10,12 @@ from typing import Any
 
 import botocore.exceptions
 
-from etl import aws, staging
+from etl import aws, staging, times
 from etl.config import Config
 from etl.engine import TaskContext
 from etl.errors import EtlError
 from etl.export.inspect import _err_code, inspect_export
 from etl.progress import QUIET, Reporter
-
-
-def iso_ms(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
-
 
 
 def export_destination(cfg: Config) -> dict[str, str]:
@@ -195,7 +190,7 @@ def export_pitr(
             export_time = datetime.now(UTC).replace(microsecond=0)
             token = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{table_arn}|{export_time.isoformat()}"))
             pending = {"table": table, "table_arn": table_arn, "export_time": export_time.isoformat(),
-                       "client_token": token, "started_at": staging.utcnow_iso()}
+                       "client_token": token, "started_at": times.iso_seconds()}
             store.write_json(pending_key, pending)
         _warn_forward_writes(cfg, export_time, month, reporter)
         r = ddb.export_table_to_point_in_time(
@@ -236,9 +231,7 @@ def _warn_forward_writes(cfg: Config, export_time: datetime, month: str, reporte
     since = cfg.export.forward_writes_since
     if not since:
         return
-    fw = datetime.fromisoformat(since.replace("Z", "+00:00"))
-    if fw.tzinfo is None:
-        fw = fw.replace(tzinfo=UTC)
+    fw = times.parse(since)
     if export_time < fw:
         reporter.warn(
             f"export {month}: export time {export_time.isoformat()} is before forward_writes_since "

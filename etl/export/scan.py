@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from etl import aws, capacity, staging
+from etl import aws, capacity, staging, times
 from etl.config import Config
 from etl.engine import TaskContext
 from etl.export.inspect import inspect_export
-from etl.export.pitr import describe_source, iso_ms
+from etl.export.pitr import describe_source
 from etl.items import export_line
 from etl.progress import Reporter
 from etl.state import ScanSegment
@@ -245,11 +245,11 @@ def _finish_scan(cfg: Config, store: staging.Store, month: str, desc: dict[str, 
     summary = {
         "version": "2020-06-30",
         "exportArn": f"{desc['TableArn']}/export/{run.export_id}",
-        "startTime": iso_ms(run.start),
-        "endTime": iso_ms(end),
+        "startTime": times.iso_ms(run.start),
+        "endTime": times.iso_ms(end),
         "tableArn": desc["TableArn"],
         "tableId": desc.get("TableId"),
-        "exportTime": iso_ms(run.start),
+        "exportTime": times.iso_ms(run.start),
         "s3Bucket": bucket,
         "s3Prefix": base_key.rsplit("/AWSDynamoDB/", 1)[0],
         "s3SseAlgorithm": "AES256" if s3 else None,

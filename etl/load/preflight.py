@@ -67,7 +67,7 @@ def key_types(desc: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple((keys[k], types[keys[k]]) for k in ("HASH", "RANGE") if k in keys)
 
 
-def write_budget(cfg: Config, desc: dict[str, Any], ddb: Any) -> capacity.Budget:
+def write_budget(cfg: Config, desc: dict[str, Any], ddb: Any) -> capacity.BudgetPlan:
     ld = cfg.load
     return capacity.budget_for(desc, unit="WCU", fraction=ld.write_capacity_fraction, absolute=ld.max_wcu,
                                fraction_key="[load] write_capacity_fraction", absolute_key="[load] max_wcu",
@@ -131,7 +131,7 @@ class Setup:
     table: str
     region: str
     account: str
-    budget: capacity.Budget
+    budget: capacity.BudgetPlan
     now: int
     include_expired: bool
     dry_run: bool

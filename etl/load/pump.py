@@ -24,7 +24,7 @@ from typing import Any, cast
 
 import orjson
 
-from etl import items, mapping, staging
+from etl import items, mapping, staging, times
 from etl.config import AwsSide, Config
 from etl.engine import Budget, TaskContext
 from etl.errors import DeadlineReached, EtlError
@@ -89,7 +89,7 @@ class _Progress:
             "part": t.part, "rows": t.rows, "low_water_mark": self.lwm, "below": self.below,
             "refused": self.refused, "now": t.target.now, "include_expired": t.target.include_expired,
             "transform_run": t.transform_run, "table": t.target.table, "table_arn": t.target.destination[0],
-            "table_created": t.target.destination[1], "runs": self.runs_with(c), "at": staging.utcnow_iso()})
+            "table_created": t.target.destination[1], "runs": self.runs_with(c), "at": times.iso_seconds()})
         self._saved = (self.lwm, time.monotonic())
 
 
@@ -238,8 +238,7 @@ class _Loader:
             self._drain()
             self._check()
         t1 = time.monotonic()
-        rate = self.budget.acquire(batch.cost)
-        self.window.budget_rate(rate or self.task.target.budget_wcu)  # a budget that does not say: the planned rate
+        self.window.budget_rate(self.budget.acquire(batch.cost))
         t2 = time.monotonic()
         self.waited["window"] += t1 - t0
         self.waited["budget"] += t2 - t1
@@ -430,7 +429,7 @@ def run_task(cfg: Config, task: LoadPartTask, ctx: TaskContext) -> dict[str, Any
               "deduplicated": base["deduplicated"] + c.deduplicated, "quarantined": base["quarantined"] + c.quarantined,
               "wcu": round(sum(r["wcu"] for r in runs), 1), "wcu_this_run": round(c.wcu, 1),
               "requests": sum(r["requests"] for r in runs), "retries": sum(r["retries"] for r in runs),
-              "throttles": sum(r["throttles"] for r in runs), "at": staging.utcnow_iso(),
+              "throttles": sum(r["throttles"] for r in runs), "at": times.iso_seconds(),
               "transform_run": task.transform_run, "table": task.target.table, "table_arn": task.target.destination[0],
               "table_created": task.target.destination[1], "resumed_at_row": progress.start,
               "quarantined_by": quarantined_by,

@@ -18,12 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from etl import capacity, items, mapping, staging
+from etl import capacity, expiry, items, mapping, staging
 from etl.config import Config
 from etl.engine import TaskContext
 from etl.errors import EtlError
 
-OP = "op"  # a catch-up part's operation column: put or delete (etl.catchup)
 
 class IndexSpec(NamedTuple):
     """A global secondary index as the load needs it: a write reaches it when the item has every key
@@ -179,8 +178,7 @@ def _kept(rb: pa.RecordBatch, row0: int, losers: np.ndarray | None, ttl_col: str
     keep = ~dedup
     expired = np.zeros(n, dtype=bool)
     if ttl_col and not target.include_expired:
-        ttl = np.asarray(pc.fill_null(rb.column(ttl_col), np.iinfo(np.int64).max).to_numpy(zero_copy_only=False))
-        expired = keep & (ttl <= target.now)
+        expired = keep & expiry.expired(rb.column(ttl_col), target.now)
         if deletes is not None:
             expired &= ~deletes
         keep &= ~expired
@@ -254,7 +252,7 @@ def _read(cfg: Config, store: staging.Store, task: LoadPartTask, ctx: TaskContex
     losers = None if not task.apply_losers else staging.read_losers(store, task.month).get(task.part)
     pf = pq.ParquetFile(pa.BufferReader(store.read(task.key)))
     schema = pf.schema_arrow
-    _check_key_types(schema.remove(schema.get_field_index(OP)) if OP in schema.names else schema, task)
+    _check_key_types(schema.remove(schema.get_field_index(mapping.OP)) if mapping.OP in schema.names else schema, task)
     batches = _Batches()
     row0 = 0
     tstart = start  # where the ticket being filled starts
@@ -268,10 +266,10 @@ def _read(cfg: Config, store: staging.Store, task: LoadPartTask, ctx: TaskContex
         n = rb.num_rows
         fresh = np.arange(row0, row0 + n) >= start
         is_del = np.zeros(n, dtype=bool)
-        if OP in rb.schema.names:  # a catch-up part: puts and deletes, in one batch stream
-            is_del = np.asarray(pc.fill_null(pc.equal(rb.column(OP), "delete"), False)
+        if mapping.OP in rb.schema.names:  # a catch-up part: puts and deletes, in one batch stream
+            is_del = np.asarray(pc.fill_null(pc.equal(rb.column(mapping.OP), mapping.DELETE), False)
                                 .to_numpy(zero_copy_only=False), dtype=bool)
-            rb = rb.drop_columns([OP])
+            rb = rb.drop_columns([mapping.OP])
         keep, dedup, expired = _kept(rb, row0, losers, ttl_col, task.target, is_del)
         idx = np.flatnonzero(keep)  # the kept rows' positions in `rb`
         sel = rb.filter(pa.array(keep))

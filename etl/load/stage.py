@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
-from etl import staging
+from etl import staging, times
 from etl.config import Config
 from etl.engine import MonthPlan
 from etl.errors import EtlError, StageNotReady
@@ -92,7 +91,8 @@ def _runs(cps: list[dict[str, Any]], written: int) -> tuple[list[dict[str, Any]]
                 run[k] += r[k]
     runs = []
     for r in sorted(by.values(), key=lambda r: r["started"]):
-        runs.append({"run": r["run"], "started_at": _iso(r["started"]), "last_write_at": _iso(r["last"]),
+        runs.append({"run": r["run"], "started_at": times.iso_seconds(r["started"]),
+                     "last_write_at": times.iso_seconds(r["last"]),
                      "seconds": round(max(0.0, r["last"] - r["started"]), 3), "parts": r["parts"],
                      "acknowledged": r["acknowledged"], "wcu": round(r["wcu"], 1), "requests": r["requests"],
                      "retries": r["retries"], "throttles": r["throttles"]})
@@ -101,9 +101,6 @@ def _runs(cps: list[dict[str, Any]], written: int) -> tuple[list[dict[str, Any]]
               "wcu": round(sum(r["wcu"] for r in runs), 1), "seconds": round(sum(r["seconds"] for r in runs), 3)}
     return runs, totals
 
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def commit(cfg: Config, store: staging.Store, month: str, tasks: list[LoadPartTask], results: list[dict[str, Any]],
