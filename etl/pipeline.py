@@ -70,6 +70,7 @@ class Options:
     force: bool = False
     mode: str | None = None  # export
     use_existing: str | None = None
+    adopt_other_table: bool = False
     enable_pitr: bool = False
     yes: bool = False  # load
     dry_run: bool = False
@@ -109,7 +110,7 @@ class Runner:
         o = self.opts
         if stage == "export":
             return export.plan(self.cfg, self.store, month, mode=o.mode, use_existing=o.use_existing,
-                               force=o.force, enable_pitr=o.enable_pitr)
+                               force=o.force, enable_pitr=o.enable_pitr, adopt_other_table=o.adopt_other_table)
         if stage == "load":
             assert self.load_setup is not None
             return load.plan(self.cfg, self.store, month, self.load_setup, o.force)

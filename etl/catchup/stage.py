@@ -50,6 +50,7 @@ class WindowTask:
     start: str = ""  # pitr: the window
     end: str = ""
     use_existing: str | None = None
+    adopt_other_table: bool = False
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Options:
     mode: str = "pitr"
     to: datetime | None = None
     use_existing: str | None = None
+    adopt_other_table: bool = False
     yes: bool = False
     include_expired: bool | None = None
     now: int | None = None
@@ -130,7 +132,8 @@ def plan(cfg: Config, store: staging.Store, month: str, body: dict[str, Any], op
                                                        "run again for newer changes")
     synced = source.parse_time(body["synced_to"])
     if opts.use_existing:
-        tasks.append(WindowTask(month, nxt, "adopt", use_existing=opts.use_existing))
+        tasks.append(WindowTask(month, nxt, "adopt", use_existing=opts.use_existing,
+                                adopt_other_table=opts.adopt_other_table))
     elif opts.mode == "stream":
         tasks.append(WindowTask(month, nxt, "stream"))
     else:
@@ -161,13 +164,8 @@ def capture(cfg: Config, store: staging.Store, task: WindowTask, body: dict[str,
     first = not body["windows"] and not body["reapply"]
     mode = record.get("mode", task.mode)
     if mode == "adopt":
-        got = source.adopt(cfg, str(task.use_existing))
-        start, end = source.parse_time(got["from"]), source.parse_time(got["to"])
-        if start > synced:
-            raise EtlError(f"catch-up {task.month}: the incremental export starts at {got['from']}, after the time "
-                           f"the index is in sync up to ({body['synced_to']}): the changes between would be lost",
-                           hint="adopt (or export) the window that starts at or before that time first")
-        if end <= synced:
+        got = source.adopt(cfg, task.month, str(task.use_existing), synced, adopt_other_table=task.adopt_other_table)
+        if got["already_applied"]:
             reporter.info(f"catch-up {task.month}: {got['source']} ({got['from']} to {got['to']}) is already applied "
                           f"(in sync up to {body['synced_to']}), skipped")
             return None
@@ -289,7 +287,8 @@ def window_summary(record: dict[str, Any]) -> dict[str, Any]:
     return {"window": record["window"], "mode": record["mode"], "from": record["from"], "to": record["to"],
             "view": record.get("view"), "files": len(record["files"]), "verified": record.get("verified"),
             **{k: c[k] for k in SUMS}, "filtered_by": c["filtered_by"], "rejected_by": c["rejected_by"],
-            **{k: ld.get(k, 0) for k in LOAD_SUMS}, "wcu": ld.get("wcu", 0.0)}
+            **{k: ld.get(k, 0) for k in LOAD_SUMS}, "wcu": ld.get("wcu", 0.0),
+            **{k: record[k] for k in ("table_check", "adopted_other_table") if k in record}}
 
 
 def write_final(cfg: Config, store: staging.Store, month: str, windows: int) -> str:

@@ -31,12 +31,13 @@ class ExportTask:
     use_existing: str | None = None
     force: bool = False
     enable_pitr: bool = False
+    adopt_other_table: bool = False  # adopt: an export of another table than the month's, on purpose
 
 
 def plan(cfg: Config, store: staging.Store, month: str, *, mode: str | None = None, use_existing: str | None = None,
-         force: bool = False, enable_pitr: bool = False) -> MonthPlan:
+         force: bool = False, enable_pitr: bool = False, adopt_other_table: bool = False) -> MonthPlan:
     how = "adopt" if use_existing else (mode or cfg.export.mode)
-    return MonthPlan([ExportTask(month, how, use_existing, force, enable_pitr)], None, "s")
+    return MonthPlan([ExportTask(month, how, use_existing, force, enable_pitr, adopt_other_table)], None, "s")
 
 
 def run_task(cfg: Config, task: ExportTask, ctx: TaskContext, reporter: Reporter = QUIET) -> dict[str, Any]:
@@ -44,7 +45,7 @@ def run_task(cfg: Config, task: ExportTask, ctx: TaskContext, reporter: Reporter
     store = staging.open_store(cfg.staging.root, cfg.staging)
     if task.mode == "adopt":
         assert task.use_existing is not None
-        return adopt_existing(cfg, store, task.month, task.use_existing, reporter)
+        return adopt_existing(cfg, store, task.month, task.use_existing, reporter, task.adopt_other_table)
     if task.mode == "scan":
         return export_scan(cfg, store, task.month, reporter, ctx, task.force)
     return export_pitr(cfg, store, task.month, task.force, task.enable_pitr, reporter, ctx)
