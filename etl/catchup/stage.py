@@ -161,7 +161,6 @@ def capture(cfg: Config, store: staging.Store, task: WindowTask, body: dict[str,
         store.write_json(key, r)
 
     synced = source.parse_time(body["synced_to"])
-    first = not body["windows"] and not body["reapply"]
     mode = record.get("mode", task.mode)
     if mode == "adopt":
         got = source.adopt(cfg, task.month, str(task.use_existing), synced, adopt_other_table=task.adopt_other_table)
@@ -172,14 +171,16 @@ def capture(cfg: Config, store: staging.Store, task: WindowTask, body: dict[str,
         since = source.micros(synced)
     elif mode == "stream":
         got = source.read_stream(cfg, store, task.month, task.window, synced, body.get("stream"), reporter)
-        # the first window skips what the full export already holds: a record's ApproximateCreationDateTime is
-        # rounded down (to the second by DynamoDB, to the minute by DynamoDB Local), so from the export's second
-        # (minute); replaying an item's changes from before the snapshot ends in the same rows. Later windows
-        # start at the stored positions.
-        floor = synced.replace(second=0, microsecond=0) if got["times_in_minutes"] else synced.replace(microsecond=0)
-        since = source.micros(floor) if first else 0
+        # every window skips what the full export already holds (a shard is read from its start until a record of
+        # it was read, in whichever window): a record's ApproximateCreationDateTime is rounded down (to the second
+        # by DynamoDB, to the minute by DynamoDB Local), so from the export's second (minute); replaying an item's
+        # changes from before the snapshot ends in the same rows.
+        exported = source.parse_time(body["synced_from"])
+        floor = exported.replace(microsecond=0)
+        floor = floor.replace(second=0) if got["times_in_minutes"] else floor
+        since = source.micros(floor)
         # a record stamped at or before the export's time may already be in the snapshot: applied idempotently
-        replay = source.micros(synced) + 1 if first else 0
+        replay = source.micros(exported) + 1
     else:
         start, end = source.parse_time(record.get("from", task.start)), source.parse_time(record.get("to", task.end))
         record = {**record, "window": task.window, "mode": "pitr", "from": source.iso(start), "to": source.iso(end),
