@@ -6,8 +6,9 @@ transform reads them all:
             `AWSDynamoDB/data/*.json.gz` there); a window of 15 minutes to 24 hours
   adopt     an incremental export that already exists, validated where it is (md5s, counts)
   stream    the table's stream (NEW_AND_OLD_IMAGES or NEW_IMAGE): every shard read from the stored position
-            (TRIM_HORIZON the first time) to its end, written as change lines in the same layout. A stream keeps
-            24 hours of records: a catch-up must run at least that often.
+            (TRIM_HORIZON the first time), a closed one to its end, an open one until an empty page, written as
+            change lines in the same layout; in sync only up to what was read. A stream keeps 24 hours of
+            records: a catch-up must run at least that often.
 """
 
 from __future__ import annotations
@@ -232,7 +233,7 @@ def read_stream(cfg: Config, store: staging.Store, month: str, window: int, sinc
         positions[sid] = read.position
         whole_minutes &= read.whole_minutes
         if not read.position.get("closed"):
-            synced = min(synced, max(since, read.last or since))
+            synced = min(synced, read.last or since)
         if read.lines:
             data = gzip.compress(b"\n".join(read.lines) + b"\n", mtime=0)
             written.append((f"shard-{n:05d}-{hashlib.md5(sid.encode()).hexdigest()[:12]}.json.gz", data,
@@ -257,7 +258,8 @@ class _ShardRead:
     whole_minutes: bool = True
 
 
-EMPTY_PAGES = 3  # an open shard with nothing read yet: empty pages before it counts as caught up (for now)
+EMPTY_PAGES = 3  # an open shard: empty pages in a row, nothing read, before this catch-up leaves it (the next
+# one goes on from the same position)
 
 
 def _read_shard(streams: Any, arn: str, shard: dict[str, Any], position: dict[str, Any], task: Any) -> _ShardRead:
