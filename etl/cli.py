@@ -261,19 +261,23 @@ def local_lookups(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ..
 @month_options
 @click.option("--mode", type=click.Choice(["pitr", "scan"]), help="pitr (default from config) or scan.")
 @click.option("--use-existing", metavar="URI", help="Adopt an existing export folder (.../AWSDynamoDB/<id>).")
+@click.option("--adopt-other-table", is_flag=True,
+              help="With --use-existing: adopt an export of another table than the month's (recorded).")
 @click.option("--force", is_flag=True, help="Export again even if the month is committed.")
 @click.option("--enable-pitr", is_flag=True, help="Turn on point-in-time recovery where it is off.")
 @break_lease_option
 @click.pass_obj
 @handle_errors
 def export(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mode: str | None,
-           use_existing: str | None, force: bool, enable_pitr: bool, break_lease: bool) -> None:
+           use_existing: str | None, adopt_other_table: bool, force: bool, enable_pitr: bool,
+           break_lease: bool) -> None:
     """Export monthly tables to the staging store (no read capacity used in pitr mode)."""
     from etl.pipeline import run_export
 
     cfg = obj.config()
     require_staging_root(cfg)
-    results = run_export(cfg, _months(months, month_ranges), mode=mode, use_existing=use_existing, force=force,
+    results = run_export(cfg, _months(months, month_ranges), mode=mode, use_existing=use_existing,
+                         adopt_other_table=adopt_other_table, force=force,
                          enable_pitr=enable_pitr, break_lease=break_lease, reporter=obj.reporter)
     report(obj, "export", results, lambda r: (
         f"export {r['month']}: {r.get('item_count') or r.get('describe_item_count') or '?'} items, "
@@ -674,12 +678,14 @@ def _print_catchup(obj: Ctx, results: list[dict[str, Any]]) -> None:
               help="pitr: incremental exports (PITR on, S3 staging); stream: the table's stream "
                    "(NEW_AND_OLD_IMAGES), which keeps records for 24 hours only: catch up at least daily.")
 @click.option("--use-existing", metavar="URI", help="Adopt an incremental export (.../AWSDynamoDB/<id>).")
+@click.option("--adopt-other-table", is_flag=True,
+              help="With --use-existing: adopt an export of another table than the month's (recorded).")
 @click.option("--yes", is_flag=True, help="Do not ask before writing to the destination.")
 @click.option("--include-expired", is_flag=True, default=None, help="Also write puts whose TTL has passed.")
 @click.pass_obj
 @handle_errors
 def catch_up(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], to_text: str | None, mode: str,
-             use_existing: str | None, yes: bool, include_expired: bool | None) -> None:
+             use_existing: str | None, adopt_other_table: bool, yes: bool, include_expired: bool | None) -> None:
     """Apply the changes made to loaded months since they were last in sync: puts and deletes on the index.
 
     The first catch-up starts at the full export's time, each next one where the last ended. pitr chains
@@ -693,6 +699,7 @@ def catch_up(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], t
     cfg = obj.config()
     require_staging_root(cfg)
     results = run_catchup(cfg, _months(months, month_ranges), mode=mode, to=_at(to_text), use_existing=use_existing,
+                          adopt_other_table=adopt_other_table,
                           yes=yes, include_expired=include_expired, reporter=obj.reporter,
                           confirm=lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False)
     _print_catchup(obj, results)

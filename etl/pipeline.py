@@ -42,6 +42,7 @@ class Options:
     force: bool = False
     mode: str | None = None  # export
     use_existing: str | None = None
+    adopt_other_table: bool = False
     enable_pitr: bool = False
     yes: bool = False  # load
     dry_run: bool = False
@@ -70,7 +71,7 @@ def _stages(cfg: Config, store: staging.Store, names: tuple[str, ...], opts: Opt
             desc: dict[str, Any] | None, destination: staging.Destination | None) -> list[Stage]:
     made: dict[str, Stage] = {
         "export": ExportStage(cfg, store, mode=opts.mode, use_existing=opts.use_existing, force=opts.force,
-                              enable_pitr=opts.enable_pitr),
+                              enable_pitr=opts.enable_pitr, adopt_other_table=opts.adopt_other_table),
         "transform": TransformStage(cfg, store, force=opts.force),
         "load": LoadStage(cfg, store, reporter, force=opts.force, dry_run=opts.dry_run, yes=opts.yes,
                           include_expired=opts.include_expired, now=opts.now, confirm=opts.confirm, desc=desc),
@@ -134,7 +135,8 @@ def run_verify(cfg: Config, months: list[str], *, reporter: Reporter = QUIET,
 
 
 def run_catchup(cfg: Config, months: list[str], *, reporter: Reporter = QUIET, mode: str = "pitr",
-                to: datetime | None = None, use_existing: str | None = None, yes: bool = False,
+                to: datetime | None = None, use_existing: str | None = None, adopt_other_table: bool = False,
+                yes: bool = False,
                 include_expired: bool | None = None, now: int | None = None,
                 confirm: Callable[[str], bool] | None = None, break_lease: bool = False) -> list[dict[str, Any]]:
     """Catch up every month (each on its own driver thread, all within the destination's one budget, under its
@@ -145,8 +147,8 @@ def run_catchup(cfg: Config, months: list[str], *, reporter: Reporter = QUIET, m
     store = _open(cfg)
     desc = load_preflight.describe_destination(cfg)
     destination = staging.destination_of(desc)
-    opts = catchup.Options(mode=mode, to=to, use_existing=use_existing, yes=yes, include_expired=include_expired,
-                           now=now, confirm=confirm)
+    opts = catchup.Options(mode=mode, to=to, use_existing=use_existing, adopt_other_table=adopt_other_table, yes=yes,
+                           include_expired=include_expired, now=now, confirm=confirm)
     runner = Runner(cfg, store, reporter, RunnerOptions(break_lease=break_lease), make_engine(cfg),
                     freshness.Current.of(cfg, destination))
     return runner.run(months, [catchup.CatchupStage(cfg, store, reporter, opts, desc)])[catchup.NAME]

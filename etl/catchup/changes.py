@@ -27,6 +27,7 @@ import base64
 import dataclasses
 import gzip
 import io
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -122,11 +123,54 @@ def parse_line(raw: bytes, view: str) -> tuple[int, dict[str, Any], dict[str, An
             raise ValueError(f"{name} is not an object")
     if old is None and new is None and view != "NEW_IMAGE":
         raise ValueError("neither OldImage nor NewImage")
+    _check_keys(keys, old, new)
+    return _write_time(obj.get("Metadata")), keys, old, new
+
+
+_MICROS = re.compile(r"^[0-9]{1,19}$")
+_NUMBER = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+
+
+def _write_time(metadata: Any) -> int:
+    """`Metadata.WriteTimestampMicros` as DynamoDB writes it (`{"N": "<digits>"}`): the order changes apply in, so
+    anything else (a bare number, a fraction, a boolean) is not guessed at."""
+    if not isinstance(metadata, dict):
+        raise ValueError("Metadata is not an object" if metadata is not None else "no Metadata object")
+    if "WriteTimestampMicros" not in metadata:
+        raise ValueError("no Metadata.WriteTimestampMicros")
+    value = metadata["WriteTimestampMicros"]
+    n = value.get("N") if isinstance(value, dict) and len(value) == 1 else None
+    if not isinstance(n, str) or not _MICROS.match(n):
+        raise ValueError("Metadata.WriteTimestampMicros is not a whole number of microseconds as DynamoDB JSON "
+                         '({"N": "<digits>"})')
+    return int(n)
+
+
+def _check_keys(keys: dict[str, Any], old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+    """Each key attribute a DynamoDB JSON value of a key type (S, N or B, not empty), of the type the item's images
+    hold it as: a key of another type is another item (NEW_IMAGE deletes find their index key by it)."""
+    for name, value in keys.items():
+        kind, v = next(iter(value.items())) if isinstance(value, dict) and len(value) == 1 else (None, None)
+        if kind not in ("S", "N", "B"):
+            raise ValueError(f"Keys.{name} is not a key attribute value in DynamoDB JSON ({{\"S\"|\"N\"|\"B\": ...}})")
+        if not isinstance(v, str) or not v:
+            raise ValueError(f"Keys.{name} is not a non-empty {kind} value")
+        if kind == "N" and not _NUMBER.match(v):
+            raise ValueError(f"Keys.{name} is not a number")
+        if kind == "B" and not _is_base64(v):
+            raise ValueError(f"Keys.{name} is not base64")
+        for side, image in (("OldImage", old), ("NewImage", new)):
+            held = image.get(name) if image is not None else None
+            if isinstance(held, dict) and kind not in held:
+                raise ValueError(f"Keys.{name} is of type {kind}, but the {side} holds it as {'/'.join(held) or '{}'}")
+
+
+def _is_base64(text: str) -> bool:
     try:
-        ts = int(obj["Metadata"]["WriteTimestampMicros"]["N"])
-    except (KeyError, TypeError, ValueError):
-        raise ValueError("no Metadata.WriteTimestampMicros number") from None
-    return ts, keys, old, new
+        base64.b64decode(text, validate=True)
+    except ValueError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- converting images

@@ -53,6 +53,7 @@ class WindowTask:
     start: str = ""  # pitr: the window
     end: str = ""
     use_existing: str | None = None
+    adopt_other_table: bool = False
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Options:
     mode: str = "pitr"
     to: datetime | None = None
     use_existing: str | None = None
+    adopt_other_table: bool = False
     yes: bool = False
     include_expired: bool | None = None
     now: int | None = None
@@ -133,7 +135,8 @@ def plan(cfg: Config, store: staging.Store, month: str, body: dict[str, Any], op
                                                        "run again for newer changes")
     synced = times.parse(body["synced_to"])
     if opts.use_existing:
-        tasks.append(WindowTask(month, nxt, "adopt", use_existing=opts.use_existing))
+        tasks.append(WindowTask(month, nxt, "adopt", use_existing=opts.use_existing,
+                                adopt_other_table=opts.adopt_other_table))
     elif opts.mode == "stream":
         tasks.append(WindowTask(month, nxt, "stream"))
     else:
@@ -162,30 +165,26 @@ def capture(cfg: Config, store: staging.Store, task: WindowTask, body: dict[str,
         store.write_json(key, r)
 
     synced = times.parse(body["synced_to"])
-    first = not body["windows"] and not body["reapply"]
     mode = record.get("mode", task.mode)
     if mode == "adopt":
-        got = source.adopt(cfg, str(task.use_existing))
-        start, end = times.parse(got["from"]), times.parse(got["to"])
-        if start > synced:
-            raise EtlError(f"catch-up {task.month}: the incremental export starts at {got['from']}, after the time "
-                           f"the index is in sync up to ({body['synced_to']}): the changes between would be lost",
-                           hint="adopt (or export) the window that starts at or before that time first")
-        if end <= synced:
+        got = source.adopt(cfg, task.month, str(task.use_existing), synced, adopt_other_table=task.adopt_other_table)
+        if got["already_applied"]:
             reporter.info(f"catch-up {task.month}: {got['source']} ({got['from']} to {got['to']}) is already applied "
                           f"(in sync up to {body['synced_to']}), skipped")
             return None
         since = source.micros(synced)
     elif mode == "stream":
         got = source.read_stream(cfg, store, task.month, task.window, synced, body.get("stream"), reporter)
-        # the first window skips what the full export already holds: a record's ApproximateCreationDateTime is
-        # rounded down (to the second by DynamoDB, to the minute by DynamoDB Local), so from the export's second
-        # (minute); replaying an item's changes from before the snapshot ends in the same rows. Later windows
-        # start at the stored positions.
-        floor = synced.replace(second=0, microsecond=0) if got["times_in_minutes"] else synced.replace(microsecond=0)
-        since = source.micros(floor) if first else 0
+        # every window skips what the full export already holds (a shard is read from its start until a record of
+        # it was read, in whichever window): a record's ApproximateCreationDateTime is rounded down (to the second
+        # by DynamoDB, to the minute by DynamoDB Local), so from the export's second (minute); replaying an item's
+        # changes from before the snapshot ends in the same rows.
+        exported = times.parse(body["synced_from"])
+        floor = exported.replace(microsecond=0)
+        floor = floor.replace(second=0) if got["times_in_minutes"] else floor
+        since = source.micros(floor)
         # a record stamped at or before the export's time may already be in the snapshot: applied idempotently
-        replay = source.micros(synced) + 1 if first else 0
+        replay = source.micros(exported) + 1
     else:
         start, end = times.parse(record.get("from", task.start)), times.parse(record.get("to", task.end))
         record = {**record, "window": task.window, "mode": "pitr", "from": times.iso_ms(start), "to": times.iso_ms(end),
@@ -227,7 +226,8 @@ def window_summary(record: dict[str, Any]) -> dict[str, Any]:
     return {"window": record["window"], "mode": record["mode"], "from": record["from"], "to": record["to"],
             "view": record.get("view"), "files": len(record["files"]), "verified": record.get("verified"),
             **{k: c[k] for k in SUMS}, "filtered_by": c["filtered_by"], "rejected_by": c["rejected_by"],
-            **{k: ld.get(k, 0) for k in LOAD_SUMS}, "wcu": ld.get("wcu", 0.0)}
+            **{k: ld.get(k, 0) for k in LOAD_SUMS}, "wcu": ld.get("wcu", 0.0),
+            **{k: record[k] for k in ("table_check", "adopted_other_table") if k in record}}
 
 
 def write_final(cfg: Config, store: staging.Store, month: str, windows: int) -> str:

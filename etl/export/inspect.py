@@ -7,12 +7,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import botocore.exceptions
 
 from etl import staging
+from etl.config import Config
 from etl.errors import ValidationFailed
 
 
@@ -45,6 +47,7 @@ def inspect_export(folder: staging.Store) -> dict[str, Any]:
         "verification": "no manifest-summary.json/manifest-files.json (an emulator's export?): "
         f"{len(files)} data file(s) listed, checksums and counts not verified",
         "item_count": None,
+        "table_arn": None,
         "files": files,
     }
 
@@ -83,6 +86,7 @@ def _inspect_manifests(folder: staging.Store) -> dict[str, Any]:
         "verification": "manifest-files.json checked: files present, md5 match, item counts add up"
         if has_summary else "manifest-summary.json is missing: each listed file's md5 and item count checked",
         "export_arn": summary.get("exportArn"),
+        "table_arn": summary.get("tableArn"),
         "export_time": summary.get("exportTime"),
         "item_count": total,
         "files": files,
@@ -90,6 +94,48 @@ def _inspect_manifests(folder: staging.Store) -> dict[str, Any]:
             "export_to_time": summary.get("exportToTime"), "output_view": summary.get("outputView")}
            if incremental else {}),
     }
+
+
+_TABLE_ARN = re.compile(r"^arn:[\w-]+:dynamodb:(?P<region>[\w-]+):(?P<account>\d*):table/(?P<name>[\w.-]+)$")
+_ROLE_ACCOUNT = re.compile(r"^arn:[\w-]+:iam::(\d{12}):role/")
+
+
+def check_source_table(cfg: Config, month: str, checked: dict[str, Any], uri: str,
+                       adopt_other_table: bool) -> dict[str, Any]:
+    """An adopted export must be of the month's source table: an export of another table would put another table's
+    items (or, for catch-up, its deletes) in the index, and verify would not notice (it checks against what was
+    staged). Compared: the table name in the export's `tableArn`, its region (the config's source region, where
+    the tool reads the table) and its account when the config names one (`[source] role_arn`'s: a table name
+    resolves in the assumed role's account). Returns the fields the manifest records; refuses a mismatch unless
+    `adopt_other_table`, which the manifest then records."""
+    table, region = cfg.source_table(month), cfg.source.aws_region
+    role = _ROLE_ACCOUNT.match(cfg.source.role_arn or "")
+    account = role.group(1) if role else None
+    arn = checked.get("table_arn")
+    if not arn:
+        return {"table_check": f"not checked: {uri} has no manifest-summary.json with a tableArn (an emulator's "
+                               f"export?), so its table is unknown; adopted as an export of {table}, the month's "
+                               "source table, on the word of --use-existing"}
+    m = _TABLE_ARN.match(str(arn))
+    wrong = [] if m is None else [what for what, got, want in (("table name", m["name"], table),
+                                                                ("region", m["region"], region),
+                                                                ("account", m["account"], account))
+                                  if want is not None and got != want]
+    month_table = f"{table} ({region}{f', account {account}' if account else ''})"
+    if m is not None and not wrong:
+        return {"table_check": f"tableArn {arn} is the month's source table {month_table}"}
+    why = ("not a DynamoDB table ARN" if m is None
+           else " and ".join(wrong) + (" differ" if len(wrong) > 1 else " differs"))
+    if not adopt_other_table:
+        raise ValidationFailed(
+            f"the export at {uri} is of table {arn}, not of month {month}'s source table {month_table} ({why}): "
+            "nothing was adopted",
+            hint=f"adopt an export of {table}, or pass --adopt-other-table to adopt it anyway "
+                 "(the month's manifest records that choice)")
+    return {"table_check": f"tableArn {arn} is not the month's source table {month_table} ({why}); adopted anyway "
+                           "(--adopt-other-table)",
+            "adopted_other_table": {"export_table": arn, "month_table": table, "month_region": region,
+                                    "month_account": account}}
 
 
 def _read_manifests(folder: staging.Store, has_summary: bool,

@@ -14,7 +14,7 @@ from etl import aws, staging, times
 from etl.config import Config
 from etl.engine import TaskContext
 from etl.errors import EtlError
-from etl.export.inspect import _err_code, inspect_export
+from etl.export.inspect import _err_code, check_source_table, inspect_export
 from etl.progress import QUIET, Reporter
 
 
@@ -221,7 +221,7 @@ def export_pitr(
         "export_folder": folder.uri,
         "describe_item_count": d.get("ItemCount"),
         "billed_size_bytes": d.get("BilledSizeBytes"),
-        **{k: v for k, v in checked.items() if k not in ("export_arn", "export_time")},
+        **{k: v for k, v in checked.items() if k not in ("export_arn", "export_time", "table_arn")},
         "duration_s": round(time.time() - started, 3),
         "config_hash": cfg.hash_of("source"),
     }
@@ -282,7 +282,10 @@ def wait_export(cfg: Config, month: str, arn: str, reporter: Reporter) -> dict[s
 # --------------------------------------------------------------------------- adopt
 
 
-def adopt_existing(cfg: Config, store: staging.Store, month: str, uri: str, reporter: Reporter) -> dict[str, Any]:
+def adopt_existing(cfg: Config, store: staging.Store, month: str, uri: str, reporter: Reporter,
+                   adopt_other_table: bool = False) -> dict[str, Any]:
+    """A full export that already exists, as the month's export: validated (files, md5s, counts) and checked to be
+    of the month's source table (refused before anything is written unless `adopt_other_table`)."""
     started = time.time()
     folder = staging.open_store(uri.rstrip("/"), cfg.staging)
     checked = inspect_export(folder)
@@ -293,13 +296,17 @@ def adopt_existing(cfg: Config, store: staging.Store, month: str, uri: str, repo
             hint=f"adopt it with `etl catch-up --month {month} --use-existing {uri}` once the month's full export "
                  "is loaded",
         )
+    table_check = check_source_table(cfg, month, checked, folder.uri, adopt_other_table)
     if not checked["verified"]:
         reporter.warn(f"export {month}: {checked['verification']}")
+    if "adopted_other_table" in table_check:
+        reporter.warn(f"export {month}: {table_check['table_check']}")
     return {
         "mode": "adopted",
         "table": cfg.source_table(month),
         "export_folder": folder.uri,
         **checked,
+        **table_check,
         "duration_s": round(time.time() - started, 3),
         "config_hash": cfg.hash_of("source"),
     }

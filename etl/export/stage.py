@@ -33,12 +33,13 @@ class ExportTask:
     use_existing: str | None = None
     force: bool = False
     enable_pitr: bool = False
+    adopt_other_table: bool = False  # adopt: an export of another table than the month's, on purpose
 
 
 def plan(cfg: Config, store: staging.Store, month: str, *, mode: str | None = None, use_existing: str | None = None,
-         force: bool = False, enable_pitr: bool = False) -> MonthPlan:
+         force: bool = False, enable_pitr: bool = False, adopt_other_table: bool = False) -> MonthPlan:
     how = "adopt" if use_existing else (mode or cfg.export.mode)
-    return MonthPlan([ExportTask(month, how, use_existing, force, enable_pitr)], None, "s")
+    return MonthPlan([ExportTask(month, how, use_existing, force, enable_pitr, adopt_other_table)], None, "s")
 
 
 def run_task(cfg: Config, task: ExportTask, ctx: TaskContext) -> dict[str, Any]:
@@ -47,7 +48,7 @@ def run_task(cfg: Config, task: ExportTask, ctx: TaskContext) -> dict[str, Any]:
     reporter: Reporter = ctx.reporter or QUIET
     if task.mode == "adopt":
         assert task.use_existing is not None
-        return adopt_existing(cfg, store, task.month, task.use_existing, reporter)
+        return adopt_existing(cfg, store, task.month, task.use_existing, reporter, task.adopt_other_table)
     if task.mode == "scan":
         return export_scan(cfg, store, task.month, reporter, ctx, task.force)
     return export_pitr(cfg, store, task.month, task.force, task.enable_pitr, reporter, ctx)
@@ -71,9 +72,11 @@ class ExportStage(StageBase):
     run_task = staticmethod(run_task)
 
     def __init__(self, cfg: Config, store: staging.Store, *, mode: str | None = None,
-                 use_existing: str | None = None, force: bool = False, enable_pitr: bool = False) -> None:
+                 use_existing: str | None = None, force: bool = False, enable_pitr: bool = False,
+                 adopt_other_table: bool = False) -> None:
         super().__init__(cfg, store, force=force)
         self.mode, self.use_existing, self.enable_pitr = mode, use_existing, enable_pitr
+        self.adopt_other_table = adopt_other_table
 
     def skip(self, month: str, verdict: Verdict) -> str | None:
         if not verdict.current or verdict.manifest is None:
@@ -82,7 +85,7 @@ class ExportStage(StageBase):
 
     def plan(self, month: str) -> MonthPlan:
         return plan(self.cfg, self.store, month, mode=self.mode, use_existing=self.use_existing, force=self.force,
-                    enable_pitr=self.enable_pitr)
+                    enable_pitr=self.enable_pitr, adopt_other_table=self.adopt_other_table)
 
     def commit(self, month: str, plan: MonthPlan, results: list[dict[str, Any]]) -> dict[str, Any]:
         return commit(self.cfg, self.store, month, plan.tasks, results, plan.started)

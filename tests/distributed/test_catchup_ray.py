@@ -20,7 +20,7 @@ def test_a_catch_up_on_ray_applies_what_the_local_engine_applies(
     cfg = make_config(dest_endpoint=ddb_local, dest_table=unicorn_index, extra=MAPPING + '[engine]\nkind = "ray"\n',
                       ETL_DESTINATION_SORT_KEY="")
     snapshot = loaded_snapshot(cfg, tmp_path)
-    [r] = pipeline.run_catchup(cfg, ["202405"], use_existing=str(INCREMENTAL))
+    [r] = pipeline.run_catchup(cfg, ["202405"], use_existing=str(INCREMENTAL), adopt_other_table=True)
     lines = fixture_changes()
     deleted = {c["Keys"]["name"]["S"] for c in lines if "NewImage" not in c}
     added = {c["Keys"]["name"]["S"] for c in lines if "OldImage" not in c}
