@@ -22,6 +22,7 @@ import pytest
 from etl import lease, pipeline, staging
 from etl.config import AwsSide, Config
 from tests.conftest import free_port, s3_client
+from tests.faultproxy import FaultProxy, Request
 from tests.helpers import write_real_export
 
 M, N = "201604", "201605"
@@ -335,3 +336,34 @@ def test_a_lease_removed_by_hand_is_lost(spec: tuple[str, str]) -> None:
     assert e.value.message == held.lost_why and whys == [held.lost_why]
     held.release()
     assert not store.exists(KEY)
+
+
+def test_a_renewal_whose_answer_was_lost_keeps_the_lease(moto: str) -> None:
+    """S3 takes a renewal but its answer never comes: the SDK sends it again, refused since the first one
+    changed the ETag. The lease holds this run's token, so it is still this run's, not lost."""
+    s3_client(moto).create_bucket(Bucket=BUCKET)
+    lease_puts = iter(range(2))
+
+    def first_renewal(r: Request) -> bool:
+        return r.op == "PutObject" and r.path.endswith(".lease") and next(lease_puts, None) == 1
+
+    proxy = FaultProxy(moto, {"reset": 1.0}, scope=first_renewal)
+    try:
+        held = lease.acquire(open_spec(("s3", proxy.url)), KEY, WHAT, COMMAND, ttl=0.6)
+        direct = open_spec(("s3", moto))
+        for _ in range(600):
+            if proxy.faults:
+                break
+            time.sleep(0.1)
+        assert proxy.faults == {"reset": 1} and proxy.sdk_retries >= 1
+        after = time.time()
+        for _ in range(600):  # a renewal sent after the lost answer went through
+            if direct.read_json(KEY)["expires"] > after + 0.6:
+                break
+            time.sleep(0.1)
+        assert direct.read_json(KEY)["expires"] > after + 0.6 and not held.lost.is_set()
+        held.check()
+        held.release()
+        assert not direct.exists(KEY)
+    finally:
+        proxy.close()
