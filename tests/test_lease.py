@@ -275,6 +275,20 @@ def holder(spec: tuple[str, str], ttl: float, out: Any) -> None:
     out.put({"lost": held.lost.is_set(), "whys": whys, "lost_why": held.lost_why, "checked": checked})
 
 
+def stop_outside_a_lock(pid: int) -> None:
+    """SIGSTOP the process at a moment it holds no file lock (/proc/locks): a local store's conditional write
+    holds its folder's lock for an instant, and a process stopped inside it would hold up every other one."""
+    for _ in range(100):
+        os.kill(pid, signal.SIGSTOP)
+        while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":  # stopped by now
+            time.sleep(0.01)
+        if not any(line.split()[4] == str(pid) for line in Path("/proc/locks").read_text().splitlines()):
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} always held a lock")
+
+
 def test_a_renewal_after_a_take_over_stops_the_old_run(spec: tuple[str, str]) -> None:
     """The old run is paused (SIGSTOP) past its lease's expiry, as a stalled run would be; another run takes the
     lease over; the old run, continued, finds its renewal refused: it is stopped, told who took the lease, and
@@ -287,7 +301,7 @@ def test_a_renewal_after_a_take_over_stops_the_old_run(spec: tuple[str, str]) ->
     try:
         old_token = out.get(timeout=60)
         assert old.pid is not None
-        os.kill(old.pid, signal.SIGSTOP)
+        stop_outside_a_lock(old.pid)
         for _ in range(600):  # its lease expires: it cannot renew while stopped
             if lease.gone(store.read_json(KEY)):
                 break
