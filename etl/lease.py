@@ -151,15 +151,15 @@ class Lease:
             raise LeaseLost(self.lost_why, hint="the other run goes on; rerun this command once it has ended")
 
     def release(self) -> None:
-        """Delete the lease only if it is still the version this run wrote: a lease taken over is left to its
-        new holder."""
+        """Delete the lease only if it still holds this run's token, and only that version of it: a lease
+        taken over is left to its new holder. (Read first, not trusting `version`: a renewal whose answer
+        was lost changed it.)"""
         with self._lock:
             self._stop.set()
             with contextlib.suppress(Exception):
-                if not self.store.delete_if_match(self.key, self.version):
-                    got = self.store.read_json_versioned(self.key)  # our own renewal whose answer was lost?
-                    if got is not None and got[0].get("token") == self.body["token"]:
-                        self.store.delete_if_match(self.key, got[1])
+                got = self.store.read_json_versioned(self.key)
+                if got is not None and got[0].get("token") == self.body["token"]:
+                    self.store.delete_if_match(self.key, got[1])
 
     def __enter__(self) -> Lease:
         return self

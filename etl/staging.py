@@ -395,11 +395,21 @@ class S3Store(Store):
         return self._put_if(key, data, IfNoneMatch="*")
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        for cuts in range(_ResumingBody.RESUMES + 1):
+            try:
+                r = self.s3.get_object(Bucket=self.bucket, Key=self.bucket_key(key))
+                break
+            except self.s3.exceptions.NoSuchKey:
+                return None
+            except Exception as exc:  # an answer cut off in its head or in a 404's body: botocore does not retry
+                if not _cut(exc) or cuts == _ResumingBody.RESUMES:
+                    raise
+                time.sleep(0.05 * 2**cuts)
+        body = _ResumingBody(self.s3, self.bucket, self.bucket_key(key), r)  # a cut answer is read on
         try:
-            r = self.s3.get_object(Bucket=self.bucket, Key=self.bucket_key(key))
-        except self.s3.exceptions.NoSuchKey:
-            return None
-        return r["Body"].read(), str(r["ETag"])
+            return body.read(), str(r["ETag"])
+        finally:
+            body.close()
 
     def replace_if_match(self, key: str, data: bytes, version: str) -> str | None:
         return self._put_if(key, data, IfMatch=version)

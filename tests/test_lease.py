@@ -381,3 +381,18 @@ def test_a_renewal_whose_answer_was_lost_keeps_the_lease(moto: str) -> None:
         assert not direct.exists(KEY)
     finally:
         proxy.close()
+
+
+def test_a_lease_read_whose_answer_was_cut_is_read_again(moto: str) -> None:
+    """A GetObject answer cut off halfway, a lease's body or a 404's (which botocore does not retry)."""
+    s3_client(moto).create_bucket(Bucket=BUCKET)
+    cuts = iter(range(2))
+    proxy = FaultProxy(moto, {"reset_mid": 1.0}, scope=lambda r: r.op == "GetObject" and next(cuts, None) is not None)
+    try:
+        store = open_spec(("s3", proxy.url))
+        assert store.read_versioned(KEY) is None  # missing, though its 404 was cut
+        version = store.create_if_absent(KEY, b'{"token": "t"}')
+        assert store.read_versioned(KEY) == (b'{"token": "t"}', version)
+        assert proxy.faults == {"reset_mid": 2}
+    finally:
+        proxy.close()
