@@ -7,14 +7,15 @@ local file's MD5; see `staging.Store.create_if_absent`), so two runs can never b
 - its run renews it while it lives, each renewal a replace only if the lease is still the version this run
   wrote (`If-Match`). A refused renewal means another run took it over (or `--break-lease` removed it): the
   lease is lost, renewing stops, `Lease.lost` is set, `on_lost` is called with one line naming the new
-  holder, and `Lease.check()` raises `LeaseLost` with that line, so the run stops before its next write.
+  holder, and `Lease.check()`, called before each write, raises `LeaseLost` with that line.
   A lease whose renewals fail until it expires is lost too: another run may take it from then on;
 - a second run finds it and is refused with who holds it since when. A lease whose holder is gone (past its
   expiry, or held by a process of this machine that no longer exists: a killed run resumes at once) is
   taken over by a replace only if it is still the version read, so of two runs taking it over at once
   exactly one wins;
-- its run deletes it at the end, only if it is still the version this run wrote: a lease taken over is left
-  to its new holder. `--break-lease` deletes it unconditionally, as the user asked.
+- its run deletes it at the end if it still holds the run's token, and only the version read (`If-Match`):
+  a lease taken over is left to its new holder. `--break-lease` deletes it unconditionally, as the user
+  asked.
 
 A conditional write whose answer was lost is retried by the SDK and then refused, since the first attempt
 changed the version: a lease that holds this run's token is this run's, whatever its version.
@@ -144,7 +145,7 @@ class Lease:
 
     def check(self) -> None:
         """Raise LeaseLost if this run no longer holds its lease (taken over, removed, or expired without a
-        renewal): the runner calls it before its writes."""
+        renewal): a run calls it before its writes."""
         self._lose_if_expired()  # without `_lock`: a renewal in flight must not hold up the run's writes
         self._tell()
         if self.lost.is_set():
