@@ -111,6 +111,7 @@ class Runner:
     _contexts: list[TaskContext] = field(default_factory=list)
     _interrupted: threading.Event = field(default_factory=threading.Event)
     _why: str = INTERRUPTED
+    _leases: list[lease.Lease] = field(default_factory=list)
     _export_slots: threading.Semaphore | None = None
 
     def __post_init__(self) -> None:
@@ -169,9 +170,11 @@ class Runner:
                 out = None
                 for task in plan.tasks:
                     results.append(self._run(stage, [task], ctx)[0])
+                    self._check_leases()
                     with lock:
                         out = stage.commit(month, plan, results)
                 if out is None:
+                    self._check_leases()
                     with lock:
                         out = stage.commit(month, plan, results)
                 return dict(out)
@@ -179,6 +182,7 @@ class Runner:
         finally:
             if progress is not None:
                 progress.finish()
+        self._check_leases()
         with lock:
             return dict(stage.commit(month, plan, results))
 
@@ -197,8 +201,16 @@ class Runner:
     # ------------------------------------------------------------------ leases
 
     def _lease(self, key: str, what: str, command: str) -> lease.Lease:
-        return lease.acquire(self.store, key, what, command, break_lease=self.opts.break_lease,
+        held = lease.acquire(self.store, key, what, command, break_lease=self.opts.break_lease,
                              on_lost=self._lease_lost)
+        self._leases.append(held)
+        return held
+
+    def _check_leases(self) -> None:
+        """Before a commit (a write that says "done"): every lease of ours is still ours."""
+        for held in list(self._leases):
+            if not held.released:
+                held.check()
 
     def _lease_lost(self, why: str) -> None:
         """Another run took a lease of ours: stop every task before its next write."""
