@@ -166,6 +166,7 @@ class Reporter:
         if self.mode == "rich":
             with self._lock:
                 if self._progress is None:
+                    from rich.console import Console
                     from rich.progress import (
                         BarColumn,
                         Progress,
@@ -185,6 +186,7 @@ class Reporter:
                         TimeElapsedColumn(),
                         TimeRemainingColumn(),
                         transient=False,
+                        console=Console(file=self.stream),  # progress goes to stderr, never into stdout's result
                     )
                     self._progress.start()
                 self._active += 1
