@@ -673,12 +673,12 @@ STATE_COLOUR = {"done": "green", "failed": "red", "interrupted": "yellow", "runn
                 "-": "dim"}
 
 
-def _cell_text(c: dict[str, Any], durations: bool = True) -> str:
+def _cell_text(c: dict[str, Any]) -> str:
     """A stage's cell: its state, then its summary, duration and error (the error cut at 200 characters)."""
     text = c["state"]
     if c.get("summary"):
         text += f"\n{c['summary']}"
-    if durations and c.get("duration_s") is not None:
+    if c.get("duration_s") is not None:
         text += f"\n{c['duration_s']:.1f}s"
     if c.get("error"):
         text += f"\n{c['error'][:200]}"
