@@ -1,6 +1,9 @@
 """`etl`: a thin command line over the library. Parse, call, print.
 
-Errors a user can act on are one red line (and a hint) with exit code 1; `--debug` shows the traceback.
+Errors a user can act on are one red line (and a hint) with exit code 1; `--debug` shows the traceback. Under
+`--json`, an error is also one JSON object on stdout (`{"command", "error": {"message", "hint", "exit_code"}}`), a
+usage error included (exit code 2). Every command line printed comes from `etl.commands.render`, so it carries the
+`--config` in use.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from typing import Any
 
 import click
 
-from etl import __version__, times
-from etl.config import Config, load_config, require_staging_root
+from etl import __version__, commands, times
+from etl.commands import render
+from etl.config import Config, load_config, require_staging_root, unknown_env_variables
 from etl.errors import EtlError, Interrupted, PartlyDone
-from etl.months import resolve_months
+from etl.months import month_range, parse_month, resolve_months
 from etl.progress import QUIET, Reporter
 
 
@@ -35,10 +39,23 @@ class Ctx:
         return self._cfg
 
 
-def _say(exc: EtlError) -> None:
+def _say(exc: EtlError, exit_code: int) -> None:
     click.secho(f"error: {exc.message}", fg="red", err=True)
     if exc.hint:
         click.echo(f"  -> {exc.hint}", err=True)
+    _json_error(exc.message, exc.hint, exit_code)
+
+
+def _json_error(message: str, hint: str | None, exit_code: int) -> None:
+    """Under --json, the error as the command's one JSON object on stdout (the red line stays on stderr)."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_object(Ctx) if ctx else None
+    if obj is None or not obj.json:
+        return
+    assert ctx is not None
+    command = ctx.command_path.partition(" ")[2] or ctx.command_path
+    click.echo(json.dumps({"command": command, "error": {"message": message, "hint": hint,
+                                                          "exit_code": exit_code}}))
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -49,14 +66,16 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (Interrupted, KeyboardInterrupt):
-            click.secho(f"interrupted: what was acknowledged is kept; resume with `{_this_command()}`", fg="yellow",
-                        err=True)
+            resume = f"resume with `{_this_command()}`"
+            click.secho(f"interrupted: what was acknowledged is kept; {resume}", fg="yellow", err=True)
+            _json_error("interrupted: what was acknowledged is kept", resume, 130)
             sys.exit(130)
         except EtlError as exc:
             if debug:
                 traceback.print_exc()
-            _say(exc)
-            sys.exit(3 if isinstance(exc, PartlyDone) else 1)
+            code = 3 if isinstance(exc, PartlyDone) else 1
+            _say(exc, code)
+            sys.exit(code)
         except (click.ClickException, click.exceptions.Exit, SystemExit):
             raise
         except Exception as exc:
@@ -66,22 +85,27 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 traceback.print_exc()
             explained = aws.explain(exc, ctx._cfg if ctx else None)
             if explained is not None:
-                _say(explained)
+                _say(explained, 1)
                 sys.exit(1)
+            hint = "this is a bug or an unhandled case: rerun with --debug for the full traceback, and report it"
             if not debug:
                 click.secho(f"error: an unexpected {type(exc).__name__}: {exc}", fg="red", err=True)
-                click.echo("  -> this is a bug or an unhandled case: rerun with --debug for the full traceback, and "
-                           "report it", err=True)
+                click.echo(f"  -> {hint}", err=True)
+            _json_error(f"an unexpected {type(exc).__name__}: {exc}", hint, 1)
             sys.exit(1)
 
     return wrapper
 
 
 def _this_command() -> str:
-    """The command line this process was started with, as `etl ...` (what resumes an interrupted run)."""
+    """The command line this process was started with, as `etl ...` (what resumes an interrupted run), with
+    the config in use when the command line did not name it (it came from $ETL_CONFIG)."""
     import shlex
 
-    return shlex.join(["etl", *sys.argv[1:]])
+    args = sys.argv[1:]
+    config = commands.config_in_use()
+    named = any(a == "--config" or a.startswith("--config=") for a in args)
+    return shlex.join(["etl", *(["--config", config] if config and not named else []), *args])
 
 
 BULKY = ("parts", "files", "inputs", "schema")  # per-file detail: in the manifest, not in a summary
@@ -113,10 +137,27 @@ def report(obj: Ctx, command: str, results: list[dict[str, Any]], line: Callable
             click.echo(line(r))
 
 
+def _checked(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, tuple[str, ...]],
+                                                     tuple[str, ...]]:
+    """A month option's values checked as they are parsed: a wrong one is a usage error (exit code 2)."""
+    import re
+
+    def check(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            for token in filter(None, re.split(r"[\s,]+", value.strip())):
+                try:
+                    parse(token)
+                except EtlError as exc:
+                    raise click.BadParameter(exc.message, ctx, param) from None
+        return values
+
+    return check
+
+
 def month_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option("--months", "month_ranges", multiple=True, metavar="FIRST-LAST",
+    fn = click.option("--months", "month_ranges", multiple=True, metavar="FIRST-LAST", callback=_checked(month_range),
                       help="An inclusive range, e.g. 201505-201705 (repeatable).")(fn)
-    fn = click.option("--month", "months", multiple=True, metavar="YYYYMM",
+    fn = click.option("--month", "months", multiple=True, metavar="YYYYMM", callback=_checked(parse_month),
                       help="A month, e.g. 201604 (repeatable; a comma list works too).")(fn)
     return fn
 
@@ -136,11 +177,38 @@ def engine_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _months(months: tuple[str, ...], ranges: tuple[str, ...]) -> list[str]:
     out = resolve_months(months, ranges)
     if not out:
-        raise EtlError("no month given", hint="pass --month YYYYMM (repeatable) or --months FIRST-LAST")
+        raise click.UsageError("no month given: pass --month YYYYMM (repeatable) or --months FIRST-LAST")
     return out
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class Group(click.Group):
+    """A command group whose usage errors (a missing or wrong option) are also one JSON object under --json."""
+
+    group_class = type  # its subgroups (local, ttl, ...) are such groups too
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            obj = ctx.find_object(Ctx)
+            if obj is not None and obj.json and not getattr(exc, "said_as_json", False):
+                path = (exc.ctx or ctx).command_path
+                click.echo(json.dumps({"command": path.partition(" ")[2] or path, "error": {
+                    "message": exc.format_message(), "hint": None, "exit_code": exc.exit_code}}))
+                exc.said_as_json = True  # type: ignore[attr-defined]  # a subgroup said it: its parent does not
+            raise
+
+
+def _warn_unknown_env() -> None:
+    """One line on stderr per ETL_* variable that no config key reads: a misspelling is otherwise silent."""
+    import os
+
+    for name, nearest in unknown_env_variables(os.environ):
+        guess = f" (did you mean {nearest}?)" if nearest else ""
+        click.secho(f"warning: {name} is not a setting of etl{guess}; it is ignored", fg="yellow", err=True)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--config", "config_path", metavar="FILE", envvar="ETL_CONFIG",
               help="Pipeline TOML config (default: $ETL_CONFIG, else ./pipeline.toml).")
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
@@ -165,6 +233,9 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool, as_json: bool,
     `etl status` shows every month and the command to run next.
     """
     ctx.obj = Ctx(config_path, debug, progress, as_json)
+    commands.use_config(config_path)  # every command line printed from here on carries it
+    ctx.call_on_close(lambda: commands.use_config(None))
+    _warn_unknown_env()
 
 
 # --------------------------------------------------------------------------- local AWS
@@ -383,7 +454,8 @@ def verify(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], bre
         + ("" if r["ok"] else f" (examples in _state/month={r['month']}/verify.json)")))
     if bad:
         raise EtlError(f"verify found differences in {len(bad)} month(s)",
-                       hint="`etl load --month M --force` writes the month again (puts are idempotent)")
+                       hint=f"`{render('load', '--month', 'M', '--force')}` writes the month again (puts are "
+                            "idempotent)")
 
 
 def _at(value: str | None) -> Any:
@@ -558,19 +630,32 @@ def _destination_now(cfg: Config) -> tuple[str | None, Any]:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: {staging, months: [{month, stages, catchup, next}]}.")
 @month_options
+@click.option("--forget-month", "forget", multiple=True, metavar="YYYYMM", callback=_checked(parse_month),
+              help="Clear the failures recorded for the month (repeatable): for a month typed wrong, or a "
+                   "failure you have dealt with. Its manifests and staged data are kept; a month with nothing "
+                   "else staged is no longer listed.")
 @click.pass_obj
 @handle_errors
-def status(obj: Ctx, as_json: bool, months: tuple[str, ...], month_ranges: tuple[str, ...]) -> None:
-    """Months x stages from the staging store's manifests: state, counts, times, failures, next step."""
+def status(obj: Ctx, as_json: bool, months: tuple[str, ...], month_ranges: tuple[str, ...],
+           forget: tuple[str, ...]) -> None:
+    """Months x stages from the staging store's manifests: state, counts, times, failures, next step.
+
+    \b
+    States: done, running, stale (made from an older run of the stage before it: rerun it),
+    failed (the error and the command that reruns it), interrupted (Ctrl-C, SIGTERM or a
+    run that is gone: the command resumes it), - (not started)."""
     as_json = as_json or obj.json
     from etl import staging
     from etl.status import collect
+    from etl.status import forget as forget_month
 
     cfg = obj.config()
     store = staging.open_store(require_staging_root(cfg), cfg.staging)
     store.check()
+    forgotten = {month: forget_month(store, month) for month in resolve_months(forget, ())}
     name, destination = _destination_now(cfg)
     from etl import freshness
     from etl.pipeline import source_tables
@@ -579,42 +664,82 @@ def status(obj: Ctx, as_json: bool, months: tuple[str, ...], month_ranges: tuple
     now = freshness.Current.of(cfg, destination, source_tables(cfg, listed))
     rows = collect(store, listed, destination=destination, table=name, now=now)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps({"command": "status", "staging": store.uri, "months": rows,
+                               **({"forgotten": forgotten} if forget else {})}, indent=2))
         return
+    for month, cleared in forgotten.items():
+        click.echo(f"{month}: cleared the failure recorded for {', '.join(cleared)}" if cleared else
+                   f"{month}: no failure recorded")
     if not rows:
-        click.echo(f"nothing staged under {store.uri} yet; start with `etl export --month YYYYMM`")
+        click.echo(f"nothing staged under {store.uri} yet; start with `{render('export', '--month', 'YYYYMM')}`")
         return
+    _print_status(store.uri, rows)
+
+
+STATE_COLOUR = {"done": "green", "failed": "red", "interrupted": "yellow", "running": "yellow", "stale": "yellow",
+                "-": "dim"}
+
+
+def _cell_text(c: dict[str, Any]) -> str:
+    """A stage's cell: its state, then its summary, duration and error (the error cut at 200 characters)."""
+    text = c["state"]
+    if c.get("summary"):
+        text += f"\n{c['summary']}"
+    if c.get("duration_s") is not None:
+        text += f"\n{c['duration_s']:.1f}s"
+    if c.get("error"):
+        text += f"\n{c['error'][:200]}"
+    return text
+
+
+def _table_width(rows: list[dict[str, Any]], cells: Callable[[dict[str, Any]], list[tuple[str, dict[str, Any]]]],
+                 ) -> int:
+    """The narrowest the status table can be without cutting a word: each stage column as wide as its longest
+    word (a timestamp, a count), the month and the next command whole, plus rich's borders and padding."""
+    widths = [max(len(r["month"]) for r in rows), max(len(r["next"] or "complete") for r in rows)]
+    for i in range(len(cells(rows[0]))):
+        words = [w for r in rows for w in _cell_text(cells(r)[i][1]).split()]
+        widths.append(max([len("transform"), *map(len, words)]))
+    return sum(widths) + 3 * len(widths) + 1
+
+
+def _print_status(uri: str, rows: list[dict[str, Any]]) -> None:
+    """The months as a table when it fits the terminal (rich's width: 80 columns when not a terminal), folding
+    long words rather than cutting them; else one block per month, a line per stage. The next command is
+    never cut or broken: pasted, it runs."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    colour = {"done": "green", "failed": "red", "running": "yellow", "stale": "yellow", "-": "dim"}
-    table = Table(title=f"staging: {store.uri}")
-    table.add_column("month")
-    for stage in staging.STAGES:
-        table.add_column(stage)
-    if any(r["catchup"]["state"] != "-" for r in rows):
-        table.add_column("catch-up")
-    table.add_column("next")
+    from etl import staging
+
+    console = Console()
+    catchup = any(r["catchup"]["state"] != "-" for r in rows)
+    columns = [*staging.STAGES, *(["catch-up"] if catchup else [])]
+
+    def cells(row: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        return [(s, row["stages"][s]) for s in staging.STAGES] + ([("catch-up", row["catchup"])] if catchup else [])
+
+    def coloured(c: dict[str, Any], text: str) -> str:
+        return f"[{STATE_COLOUR.get(c['state'], 'white')}]{escape(text)}[/]"
+
+    table = Table(title=f"staging: {uri}")
+    table.add_column("month", no_wrap=True)
+    for name in columns:
+        table.add_column(name, overflow="fold")
+    table.add_column("next", no_wrap=True)
     for row in rows:
-        cells = []
-        for stage in staging.STAGES:
-            c = row["stages"][stage]
-            text = c["state"]
-            if c.get("summary"):
-                text += f"\n{c['summary']}"
-            if c.get("duration_s") is not None:
-                text += f"\n{c['duration_s']:.1f}s"
-            if c.get("error"):
-                text += f"\n{c['error'][:200]}"
-            cells.append(f"[{colour.get(c['state'], 'white')}]{escape(text)}[/]")
-        if any(r["catchup"]["state"] != "-" for r in rows):
-            c = row["catchup"]
-            text = c["state"] + (f"\n{c['summary']}" if c.get("summary") else "") + \
-                (f"\n{c['error'][:200]}" if c.get("error") else "")
-            cells.append(f"[{colour.get(c['state'], 'white')}]{escape(text)}[/]")
-        table.add_row(row["month"], *cells, row["next"] or "[green]complete[/]")
-    Console(width=max(120, Console().width)).print(table)
+        table.add_row(row["month"], *[coloured(c, _cell_text(c)) for _, c in cells(row)],
+                      escape(row["next"]) if row["next"] else "[green]complete[/]")
+    if _table_width(rows, cells) <= console.width:
+        console.print(table)
+        return
+    console.print(f"staging: {escape(uri)}", soft_wrap=True)
+    for row in rows:
+        console.print(f"\n[bold]{row['month']}[/]  next: " + (escape(row["next"]) if row["next"] else
+                                                              "[green]complete[/]"), soft_wrap=True)
+        for name, c in cells(row):
+            console.print(f"  {name:<10} " + coloured(c, _cell_text(c).replace("\n", "; ")))
 
 
 @cli.command()
@@ -644,7 +769,7 @@ def run(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mode: 
         click.echo(json.dumps({"command": "run", "stages": {stage: [_counts(r) for r in rs]
                                                             for stage, rs in out.items()}}, default=str))
         return
-    obj.reporter.info(f"run: every stage committed for {len(ms)} month(s); `etl status` shows them")
+    obj.reporter.info(f"run: every stage committed for {len(ms)} month(s); `{render('status')}` shows them")
     if catch_up:
         from etl.pipeline import run_catchup
 

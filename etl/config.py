@@ -20,6 +20,11 @@ from typing import Any
 from etl.errors import ConfigError
 
 DEFAULT_CONFIG = "pipeline.toml"
+NO_FILE = "<defaults>"  # `Config.path` when no config file was found (every value a default or a variable)
+NO_FILE_HINT = (f"copy pipeline.example.toml to {DEFAULT_CONFIG} and edit it, or name another file with "
+                "--config FILE or $ETL_CONFIG")
+# ETL_* variables that are not config keys: read by the CLI, the tests or `make` (everything else ETL_* is a key)
+NOT_CONFIG_KEYS = ("ETL_CONFIG", "ETL_DDB_LOCAL_DIR", "ETL_RAY_TESTS", "ETL_TEST_*")
 AWS_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 
 
@@ -156,7 +161,7 @@ class Config:
     promo: PromoConfig = field(default_factory=PromoConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
-    path: str = "<defaults>"  # where the config came from (not a TOML key)
+    path: str = NO_FILE  # where the config came from (not a TOML key)
     sources: tuple[tuple[str, str], ...] = ()  # key -> where its value came from, for values not defaulted
 
     def source_table(self, month: str) -> str:
@@ -192,7 +197,15 @@ def _jsonable(value: Any) -> Any:
 
 
 def _fail(key: str, where: str, value: Any, valid: str) -> ConfigError:
+    if where == NO_FILE:  # the value is a default because there is no file: that is what to say
+        return _no_file(f"{key} has no value")
     return ConfigError(f"config: {key} = {value!r} (from {where}) is not valid: expected {valid}")
+
+
+def _no_file(what: str) -> ConfigError:
+    here = Path(DEFAULT_CONFIG).resolve()
+    return ConfigError(f"config: no ./{DEFAULT_CONFIG} found (looked for {here}; no --config or $ETL_CONFIG given), "
+                       f"so {what}", hint=NO_FILE_HINT)
 
 
 def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
@@ -256,22 +269,40 @@ def _build(cls: Any, data: dict[str, Any], prefix: str, where: str) -> Any:
     return cls(**kwargs)
 
 
-def _env_overrides(env: typing.Mapping[str, str]) -> list[tuple[str, str, str]]:
-    """ETL_<SECTION>_<KEY> (or ETL_<KEY> for top-level keys) -> (section, key, value)."""
-    out = []
+def _env_names() -> dict[str, tuple[str, str]]:
+    """Every ETL_<SECTION>_<KEY> (or ETL_<KEY> for a top-level key) -> (section, key)."""
+    out = {}
     for f in dataclasses.fields(Config):
         if f.name in ("path", "sources"):
             continue
         sub = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
         if dataclasses.is_dataclass(sub):
             for g in dataclasses.fields(sub):
-                name = f"ETL_{f.name}_{g.name}".upper()
-                if name in env:
-                    out.append((f.name, g.name, env[name]))
+                out[f"ETL_{f.name}_{g.name}".upper()] = (f.name, g.name)
         else:
-            name = f"ETL_{f.name}".upper()
-            if name in env:
-                out.append(("", f.name, env[name]))
+            out[f"ETL_{f.name}".upper()] = ("", f.name)
+    return out
+
+
+def _env_overrides(env: typing.Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """ETL_<SECTION>_<KEY> (or ETL_<KEY> for top-level keys) -> (section, key, value)."""
+    return [(section, key, env[name]) for name, (section, key) in _env_names().items() if name in env]
+
+
+def unknown_env_variables(env: typing.Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """ETL_* variables that no config key reads (a misspelling would be ignored without a word), each with the
+    nearest key's variable when one is close."""
+    import difflib
+    import fnmatch
+
+    known = list(_env_names())
+    out = []
+    for name in sorted(env):
+        if not name.startswith("ETL_") or name in known or any(fnmatch.fnmatchcase(name, p) for p in NOT_CONFIG_KEYS):
+            continue
+        nearest = difflib.get_close_matches(name, known + [p for p in NOT_CONFIG_KEYS if "*" not in p], n=1,
+                                            cutoff=0.75)
+        out.append((name, nearest[0] if nearest else None))
     return out
 
 
@@ -297,7 +328,7 @@ def load_config(
             f"config file {file} not found",
             hint="pass --config FILE, set ETL_CONFIG, or copy pipeline.example.toml to pipeline.toml",
         )
-    where = str(file) if file.exists() else "<defaults>"
+    where = str(file) if file.exists() else NO_FILE
     cfg: Config = _build(Config, data, "", where)
     changes: dict[str, dict[str, tuple[Any, str]]] = {}
     for section, key, value in _env_overrides(env):
@@ -580,6 +611,8 @@ def _positive(key: str, value: float | None, where: _Where) -> None:
 
 
 def require_staging_root(cfg: Config) -> str:
+    if not cfg.staging.root and cfg.path == NO_FILE:
+        raise _no_file("staging.root is not set (nor $ETL_STAGING_ROOT)")
     if not cfg.staging.root:
         raise ConfigError(
             f"config: staging.root is not set (looked in {cfg.path} and $ETL_STAGING_ROOT)",

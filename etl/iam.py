@@ -23,6 +23,11 @@ from etl.config import Config
 
 ROLES = ("export", "catch-up", "staging", "loader", "verify", "ttl", "live-service")
 
+# What an AWS service does with a role's identity, never a request of this tool: DynamoDB writes an export's files
+# into the staging bucket as the caller of ExportTableToPointInTime (encrypting them with the staging key)
+_EXPORT_WRITES = frozenset({"s3:PutObject", "s3:AbortMultipartUpload", "kms:GenerateDataKey", "kms:Decrypt"})
+SERVICE_SIDE: dict[str, frozenset[str]] = {"export": _EXPORT_WRITES, "catch-up": _EXPORT_WRITES}
+
 
 def _table_arn(region: str, account: str, table: str) -> str:
     return f"arn:aws:dynamodb:{region}:{account}:table/{table}"
@@ -81,7 +86,8 @@ def policies(cfg: Config, months: list[str] | None = None, account: str = "*", *
                                                     "dynamodb:GetRecords"], [t + "/stream/*" for t in tables]))
     else:
         catchup = _doc(
-            _allow("IncrementalExports", ["dynamodb:DescribeTable", "dynamodb:ExportTableToPointInTime"], tables),
+            _allow("IncrementalExports", ["dynamodb:DescribeTable", "dynamodb:DescribeContinuousBackups",
+                                          "dynamodb:ExportTableToPointInTime"], tables),
             _allow("FollowExports", ["dynamodb:DescribeExport"], [t + "/export/*" for t in tables]),
             _allow("FindAnExportStartedBefore", ["dynamodb:ListExports"], "*"), *export_writes)
     if arns:
@@ -95,9 +101,9 @@ def policies(cfg: Config, months: list[str] | None = None, account: str = "*", *
                    Condition={"StringLike": {"s3:prefix": [f"{prefix}/*" if prefix else "*"]}}),
             _allow("StagingBucketRegion", ["s3:GetBucketLocation"], [base]),
             *([_allow("StagingKey", ["kms:GenerateDataKey", "kms:Decrypt"], kms)] if kms else []),
+            # replacing a table drops the partitions an analyst may have added (MSCK REPAIR), never the table
             _allow("CatalogTables", ["glue:GetDatabase", "glue:CreateDatabase", "glue:GetTable", "glue:CreateTable",
-                                     "glue:UpdateTable", "glue:DeleteTable", "glue:GetPartitions",
-                                     "glue:BatchDeletePartition"],
+                                     "glue:UpdateTable", "glue:GetPartitions", "glue:BatchDeletePartition"],
                    [f"{glue}:catalog", f"{glue}:database/*", f"{glue}:table/*/*"]))
     else:
         stage = _doc()

@@ -2,7 +2,8 @@
 
 Windows are calendar months in the configured zone: "N months before `at`" is the same wall-clock
 time N months earlier, the day clamped to the end of a shorter month (31 May - 3 months = 28/29 Feb;
-29 Feb 2016 - 24 months = 28 Feb 2014). An order at exactly the window's start counts.
+29 Feb 2016 - 24 months = 28 Feb 2014). An order at exactly the window's start counts; an order after `at`
+does not (asked "as of" a past instant, the lookup answers what checkout would have answered then).
 
 Rollout, step 0: deploy `record_order` in the live service before exporting, so orders written after
 the export time reach the index too; set `[export] forward_writes_since` and `etl export` warns when
@@ -12,6 +13,7 @@ an export time is earlier.
 from __future__ import annotations
 
 import calendar
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -63,7 +65,7 @@ def _as_zone(at: datetime | None, zone: str) -> datetime:
 
 
 def discount_for(customer_id: str, at: datetime | None, cfg: Config, ddb: Any) -> Decision:
-    """Exactly one Query: this customer's newest orders since the anniversary window's start."""
+    """Exactly one Query: this customer's newest orders from the anniversary window's start up to `at`."""
     p = cfg.promo
     now = _as_zone(at, p.zone)
     loyalty_since = months_before(now, p.loyalty_months)
@@ -74,10 +76,11 @@ def discount_for(customer_id: str, at: datetime | None, cfg: Config, ddb: Any) -
     names = {f"#a{i}": n for i, n in enumerate(projection)}
     r = ddb.query(
         TableName=cfg.destination_table(),
-        KeyConditionExpression="#pk = :c AND #sk >= :since",
+        KeyConditionExpression="#pk = :c AND #sk BETWEEN :since AND :until",
         ExpressionAttributeNames={"#pk": pk, "#sk": sk, **names},
         ExpressionAttributeValues={":c": {"S": customer_id},
-                                   ":since": {"N": str(int(anniversary_since.timestamp()))}},
+                                   ":since": {"N": str(math.ceil(anniversary_since.timestamp()))},
+                                   ":until": {"N": str(math.floor(now.timestamp()))}},
         ProjectionExpression=", ".join(names),
         ScanIndexForward=False,
         Limit=QUERY_LIMIT,

@@ -833,14 +833,32 @@ def commit_manifest(store: Store, month: str, stage: str, body: dict[str, Any]) 
         **body,
     }
     store.write_json(manifest_key(month, stage), manifest)
-    store.delete(failed_key(month, stage))
+    for cleared in _failures_cleared_by(stage):
+        store.delete(failed_key(month, cleared))
     return manifest
 
 
-def record_failure(store: Store, month: str, stage: str, error: str, command: str) -> None:
+def _failures_cleared_by(stage: str) -> tuple[str, ...]:
+    """The failure records a commit of `stage` makes obsolete: its own, and those of every stage after it,
+    whose inputs it has just replaced (a load refused for "no committed transform" is no longer failing once
+    the transform commits: it is simply next)."""
+    if stage not in STAGES:
+        return (stage,)
+    after = STAGES[STAGES.index(stage):]
+    return (*after, "catchup") if "load" in after else after
+
+
+FAILURE_KINDS = ("failed", "interrupted")
+
+
+def record_failure(store: Store, month: str, stage: str, error: str, command: str, kind: str = "failed") -> None:
+    """The stage's failure, shown by `etl status` until the stage (or one before it) commits. `kind`:
+    "failed", or "interrupted" for a run stopped by Ctrl-C or SIGTERM (`errors.Interrupted`)."""
+    if kind not in FAILURE_KINDS:
+        raise ValueError(f"kind {kind!r}: expected one of {FAILURE_KINDS}")
     store.write_json(
         failed_key(month, stage),
-        {"stage": stage, "month": month, "status": "failed", "error": error, "rerun": command,
+        {"stage": stage, "month": month, "status": "failed", "kind": kind, "error": error, "rerun": command,
          "failed_at": utcnow_iso(), "tool_version": __version__},
     )
 

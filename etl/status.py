@@ -7,9 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from etl import freshness, staging
+from etl.commands import render
 from etl.lease import gone
 
-NEXT = {"export": "etl export", "transform": "etl transform", "load": "etl load", "verify": "etl verify"}
+FAILURE_STATES = staging.FAILURE_KINDS  # a failure record's kind, shown as the stage's state
 
 
 def _summary(stage: str, m: dict[str, Any]) -> str:
@@ -40,15 +41,13 @@ def month_status(store: staging.Store, month: str, stages: tuple[str, ...] = sta
     for stage in stages:
         v = freshness.verdict(store, month, stage, now)
         manifest = v.manifest
-        failed_key = staging.failed_key(month, stage)
-        failure = store.read_json(failed_key) if store.exists(failed_key) else None
+        failure = _failure(store, month, stage, manifest)
         cell: dict[str, Any]
-        if failure and (not manifest or failure.get("failed_at", "") >= manifest.get("committed_at", "")):
-            cell = {"state": "failed", "error": failure.get("error"), "rerun": failure.get("rerun"),
-                    "at": failure.get("failed_at")}
+        if failure:
+            cell = _failure_cell(failure)
         elif v.state == "failed":
             cell = {"state": "failed", "error": _summary(stage, manifest or {}),
-                    "at": (manifest or {}).get("committed_at"), "rerun": f"etl load --month {month} --force"}
+                    "at": (manifest or {}).get("committed_at"), "rerun": render("load", "--month", month, "--force")}
         elif v.state == "stale" or (v.state == "done" and before):
             why = v.why if v.state == "stale" else f"the {before} runs again first"
             cell = {"state": "stale", "summary": f"{_summary(stage, manifest or {})} ({why})",
@@ -71,6 +70,35 @@ def month_status(store: staging.Store, month: str, stages: tuple[str, ...] = sta
     return row
 
 
+def _failure(store: staging.Store, month: str, stage: str, manifest: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The stage's failure record when it is newer than the stage's manifest (a commit deletes it; one left
+    beside a manifest was written after it)."""
+    key = staging.failed_key(month, stage)
+    failure = store.read_json(key) if store.exists(key) else None
+    if failure and (not manifest or failure.get("failed_at", "") >= manifest.get("committed_at", "")):
+        return dict(failure)
+    return None
+
+
+def _failure_cell(failure: dict[str, Any]) -> dict[str, Any]:
+    kind = failure.get("kind")
+    return {"state": kind if kind in FAILURE_STATES else "failed", "error": failure.get("error"),
+            "rerun": failure.get("rerun"), "at": failure.get("failed_at")}
+
+
+def forget(store: staging.Store, month: str) -> list[str]:
+    """Delete the month's failure records (every stage and the catch-up): what `etl status --forget-month`
+    does for a month typed wrong, whose failure would otherwise be listed for good. Manifests, checkpoints and
+    staged data are kept, so a month with committed stages still shows them. Returns the stages cleared."""
+    cleared = []
+    for stage in (*staging.STAGES, "catchup"):
+        key = staging.failed_key(month, stage)
+        if store.exists(key):
+            store.delete(key)
+            cleared.append(stage)
+    return cleared
+
+
 def _with_lease(store: staging.Store, month: str, stage: str, cell: dict[str, Any]) -> dict[str, Any]:
     """A run holding the stage's lease: running (who, since when), or interrupted when its holder is gone."""
     key = staging.lease_key(month, stage)
@@ -84,19 +112,17 @@ def _with_lease(store: staging.Store, month: str, stage: str, cell: dict[str, An
     if gone(holder):
         if cell["state"] in ("done", "stale"):
             return cell
-        return {"state": "failed", "error": f"interrupted: the run ({who}) is gone before it committed",
-                "rerun": holder.get("command") or f"etl {stage} --month {month}", "at": holder.get("since")}
+        return {"state": "interrupted", "error": f"interrupted: the run ({who}) is gone before it committed",
+                "rerun": holder.get("command") or _next(stage, month), "at": holder.get("since")}
     return {"state": "running", "summary": f"by {who}", "at": holder.get("since")}
 
 
 def catchup_status(store: staging.Store, month: str, load: dict[str, Any] | None) -> dict[str, Any]:
     """The time up to which the month's index is in sync, and its catch-up runs (windows)."""
     m = staging.read_manifest(store, month, "catchup")
-    key = staging.failed_key(month, "catchup")
-    failure = store.read_json(key) if store.exists(key) else None
-    if failure and (not m or failure.get("failed_at", "") >= m.get("committed_at", "")):
-        return {"state": "failed", "error": failure.get("error"), "rerun": failure.get("rerun"),
-                "at": failure.get("failed_at"), "synced_to": m.get("synced_to") if m else None}
+    failure = _failure(store, month, "catchup", m)
+    if failure:
+        return {**_failure_cell(failure), "synced_to": m.get("synced_to") if m else None}
     if not m:
         return {"state": "-"}
     windows = m.get("windows", [])
@@ -107,21 +133,24 @@ def catchup_status(store: staging.Store, month: str, load: dict[str, Any] | None
             "summary": f"in sync to {m.get('synced_to')}\n{len(windows)} window(s): {m.get('puts', 0):,} puts, "
                        f"{m.get('deletes', 0):,} deletes"}
     if load is not None and load.get("run_id") != m.get("load_run"):
-        cell.update(state="stale", rerun=f"etl catch-up --month {month}",
+        cell.update(state="stale", rerun=render("catch-up", "--month", month),
                     summary=cell["summary"] + " (loaded again since: `etl catch-up` applies the windows again)")
     return cell
 
 
+def _next(stage: str, month: str) -> str:
+    return render(stage, "--month", month)
+
+
 def next_command(row: dict[str, Any], stages: tuple[str, ...]) -> str | None:
+    """The first stage not done: its recorded rerun command when it failed or was interrupted, else its command."""
     month = row["month"]
     for stage in stages:
         cell = row["stages"][stage]
-        if cell["state"] == "failed":
-            return str(cell.get("rerun") or f"{NEXT[stage]} --month {month}")
-        if cell["state"] == "stale":
-            return f"{NEXT[stage]} --month {month}"
-        if cell["state"] in ("-", "running"):
-            return f"{NEXT[stage]} --month {month}"
+        if cell["state"] in FAILURE_STATES:
+            return str(cell.get("rerun") or _next(stage, month))
+        if cell["state"] in ("-", "running", "stale"):
+            return _next(stage, month)
     return None
 
 

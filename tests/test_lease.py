@@ -122,7 +122,7 @@ def test_status_shows_a_running_and_an_interrupted_run(make_config: Callable[...
     held_by(store, staging.lease_key(M, "transform"), int(dead.stdout))  # killed mid-run: no manifest, no failure
     [row] = collect(store, [M])
     cell = row["stages"]["transform"]
-    assert cell["state"] == "failed" and "interrupted" in cell["error"] and row["next"] == cell["rerun"]
+    assert cell["state"] == "interrupted" and "interrupted" in cell["error"] and row["next"] == cell["rerun"]
 
 
 # --------------------------------------------------------------------------- conditional writes, both stores

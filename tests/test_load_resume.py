@@ -151,7 +151,7 @@ def test_status_shows_a_killed_export(moto: str, make_config: Callable[..., Conf
     proc.wait()
     [row] = collect(store)
     cell = row["stages"]["export"]
-    assert cell["state"] == "failed" and cell["error"].startswith("interrupted: the run"), cell
+    assert cell["state"] == "interrupted" and cell["error"].startswith("interrupted: the run"), cell
     assert row["next"] == cell["rerun"] == f"etl export --month {month} --mode scan"
     r = subprocess.run([sys.executable, "-m", "etl", "--config", cfg.path, "status"], env=ENV, capture_output=True,
                        text=True, timeout=60)
