@@ -99,10 +99,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _this_command() -> str:
     """The command line this process was started with, as `etl ...` (what resumes an interrupted run), with
-    the config in use when the command line did not name it (it came from $ETL_CONFIG)."""
+    the config in use when the command line did not name it (it came from $ETL_CONFIG), and without --force."""
     import shlex
 
-    args = sys.argv[1:]
+    # --force starts over: pasted again it would rewrite everything; without it, the command resumes
+    args = [a for a in sys.argv[1:] if a != "--force"]
     config = commands.config_in_use()
     named = any(a == "--config" or a.startswith("--config=") for a in args)
     return shlex.join(["etl", *(["--config", config] if config and not named else []), *args])

@@ -33,10 +33,6 @@ from etl.verify import VerifyStage
 ORDER = freshness.ORDER
 
 
-def rerun_command(stage: str, month: str, extra: str = "") -> str:
-    return f"etl {stage} --month {month}{' ' + extra if extra else ''}"
-
-
 @dataclass
 class Options:
     force: bool = False

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from etl import aws, freshness, lease, staging
+from etl.commands import render
 from etl.config import Config
 from etl.engine import Engine, LocalEngine, MonthPlan, TaskContext
 from etl.errors import EtlError, Interrupted, PartlyDone
@@ -79,7 +80,7 @@ class StageBase:
         return None
 
     def command(self, months: list[str]) -> str:
-        return f"etl {self.verb or self.name} " + " ".join(f"--month {m}" for m in months)
+        return render(self.verb or self.name, *[w for m in months for w in ("--month", m)])
 
     def close(self) -> None:
         return None
@@ -245,7 +246,8 @@ class Runner:
 
     def _record(self, stage: Stage, month: str, exc: BaseException, interrupted: bool) -> None:
         try:
-            staging.record_failure(self.store, month, stage.name, message(exc), stage.command([month]))
+            staging.record_failure(self.store, month, stage.name, message(exc), stage.command([month]),
+                                   kind="interrupted" if interrupted else "failed")
         except Exception as rec_exc:  # the store itself may be what failed
             self.reporter.warn(f"could not record the failure of {stage.name} {month}: {message(rec_exc)}")
 

@@ -67,7 +67,7 @@ def test_an_interrupted_load_stops_with_130_and_one_line_naming_the_resume(
     marks = [store.read_json(o.key)["low_water_mark"] for o in store.list(staging.progress_prefix(month))]
     assert marks and all(m > 0 for m in marks)  # progress kept below the part grain
     [row] = collect(store, [month])
-    assert row["stages"]["load"]["state"] == "failed" and row["stages"]["load"]["error"].startswith("interrupted")
+    assert row["stages"]["load"]["state"] == "interrupted" and row["stages"]["load"]["error"].startswith("interrupted")
     assert row["next"] == f"etl load --month {month}"
     before = len(table_items(ddb_local, table))
     r = subprocess.run([sys.executable, "-m", "etl", *args], env={**ENV, "ETL_LOAD_MAX_WCU": "100000"},

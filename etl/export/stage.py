@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from etl import staging
+from etl.commands import render
 from etl.config import Config
 from etl.engine import MonthPlan, TaskContext
 from etl.export.pitr import adopt_existing, export_pitr
@@ -91,5 +92,5 @@ class ExportStage(StageBase):
         return commit(self.cfg, self.store, month, plan.tasks, results, plan.started)
 
     def command(self, months: list[str]) -> str:
-        scan = " --mode scan" if (self.mode or self.cfg.export.mode) == "scan" else ""
-        return super().command(months) + scan
+        scan = ("--mode", "scan") if (self.mode or self.cfg.export.mode) == "scan" else ()
+        return render("export", *[w for m in months for w in ("--month", m)], *scan)

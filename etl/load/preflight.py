@@ -278,7 +278,7 @@ def preflight(cfg: Config, store: staging.Store, months: list[str], *, include_e
     est = (_sample(cfg, store, sample[0], sample[1], setup.now, setup.include_expired, setup.indexes)
            if sample else None)
     setup.waiting = waiting
-    reporter.info(setup.describe(rows, parts, done, months, waiting, est))
+    reporter.plan(setup.describe(rows, parts, done, months, waiting, est))
     asking = not dry_run and (parts or waiting) and cfg.destination.production and not yes
     if asking:
         what = f"{rows:,} rows" + (f" (and months {', '.join(waiting)} once transformed)" if waiting else "")
