@@ -157,8 +157,8 @@ def run_task(cfg: Config, task: Task, ctx: TaskContext) -> dict[str, Any]:
         chunk = rows[i : i + 100]
         want = {tuple(r[k] for k in keys): r for r in chunk}
         got = _read_back(ddb, task, ctx, keys, list(want))
-        for key, expected in want.items():
-            diff = compare(expected, got.get(key))
+        for key, row in want.items():
+            diff = compare(row, got.get(key))
             if diff is None:
                 n_missing += 1
                 if len(missing) < EXAMPLES:
