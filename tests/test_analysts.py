@@ -486,10 +486,11 @@ def test_register_suggests_queries_that_run(staged: Staged) -> None:
 
     con = athena_like(staged.local)
     con.execute(f"CREATE SCHEMA {DATABASE}")
-    for table in TABLES.values():
+    registered = {"export": "anniversary_promo_export", "transformed": "anniversary_promo_staged",
+                  "rejected": "anniversary_promo_rejected"}
+    for table in registered.values():
         con.execute(f"CREATE VIEW {DATABASE}.{table} AS SELECT * FROM main.{table}")
-    suggested = queries(DATABASE, {"export": "anniversary_promo_export", "transformed": "anniversary_promo_staged",
-                                   "rejected": "anniversary_promo_rejected"})
+    suggested = queries(DATABASE, registered)
     answers = {q["title"]: con.execute(to_duckdb(sqlglot.parse_one(q["sql"], read="athena"))).fetchall()
                for q in suggested}
     assert [m for m, *_ in answers["orders per month"]] == [A, B]
