@@ -188,3 +188,16 @@ def _mirror(cfg: Config, tmp_path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(s3.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read())
     return local
+
+
+def test_the_verify_role_exports_the_destination_instead_of_reading_it(make_config: Callable[..., Config]) -> None:
+    from etl.iam import policies
+
+    cfg = make_config(root=f"s3://{BUCKET}/backfill", extra='[verify]\nmethod = "export"\n')
+    actions = {a: s["Resource"] for s in policies(cfg)["verify"]["Statement"] for a in s["Action"]}
+    dest = f"arn:aws:dynamodb:us-east-1:*:table/{TABLE}"
+    assert actions["dynamodb:ExportTableToPointInTime"] == [dest] and "dynamodb:BatchGetItem" not in actions
+    assert actions["s3:PutObject"] == [f"arn:aws:s3:::{BUCKET}/backfill/verify/export/*"]
+    read = make_config(root=f"s3://{BUCKET}/backfill")
+    assert {a for s in policies(read)["verify"]["Statement"] for a in s["Action"]} == {
+        "dynamodb:DescribeTable", "dynamodb:BatchGetItem"}
