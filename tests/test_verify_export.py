@@ -4,6 +4,7 @@ directly in the destination are exactly what it reports, and the differences rea
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -13,9 +14,11 @@ from typing import Any
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 from sqlglot import exp
 
 from etl import pipeline, staging
+from etl.cli import cli
 from etl.config import Config
 from etl.errors import EtlError
 from etl.local import seed
@@ -94,6 +97,14 @@ def test_deleted_changed_and_added_items_are_exactly_what_it_reports(loaded: Con
     assert v["different_examples"] == [{**touched["different"], "columns": ["OrderID"]}]
     assert v["extra_examples"] == [touched["extra"]]
     rows = pq.ParquetDataset(_mirror(loaded, tmp_path) / "verify").read().to_pylist()
+    r = CliRunner().invoke(cli, ["--config", loaded.path, "--progress", "json", "verify", "--month", MONTH,
+                                 "--method", "export"])
+    assert r.exit_code == 1  # differences: the command fails, saying where they are
+    assert f"verify {MONTH} (export): {v['checked']:,} checked, 1 missing, 1 different, 1 extra" in r.stdout
+    assert "verify/month=" in r.stdout and "found differences in 1 month(s)" in r.stderr
+    plan = [e.get("message", "") for e in map(json.loads, (x for x in r.stderr.splitlines() if x.startswith("{")))]
+    assert any(p.startswith("verify by export of") for p in plan)
+    assert any("read-back:" in p and "RCU" in p for p in plan) and any("export:" in p and "per GB" in p for p in plan)
     assert sorted((r["kind"], r["CustomerID"], r["CreationDateTime"], r["differing_columns"]) for r in rows) == sorted(
         (k, key["CustomerID"], key["CreationDateTime"], ["OrderID"] if k == "different" else [])
         for k, key in touched.items())
