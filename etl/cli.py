@@ -436,27 +436,46 @@ def _load_line(r: dict[str, Any]) -> str:
 
 @cli.command()
 @month_options
+@click.option("--method", type=click.Choice(["read", "export"]), default=None,
+              help="read: BatchGetItem of every loaded key, within a read budget; export: a PITR export of the "
+                   "table compared with the staged rows (no read capacity). Default: [verify] method.")
+@click.option("--use-existing", metavar="URI", help="--method export: adopt this export of the destination "
+                                                    "(.../AWSDynamoDB/<id>) instead of taking one.")
+@click.option("--enable-pitr", is_flag=True, help="--method export: turn on point-in-time recovery on the "
+                                                  "destination where it is off.")
 @break_lease_option
 @engine_option
 @click.pass_obj
 @handle_errors
-def verify(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], break_lease: bool,
-           engine: str | None) -> None:
-    """Read every loaded key back (BatchGetItem, within a read budget) and compare values with the Parquet."""
+def verify(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], method: str | None,
+           use_existing: str | None, enable_pitr: bool, break_lease: bool, engine: str | None) -> None:
+    """Check that the destination holds what the months loaded: read every key back, or compare an export."""
     from etl.pipeline import run_verify
 
     cfg = obj.config(engine={"kind": engine})
     require_staging_root(cfg)
-    results = run_verify(cfg, _months(months, month_ranges), break_lease=break_lease, reporter=obj.reporter)
+    results = run_verify(cfg, _months(months, month_ranges), break_lease=break_lease, reporter=obj.reporter,
+                         method=method, use_existing=use_existing, enable_pitr=enable_pitr)
     bad = [r for r in results if not r["ok"]]
-    report(obj, "verify", results, lambda r: (
-        f"verify {r['month']}: {r['checked']:,} checked, {r['missing']:,} missing, {r['different']:,} different"
-        + (f", {r['undeleted']:,} not deleted" if r.get("undeleted") else "")
-        + ("" if r["ok"] else f" (examples in _state/month={r['month']}/verify.json)")))
+    report(obj, "verify", results, _verify_line)
     if bad:
         raise EtlError(f"verify found differences in {len(bad)} month(s)",
                        hint=f"`{render('load', '--month', 'M', '--force')}` writes the month again (puts are "
                             "idempotent)")
+
+
+def _verify_line(r: dict[str, Any]) -> str:
+    where = f" (examples in _state/month={r['month']}/verify.json)"
+    if r.get("method") != "export":
+        return (f"verify {r['month']}: {r['checked']:,} checked, {r['missing']:,} missing, {r['different']:,} "
+                f"different" + (f", {r['undeleted']:,} not deleted" if r.get("undeleted") else "")
+                + ("" if r["ok"] else where))
+    found = f"; differences in {r['differences']}" if r.get("differences") else ""
+    return (f"verify {r['month']} (export): {r['checked']:,} checked, {r['missing']:,} missing, {r['different']:,} "
+            f"different, {r['extra']:,} extra" + (f", {r['expired']:,} expired and gone" if r.get("expired") else "")
+            + (f", {r['unreadable']:,} export lines unreadable" if r.get("unreadable") else "")
+            + f"; {r['not_backfilled']:,} item(s) in the table no backfilled month produced"
+            + ("" if r["ok"] else where) + found)
 
 
 def _at(value: str | None) -> Any:

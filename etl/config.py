@@ -122,6 +122,21 @@ class LoadConfig:
 
 
 @dataclass(frozen=True)
+class VerifyConfig:
+    """How `etl verify` checks the destination (`--method` overrides `method`)."""
+
+    method: str = "read"  # read: BatchGetItem of every loaded key (read capacity) | export: a PITR export (none)
+    # export: rows per key-hash bucket and side; a comparison task holds about two buckets' keys and values
+    bucket_rows: int = 2_000_000
+    concurrency: int = 4  # the local pool's comparison tasks at once
+    # USD per GB of table size for a full export to S3 (us-east-1: https://aws.amazon.com/dynamodb/pricing/on-demand/,
+    # "Data export to Amazon S3"; the same price on the provisioned page)
+    export_price_per_gb: float = 0.10
+    # USD per million read request units, on demand, us-east-1 (same page): what the read-back would cost
+    price_per_million_rcu: float = 0.125
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Where the stages' tasks run."""
 
@@ -158,6 +173,7 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     transform: TransformConfig = field(default_factory=TransformConfig)
     load: LoadConfig = field(default_factory=LoadConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     promo: PromoConfig = field(default_factory=PromoConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
@@ -595,8 +611,23 @@ def _validate_load(cfg: Config, where: _Where) -> None:
     if ld.price_per_million_wcu < 0:
         raise _fail("load.price_per_million_wcu", where["load.price_per_million_wcu"], ld.price_per_million_wcu,
                     "a price >= 0 in USD per million write request units (us-east-1 on-demand: 0.625)")
+    _validate_verify(cfg, where)
     if not 1 <= cfg.local.port <= 65535:
         raise _fail("local.port", where["local.port"], cfg.local.port, "a TCP port 1-65535")
+
+
+def _validate_verify(cfg: Config, where: _Where) -> None:
+    v = cfg.verify
+    if v.method not in ("read", "export"):
+        raise _fail("verify.method", where["verify.method"], v.method,
+                    "'read' (BatchGetItem of every loaded key) or 'export' (a PITR export of the table)")
+    for key, value in (("verify.bucket_rows", v.bucket_rows), ("verify.concurrency", v.concurrency)):
+        if value < 1:
+            raise _fail(key, where[key], value, "an integer >= 1")
+    for key, price in (("verify.export_price_per_gb", v.export_price_per_gb),
+                       ("verify.price_per_million_rcu", v.price_per_million_rcu)):
+        if price < 0:
+            raise _fail(key, where[key], price, "a price >= 0 in USD")
 
 
 def _fraction(key: str, value: float | None, where: _Where) -> None:

@@ -6,7 +6,8 @@ Each role gets only what its commands call, in the configured mode:
   catch-up     the source side: incremental exports (pitr) or the table's stream (stream)
   staging      the staging side: the staging prefix's objects, and the catalog's Glue tables
   loader       the destination side: DescribeTable and BatchWriteItem, nothing else
-  verify       the destination side: DescribeTable and BatchGetItem
+  verify       the destination side: DescribeTable and BatchGetItem (`[verify] method = "export"`: a PITR export
+               of the destination into the staging prefix's verify/export/ instead)
   ttl          a one-off admin action: UpdateTimeToLive
   live-service the checkout lookup and the forward writer: Query and PutItem
 
@@ -108,13 +109,27 @@ def policies(cfg: Config, months: list[str] | None = None, account: str = "*", *
     else:
         stage = _doc()
     dest = _table_arn(cfg.destination.aws_region, account, cfg.destination_table())
+    if cfg.verify.method == "export":
+        verify_into = [f"{arns[1].rsplit('/*', 1)[0]}/verify/export/*"] if arns else []
+        verify = _doc(
+            _allow("ExportTheDestination", ["dynamodb:DescribeTable", "dynamodb:DescribeContinuousBackups",
+                                            "dynamodb:ExportTableToPointInTime"], [dest]),
+            _allow("FollowExports", ["dynamodb:DescribeExport"], [dest + "/export/*"]),
+            _allow("FindAnExportStartedBefore", ["dynamodb:ListExports"], "*"),
+            *([_allow("EnablePointInTimeRecovery", ["dynamodb:UpdateContinuousBackups"], [dest])]
+              if enable_pitr else []),
+            *([_allow("ExportWritesToStaging", ["s3:PutObject", "s3:AbortMultipartUpload"], verify_into)]
+              + ([_allow("ExportEncryptsWithTheStagingKey", ["kms:GenerateDataKey", "kms:Decrypt"], kms)]
+                 if kms else []) if arns else []))
+    else:
+        verify = _doc(_allow("ReadBack", ["dynamodb:DescribeTable", "dynamodb:BatchGetItem"], [dest]))
     return {
         "export": export,
         "catch-up": catchup,
         "staging": stage,
         # (sts:GetCallerIdentity, which names the account before writing, needs no permission)
         "loader": _doc(_allow("Load", ["dynamodb:DescribeTable", "dynamodb:BatchWriteItem"], [dest])),
-        "verify": _doc(_allow("ReadBack", ["dynamodb:DescribeTable", "dynamodb:BatchGetItem"], [dest])),
+        "verify": verify,
         "ttl": _doc(_allow("TimeToLive", ["dynamodb:DescribeTimeToLive", "dynamodb:UpdateTimeToLive"], [dest])),
         "live-service": _doc(_allow("CheckoutLookupAndForwardWriter", ["dynamodb:Query", "dynamodb:PutItem"],
                                     [dest])),

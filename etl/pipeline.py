@@ -29,6 +29,7 @@ from etl.runner import Options as RunnerOptions
 from etl.runner import Runner, Stage, months_needed
 from etl.transform.stage import TransformStage
 from etl.verify import VerifyStage
+from etl.verify_export import VerifyExportStage
 
 ORDER = freshness.ORDER
 
@@ -46,6 +47,8 @@ class Options:
     now: int | None = None
     confirm: Callable[[str], bool] | None = None
     break_lease: bool = False  # take over a lease another run left behind
+    method: str | None = None  # verify: read | export (default: [verify] method)
+    verify_existing: str | None = None  # verify --method export: adopt this export of the destination
 
 
 def source_tables(cfg: Config, months: list[str]) -> dict[str, tuple[str, str]]:
@@ -71,7 +74,10 @@ def _stages(cfg: Config, store: staging.Store, names: tuple[str, ...], opts: Opt
         "transform": TransformStage(cfg, store, force=opts.force),
         "load": LoadStage(cfg, store, reporter, force=opts.force, dry_run=opts.dry_run, yes=opts.yes,
                           include_expired=opts.include_expired, now=opts.now, confirm=opts.confirm, desc=desc),
-        "verify": VerifyStage(cfg, store, force=opts.force, destination=destination),
+        "verify": (VerifyExportStage(cfg, store, reporter, force=opts.force, destination=destination, desc=desc,
+                                     use_existing=opts.verify_existing, enable_pitr=opts.enable_pitr)
+                   if (opts.method or cfg.verify.method) == "export" else
+                   VerifyStage(cfg, store, force=opts.force, destination=destination)),
     }
     return [made[n] for n in names]
 
@@ -124,10 +130,15 @@ def run_load(cfg: Config, months: list[str], *, reporter: Reporter = QUIET, **op
     return run(cfg, months, ("load",), reporter=reporter, **options)["load"]
 
 
-def run_verify(cfg: Config, months: list[str], *, reporter: Reporter = QUIET,
-               break_lease: bool = False) -> list[dict[str, Any]]:
-    """Asked for alone, verify always reads the table again (the table may have changed since)."""
-    return run(cfg, months, ("verify",), reporter=reporter, force=True, break_lease=break_lease)["verify"]
+def run_verify(cfg: Config, months: list[str], *, reporter: Reporter = QUIET, break_lease: bool = False,
+               method: str | None = None, use_existing: str | None = None,
+               enable_pitr: bool = False) -> list[dict[str, Any]]:
+    """Asked for alone, verify always checks the table again (the table may have changed since): `method` read
+    (BatchGetItem of every loaded key) or export (a PITR export of the table, or `use_existing`, compared)."""
+    if use_existing and (method or cfg.verify.method) != "export":
+        raise EtlError("--use-existing adopts an export of the destination: it needs --method export")
+    return run(cfg, months, ("verify",), reporter=reporter, force=True, break_lease=break_lease, method=method,
+               verify_existing=use_existing, enable_pitr=enable_pitr)["verify"]
 
 
 def run_catchup(cfg: Config, months: list[str], *, reporter: Reporter = QUIET, mode: str = "pitr",

@@ -23,6 +23,10 @@ Layout under the staging root (S3 `s3://bucket/prefix` or a local directory):
     _state/month=YYYYMM/catchup/rows-NNNNN.parquet     every key a window touched, with all its rows after it
     _state/month=YYYYMM/catchup/load-NNNNN.done        a window's load checkpoint
     _state/month=YYYYMM/catchup/final.parquet          every touched key's final winner or delete (for verify)
+    verify/month=YYYYMM/part-BBBBB.parquet             differences `etl verify --method export` found, per bucket
+    verify/export/<time>/AWSDynamoDB/...               the destination's PITR export it compares
+    verify/buckets/<run>/bucket=BBBBB/*.parquet        both sides split by key hash while it compares (then removed)
+    _state/verify/export.json                          that export while it is taken and compared (a rerun waits on it)
 
 Every key is built here, and only here; a store hides whether it is a directory or an S3 prefix.
 """
@@ -727,6 +731,33 @@ def catchup_progress_key(month: str, window: int) -> str:
 
 def catchup_final_key(month: str) -> str:
     return f"{catchup_prefix(month)}final.parquet"
+
+
+def verify_diffs_prefix(month: str) -> str:
+    return f"verify/{month_dir(month)}/"
+
+
+def verify_diffs_key(month: str, bucket: int) -> str:
+    """The differences `etl verify --method export` found in one key-hash bucket of a month (Hive-partitioned)."""
+    return f"{verify_diffs_prefix(month)}part-{bucket:05d}.parquet"
+
+
+def verify_export_prefix(stamp: str) -> str:
+    """Where the destination's PITR export for a verify goes (AWS writes `AWSDynamoDB/` under it)."""
+    return f"verify/export/{stamp}"
+
+
+def verify_buckets_prefix(run: str) -> str:
+    return f"verify/buckets/{run}/"
+
+
+def verify_bucket_key(run: str, bucket: int, name: str) -> str:
+    """One input's rows of one key-hash bucket (`name`: which side and which input)."""
+    return f"{verify_buckets_prefix(run)}bucket={bucket:05d}/{name}.parquet"
+
+
+def verify_export_state_key() -> str:
+    return "_state/verify/export.json"
 
 
 # --------------------------------------------------------------------------- the collisions file

@@ -15,12 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
-from etl import aws, capacity, expiry, items, mapping, staging
+from etl import aws, capacity, expected, items, mapping, staging
 from etl.config import Config
 from etl.engine import MonthPlan, TaskContext
 from etl.errors import StageNotReady
@@ -72,12 +67,6 @@ class VerifyCatchupFinalTask:
 Task = VerifyPartTask | VerifyCatchupFinalTask
 
 
-def _catchup_final(store: staging.Store, month: str, load: dict[str, Any]) -> str:
-    c = staging.read_manifest(store, month, "catchup")
-    key = staging.catchup_final_key(month)
-    return key if c and c.get("load_run") == load.get("run_id") and store.exists(key) else ""
-
-
 def plan(cfg: Config, store: staging.Store, month: str, destination: staging.Destination | None = None) -> MonthPlan:
     """`destination`: the table as described now; a load made into another table (or into this name before it
     was dropped and created again) is no load of this one."""
@@ -88,7 +77,7 @@ def plan(cfg: Config, store: staging.Store, month: str, destination: staging.Des
         raise StageNotReady(f"month {month} is not loaded into {destination.describe()}: its load went to "
                             f"{staging.elsewhere(load)}", hint=f"run `etl load --month {month}` first")
     t = staging.read_manifest(store, month, "transform") or {}
-    final = _catchup_final(store, month, load)
+    final = expected.catchup_final(store, month, load)
     common: dict[str, Any] = {"month": month, "table": cfg.destination_table(),
                               "include_expired": bool(load.get("include_expired")),
                               "expired_before": int(load.get("expired_before", 0)),
@@ -100,43 +89,26 @@ def plan(cfg: Config, store: staging.Store, month: str, destination: staging.Des
     return MonthPlan(tasks, sum(p["rows"] for p in parts), "items")
 
 
-def _key_texts(table: pa.Table, keys: list[str]) -> pa.Array:
-    cols = [pc.cast(table[k], pa.string()) for k in keys]
-    return pc.binary_join_element_wise(*cols, "\x1f") if len(cols) > 1 else cols[0]
+def _source(task: Task) -> expected.Source:
+    part = task.part if isinstance(task, VerifyPartTask) else None
+    return expected.Source(month=task.month, key=task.key, part=part,
+                           catchup=task.catchup if isinstance(task, VerifyPartTask) else "",
+                           include_expired=task.include_expired, expired_before=task.expired_before)
 
 
 def expected_rows(cfg: Config, store: staging.Store, task: Task) -> tuple[list[dict[str, Any]], int]:
-    """The rows the load (and the catch-up after it) meant to write from the part, and how many rows it has."""
-    table = pq.read_table(pa.BufferReader(store.read(task.key)))
-    keep = np.ones(table.num_rows, dtype=bool)
-    if isinstance(task, VerifyCatchupFinalTask):  # its winners (its deletes are `expected_absent`)
-        keep &= np.asarray(pc.equal(table[mapping.OP], mapping.PUT).to_numpy(zero_copy_only=False), dtype=bool)
-        table = table.drop_columns([mapping.OP])
-    elif task.catchup:  # keys a catch-up window touched hold their final state, checked by its own task
-        final = pq.read_table(pa.BufferReader(store.read(task.catchup)))
-        keys = mapping.key_columns(cfg)
-        touched = pc.is_in(_key_texts(table, keys), value_set=_key_texts(final, keys))
-        keep &= ~np.asarray(pc.fill_null(touched, False).to_numpy(zero_copy_only=False), dtype=bool)
-        losers = staging.read_losers(store, task.month).get(task.part)
-        if losers is not None:
-            keep[losers] = False
-    else:
-        losers = staging.read_losers(store, task.month).get(task.part)
-        if losers is not None:
-            keep[losers] = False
-    ttl_col = mapping.ttl_column(cfg)
-    if ttl_col and not task.include_expired:
-        keep &= ~expiry.expired(table[ttl_col], task.expired_before)
-    return table.filter(pa.array(keep)).to_pylist(), table.num_rows
+    """The rows the load (and the catch-up after it) meant to write from the part, and how many rows it has
+    (`etl.expected`'s rule)."""
+    rows, _, total = expected.expected(cfg, store, _source(task))
+    return rows.to_pylist(), total
 
 
 def expected_absent(cfg: Config, store: staging.Store, task: Task) -> list[tuple[Any, ...]]:
     """The keys a catch-up deleted (its final state's deletes): they must not be in the table."""
     if not isinstance(task, VerifyCatchupFinalTask):
         return []
+    _, gone, _ = expected.expected(cfg, store, _source(task))
     keys = mapping.key_columns(cfg)
-    table = pq.read_table(pa.BufferReader(store.read(task.key)))
-    gone = table.filter(pc.equal(table[mapping.OP], mapping.DELETE))
     return list(zip(*(gone[k].to_pylist() for k in keys), strict=True)) if gone.num_rows else []
 
 
@@ -185,8 +157,8 @@ def run_task(cfg: Config, task: Task, ctx: TaskContext) -> dict[str, Any]:
         chunk = rows[i : i + 100]
         want = {tuple(r[k] for k in keys): r for r in chunk}
         got = _read_back(ddb, task, ctx, keys, list(want))
-        for key, expected in want.items():
-            diff = compare(expected, got.get(key))
+        for key, row in want.items():
+            diff = compare(row, got.get(key))
             if diff is None:
                 n_missing += 1
                 if len(missing) < EXAMPLES:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parent.parent
-STAGES = {"etl.export.stage", "etl.transform.stage", "etl.load.stage", "etl.verify", "etl.catchup.stage"}
+STAGES = {"etl.export.stage", "etl.transform.stage", "etl.load.stage", "etl.verify", "etl.verify_export",
+          "etl.catchup.stage"}
 PACKAGES = {"etl.export.stage": "etl.export", "etl.transform.stage": "etl.transform", "etl.load.stage": "etl.load",
             "etl.catchup.stage": "etl.catchup"}
 

@@ -45,7 +45,12 @@ def describe_source(cfg: Config, ddb: Any, table: str, month: str) -> dict[str, 
         raise
 
 
-def _check_pitr(ddb: Any, table: str, enable: bool, reporter: Reporter) -> None:
+SCAN_INSTEAD = "use --mode scan (reads within a read-capacity budget)"
+
+
+def check_pitr(ddb: Any, table: str, enable: bool, reporter: Reporter, instead: str = SCAN_INSTEAD) -> None:
+    """PITR must be on for an export of `table`; `enable` turns it on, else the refusal names `instead` (the way
+    that needs no export)."""
     desc = ddb.describe_continuous_backups(TableName=table)["ContinuousBackupsDescription"]
     status = desc.get("PointInTimeRecoveryDescription", {}).get("PointInTimeRecoveryStatus")
     if status == "ENABLED":
@@ -54,8 +59,7 @@ def _check_pitr(ddb: Any, table: str, enable: bool, reporter: Reporter) -> None:
         raise EtlError(
             f"point-in-time recovery is {status or 'DISABLED'} on {table}; a PITR export needs it",
             hint=f"rerun with --enable-pitr, or `aws dynamodb update-continuous-backups --table-name {table} "
-            "--point-in-time-recovery-specification PointInTimeRecoveryEnabled=true`, "
-            "or use --mode scan (reads within a read-capacity budget)",
+            f"--point-in-time-recovery-specification PointInTimeRecoveryEnabled=true`, or {instead}",
         )
     reporter.info(f"enabling point-in-time recovery on {table}")
     ddb.update_continuous_backups(
@@ -63,7 +67,7 @@ def _check_pitr(ddb: Any, table: str, enable: bool, reporter: Reporter) -> None:
     )
 
 
-def _check_bucket(cfg: Config, store: staging.S3Store) -> None:
+def check_bucket(cfg: Config, store: staging.S3Store) -> None:
     loc = store.bucket_region()
     bucket, _ = store.s3_location("")
     if loc != cfg.staging.aws_region:
@@ -75,9 +79,16 @@ def _check_bucket(cfg: Config, store: staging.S3Store) -> None:
 
 def _wait(ddb: Any, arn: str, cfg: Config, month: str, reporter: Reporter,
           ctx: TaskContext | None = None) -> dict[str, Any]:
+    return wait_for(ddb, arn, cfg, reporter, ctx, what=f"export {month}", label=f"export of month {month}",
+                    again=f"etl export --month {month}")
+
+
+def wait_for(ddb: Any, arn: str, cfg: Config, reporter: Reporter, ctx: TaskContext | None, *, what: str,
+             label: str, again: str) -> dict[str, Any]:
     """DescribeExport with backoff until the export ends; an interrupt (`ctx`) ends the wait at once (the export
-    goes on in DynamoDB, and the next run waits on the same one)."""
-    task = reporter.task(f"export {month}", None, "s")
+    goes on in DynamoDB, and the next run waits on the same one). `what` names its progress line, `label` the
+    export in messages, `again` the command that starts a new one (with --force) or waits again."""
+    task = reporter.task(what, None, "s")
     delay = 1.0
     start = time.monotonic()
     while True:
@@ -91,14 +102,14 @@ def _wait(ddb: Any, arn: str, cfg: Config, month: str, reporter: Reporter,
         if state == "FAILED":
             task.finish(state=state)
             raise EtlError(
-                f"export of month {month} FAILED: {d.get('FailureCode')}: {d.get('FailureMessage')}",
-                hint=f"fix the cause, then `etl export --month {month} --force` starts a new export",
+                f"{label} FAILED: {d.get('FailureCode')}: {d.get('FailureMessage')}",
+                hint=f"fix the cause, then `{again} --force` starts a new export",
             )
         if elapsed > cfg.export.timeout_seconds:
             task.finish(state=state)
             raise EtlError(
-                f"export of month {month} still {state} after {elapsed:.0f}s ({arn})",
-                hint=f"`etl export --month {month}` resumes waiting on the same export",
+                f"{label} still {state} after {elapsed:.0f}s ({arn})",
+                hint=f"`{again}` resumes waiting on the same export",
             )
         if ctx is None:
             time.sleep(delay)
@@ -108,8 +119,10 @@ def _wait(ddb: Any, arn: str, cfg: Config, month: str, reporter: Reporter,
         delay = min(cfg.export.poll_max_seconds, delay * 1.6)
 
 
-def _find_folder(store: staging.S3Store, month: str, d: dict[str, Any]) -> staging.Store:
-    base = f"{staging.export_prefix(month)}/AWSDynamoDB/"
+def find_folder(store: staging.S3Store, prefix: str, d: dict[str, Any]) -> staging.Store:
+    """The `AWSDynamoDB/<exportId>/` folder a completed export (`d`, its description) wrote under `prefix`: from
+    its manifest's key, else its id, else (an emulator's export) the newest folder there."""
+    base = f"{prefix}/AWSDynamoDB/"
     manifest = d.get("ExportManifest")
     if manifest:
         _, root = store.s3_location("")
@@ -127,7 +140,7 @@ def _find_folder(store: staging.S3Store, month: str, d: dict[str, Any]) -> stagi
     return store.sub(base + max(folders, key=lambda k: folders[k]))
 
 
-def _find_started(ddb: Any, table_arn: str, bucket: str, prefix: str) -> str | None:
+def find_started(ddb: Any, table_arn: str, bucket: str, prefix: str) -> str | None:
     """An export of this table into this prefix that is running or done (a start whose reply was lost).
 
     DynamoDB deduplicates by ClientToken; this also covers emulators that ignore the token."""
@@ -159,8 +172,8 @@ def export_pitr(
     table = cfg.source_table(month)
     desc = describe_source(cfg, ddb, table, month)
     table_arn = desc["TableArn"]
-    _check_pitr(ddb, table, enable_pitr, reporter)
-    _check_bucket(cfg, store)
+    check_pitr(ddb, table, enable_pitr, reporter)
+    check_bucket(cfg, store)
     pending_key = staging.pending_export_key(month)
     bucket, prefix = store.s3_location(staging.export_prefix(month))
     pending = None if force or not store.exists(pending_key) else store.read_json(pending_key)
@@ -176,7 +189,7 @@ def export_pitr(
             arn = pending["export_arn"]
             reporter.info(f"export {month}: resuming export {arn} ({st})")
     if arn is None and pending:
-        arn = _find_started(ddb, table_arn, bucket, prefix)
+        arn = find_started(ddb, table_arn, bucket, prefix)
         if arn:
             reporter.info(f"export {month}: found the export started before ({arn})")
             pending = {**pending, "export_arn": arn}
@@ -207,7 +220,7 @@ def export_pitr(
         store.write_json(pending_key, pending)
         reporter.info(f"export {month}: started {arn}")
     d = _wait(ddb, arn, cfg, month, reporter, ctx)
-    folder = _find_folder(store, month, d)
+    folder = find_folder(store, staging.export_prefix(month), d)
     checked = inspect_export(folder)
     if not checked["verified"]:
         reporter.warn(f"export {month}: {checked['verification']}")
@@ -255,10 +268,10 @@ def start_incremental_export(cfg: Config, store: staging.Store, month: str, pref
     ddb = aws.client(cfg.source, "dynamodb")
     table = cfg.source_table(month)
     table_arn = describe_source(cfg, ddb, table, month)["TableArn"]
-    _check_pitr(ddb, table, False, QUIET)
+    check_pitr(ddb, table, False, QUIET)
     bucket, key_prefix = store.s3_location(prefix)
     token = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{table_arn}|{start.isoformat()}|{end.isoformat()}"))
-    found = _find_started(ddb, table_arn, bucket, key_prefix)
+    found = find_started(ddb, table_arn, bucket, key_prefix)
     if found:
         return found, token
     r = ddb.export_table_to_point_in_time(
