@@ -51,6 +51,7 @@ class Stage(Protocol):
     def commit(self, month: str, plan: MonthPlan, results: list[dict[str, Any]]) -> dict[str, Any]: ...
     def budget(self) -> Any: ...  # the bucket its tasks share, or None
     def command(self, months: list[str]) -> str: ...  # the command that runs (resumes) it for these months
+    def interrupted(self) -> str | None: ...  # what goes on after an interrupt (work left running on AWS), if any
     def close(self) -> None: ...
 
 
@@ -80,6 +81,9 @@ class StageBase:
 
     def command(self, months: list[str]) -> str:
         return f"etl {self.verb or self.name} " + " ".join(f"--month {m}" for m in months)
+
+    def interrupted(self) -> str | None:
+        return None
 
     def close(self) -> None:
         return None
@@ -256,7 +260,8 @@ class Runner:
                 self.stop(INTERRUPTED)
                 wait(futures)
                 if isinstance(exc, KeyboardInterrupt):
-                    raise Interrupted(INTERRUPTED) from None
+                    notes = [n for s in stages if (n := s.interrupted())]
+                    raise Interrupted(INTERRUPTED, hint="; ".join(notes) or None) from None
                 raise
             finally:
                 pool.shutdown(wait=True)
