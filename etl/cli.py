@@ -568,8 +568,8 @@ def config_show(obj: Ctx, as_json: bool) -> None:
 
 @cli.command("iam-policy")
 @month_options
-@click.option("--role", type=click.Choice(["all", "export", "catch-up", "staging", "loader", "verify", "ttl",
-                                           "live-service"]), default="all", show_default=True)
+@click.option("--role", type=click.Choice(["all", "export", "catch-up", "staging", "loader", "bulk-put-loader",
+                                           "verify", "ttl", "live-service"]), default="all", show_default=True)
 @click.option("--account", help="Account id for the ARNs (default: the account of each side's credentials).")
 @click.option("--mode", type=click.Choice(["pitr", "scan"]), help="Export mode (default from config).")
 @click.option("--enable-pitr", is_flag=True, help="Include UpdateContinuousBackups (for `export --enable-pitr`).")

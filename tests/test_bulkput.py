@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -34,6 +37,7 @@ from tests.helpers import write_real_export
 
 M = "201604"
 NOW = int(datetime(2016, 6, 1, tzinfo=UTC).timestamp())
+ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
 BULK = "[load]\nmethod = \"bulk-put\"\nmax_wcu = 5000\nmax_rcu = 100000\nbulk_put_poll_seconds = 0.05\n"
 
 
@@ -349,46 +353,42 @@ def test_bulk_put_loads_a_month_that_verify_passes_with_counts_from_the_operatio
     assert again.get("skipped") and standin.starts == 1
 
 
-def test_an_interrupted_load_re_attaches_to_its_operation(moto: str, ddb_local: str, standin: BulkPutStandIn,
-                                                           dest_table: Callable[..., str],
-                                                           make_config: Callable[..., Config]) -> None:
+def test_ctrl_c_exits_130_saying_the_operation_runs_on_and_a_rerun_re_attaches(
+        moto: str, ddb_local: str, standin: BulkPutStandIn, dest_table: Callable[..., str],
+        make_config: Callable[..., Config]) -> None:
     cfg, table = bulk_setup(moto, standin, dest_table, make_config)
     standin.hold.set()  # the operation stays IN_PROGRESS until released
-    from etl import pipeline
-    from etl.runner import Runner
-
-    caught: list[BaseException] = []
-    stopper: list[Runner] = []
-    original = Runner.run
-
-    def run(self: Runner, months: list[str], stages: list[Any]) -> Any:
-        stopper.append(self)
-        return original(self, months, stages)
-
-    def interrupt() -> None:  # once the operation is recorded, stop the run as Ctrl-C does
-        store = staging.open_store(cfg.staging.root, cfg.staging)
-        while not (store.exists(staging.bulkput_state_key(M))
-                   and any(op.get("arn") for op in store.read_json(staging.bulkput_state_key(M))["operations"])):
-            time.sleep(0.02)
-        stopper[0].stop("interrupted (SIGINT or SIGTERM): what was acknowledged is kept")
-
-    Runner.run = run  # type: ignore[method-assign]
-    try:
-        t = threading.Thread(target=interrupt, daemon=True)
-        t.start()
-        try:
-            pipeline.run_load(cfg, [M], now=NOW)
-        except EtlError as exc:
-            caught.append(exc)
-    finally:
-        Runner.run = original  # type: ignore[method-assign]
-    assert caught and standin.starts == 1
     store = staging.open_store(cfg.staging.root, cfg.staging)
+    args = ["--config", cfg.path, "--progress", "quiet", "load", "--month", M, "--yes", "--include-expired"]
+    proc = subprocess.Popen([sys.executable, "-m", "etl", *args], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (
+            store.exists(staging.bulkput_state_key(M))
+            and any(op.get("polled_at") for op in store.read_json(staging.bulkput_state_key(M))["operations"])):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)  # a guard against a hang, not a timing assertion
+    assert proc.returncode == 130, err
     [op] = store.read_json(staging.bulkput_state_key(M))["operations"]
-    assert op["arn"] == next(iter(standin.operations)) and op["status"] == "IN_PROGRESS"
+    arn = next(iter(standin.operations))
+    assert op["arn"] == arn and op["status"] == "IN_PROGRESS" and standin.starts == 1
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert lines == [f"interrupted: what was acknowledged is kept; resume with `etl {' '.join(args)}`",
+                     f"  -> the bulk put operation(s) keep running on AWS ({M}: {arn}); `etl load --month {M} "
+                     f"--method bulk-put` re-attaches to them, `etl load --month {M} --cancel` cancels them"], err
+    assert "Traceback" not in err + out
+    from etl import status
+
+    [row] = status.collect(store, [M])
+    assert "bulk put operation 0 IN_PROGRESS: 0 of 504 items processed" in row["stages"]["load"]["summary"]
     standin.hold.clear()
-    [m] = run_load(cfg, [M], now=NOW)  # re-attaches: no second start
-    assert standin.starts == 1 and m["written"] == 500 and m["operations"][0]["arn"] == op["arn"]
+    r = subprocess.run([sys.executable, "-m", "etl", *args], env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert standin.starts == 1  # re-attached: no second operation
+    m = staging.read_manifest(store, M, "load")
+    assert m is not None and (m["written"], m["deduplicated"]) == (504, 1) and m["operations"][0]["arn"] == arn
+    assert f"load {M}: bulk put: 504 written" in r.stdout
     assert run_verify(cfg, [M])[0]["ok"]
 
 

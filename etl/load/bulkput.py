@@ -272,7 +272,7 @@ class BulkPutStage(StageBase):
                                f"({old.get('phase')})")
             return dict(old.body)
         ld = self.cfg.load
-        record = {"run": uuid.uuid4().hex[:16], "transform_run": t.get("run_id"), "table": setup.table,
+        record: dict[str, Any] = {"run": uuid.uuid4().hex[:16], "transform_run": t.get("run_id"), "table": setup.table,
                   "table_arn": d.arn, "table_created": d.created, "include_expired": setup.include_expired,
                   "now": setup.now, "tier": ld.bulk_put_tier, "compression": ld.bulk_put_compression,
                   "max_write_request_units": self.units, "phase": "writing", "operations": [],
