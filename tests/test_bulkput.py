@@ -6,6 +6,7 @@ against the same model."""
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import signal
@@ -21,8 +22,10 @@ import boto3
 import orjson
 import pytest
 from botocore.stub import Stubber
+from click.testing import CliRunner
 
 from etl import staging
+from etl.cli import cli
 from etl.config import Config
 from etl.engine import TaskContext
 from etl.errors import EtlError, PartlyDone
@@ -30,6 +33,7 @@ from etl.load import bulkput
 from etl.load.bulkinput import BulkInputTask, decompress, run_input_task
 from etl.load.rows import Counters, LoadPartTask, WriteTarget, _read
 from etl.pipeline import run_export, run_load, run_transform, run_verify
+from etl.progress import Reporter
 from etl.state import BulkPutRecord
 from tests.bulkput_standin import BulkPutStandIn
 from tests.conftest import ddb_client, s3_client
@@ -335,10 +339,22 @@ def test_bulk_put_loads_a_month_that_verify_passes_with_counts_from_the_operatio
         moto: str, ddb_local: str, standin: BulkPutStandIn, dest_table: Callable[..., str],
         make_config: Callable[..., Config]) -> None:
     cfg, table = bulk_setup(moto, standin, dest_table, make_config)
-    [dry] = run_load(cfg, [M], now=NOW, dry_run=True)
+    said = io.StringIO()
+    [dry] = run_load(cfg, [M], now=NOW, dry_run=True, reporter=Reporter("json", stream=said))
     assert (dry["written"], dry["skipped_expired"], dry["deduplicated"]) == (500, 4, 1)
     assert dry["objects"] > 1 and dry["operations"] == 1 and dry["batch_write"]["wcu_estimated_total"] == 500
+    assert dry["bytes"] > 500 * 100 and dry["cost_usd"] == round(dry["bytes"] / 1e9 * 0.15, 4)
     assert standin.starts == 0 and not ddb_client(ddb_local).scan(TableName=table)["Items"]
+    [plan] = [e["message"] for e in map(json.loads, said.getvalue().splitlines())
+              if e["event"] == "info" and e["message"].startswith("destination ")]
+    assert "write units: about" in plan and "time: about" in plan  # batch-write's lines, beside bulk put's
+    assert "bulk put: about" in plan and "object(s) (ZSTD), 1 operation(s), STANDARD tier, MaxWriteRequestUnits " \
+        "5,000" in plan and "at $0.15 per GB" in plan
+    r = CliRunner().invoke(cli, ["--config", cfg.path, "--progress", "quiet", "load", "--month", M, "--dry-run",
+                                 "--include-expired"])
+    assert r.exit_code == 0, r.output
+    assert f"load {M}: dry run, nothing written: bulk put of 504 items" in r.output
+    assert "batch-write instead: 504 WCU" in r.output and standin.starts == 0
     [m] = run_load(cfg, [M], now=NOW)
     assert m["method"] == "bulk-put" and standin.starts == 1
     [op] = standin.operations.values()
