@@ -229,19 +229,17 @@ def test_the_token_is_derived_from_table_month_run_and_operation() -> None:
 
 def test_cancel_sends_cancel_bulk_operation_for_operations_in_progress(make_config: Callable[..., Config],
                                                                        tmp_path: Path) -> None:
-    cfg = make_config()
+    cfg = make_config(dest_endpoint="http://127.0.0.1:9")  # nothing is sent: the Stubber answers
     store = staging.open_store(cfg.staging.root, cfg.staging)
     arn = DESCRIPTION["BulkOperationArn"]
     store.write_json(staging.bulkput_state_key(M), {"operations": [
         {"operation": 0, "arn": arn + "0", "status": "COMPLETED"},
         {"operation": 1, "arn": arn, "status": "IN_PROGRESS"}]})
-    from etl import aws
-
-    client = aws.client(cfg.destination, "dynamodb")
+    client = _client()
     with Stubber(client) as stub:
         stub.add_response("cancel_bulk_operation", {"BulkOperationArn": arn, "BulkOperationStatus": "CANCELLING"},
                           {"BulkOperationArn": arn})
-        [r] = bulkput.cancel(cfg, [M])
+        [r] = bulkput.cancel(cfg, [M], client)
         stub.assert_no_pending_responses()
     assert r == {"month": M, "cancelled": [{"arn": arn, "status": "CANCELLING"}]}
     assert store.read_json(staging.bulkput_state_key(M))["operations"][1]["status"] == "CANCELLING"
@@ -434,5 +432,11 @@ def test_failed_and_partly_done_operations(moto: str, ddb_local: str, standin: B
     m = staging.read_manifest(staging.open_store(cfg.staging.root, cfg.staging), M, "load")
     assert m is not None and m["partly_done"] and m["failed"] == 500 and m["written"] == 0
     assert m["reports"] == [f"s3://stage/pfx/bulkput-reports/month={M}/{m['input_run']}/op-000/"]
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    runs = {o.key.split("/")[2] for o in store.list(f"bulkput/month={M}/")}
+    assert runs == {m["input_run"]}  # the failed operation's input went once a load was committed
+    report = standin.s3.get_object(Bucket="stage", Key=f"pfx/bulkput-reports/month={M}/{m['input_run']}/op-000/"
+                                   "errors.jsonl")["Body"].read().splitlines()
+    assert len(report) == 500  # the stand-in's report: its location is what the manifest keeps
     [row] = status.collect(staging.open_store(cfg.staging.root, cfg.staging), [M])
     assert row["stages"]["load"]["state"] == "failed" and "500 failed" in row["stages"]["load"]["error"]

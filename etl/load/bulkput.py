@@ -142,11 +142,12 @@ def _iso(t: Any) -> str | None:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(t, datetime) else None
 
 
-def cancel(cfg: Config, months: list[str]) -> list[dict[str, Any]]:
+def cancel(cfg: Config, months: list[str], ddb: Any = None) -> list[dict[str, Any]]:
     """CancelBulkOperation for every month's operations still in progress (`etl load --cancel`). What they wrote
-    stays; the next load of the month starts over with new input."""
+    stays; the next load of the month starts over with new input. `ddb`: the destination's client (default: the
+    config's)."""
     store = staging.open_store(cfg.staging.root, cfg.staging)
-    ddb = aws.client(cfg.destination, "dynamodb")
+    ddb = ddb or aws.client(cfg.destination, "dynamodb")
     out = []
     for month in months:
         key = staging.bulkput_state_key(month)
@@ -548,4 +549,13 @@ def commit(cfg: Config, store: staging.Store, month: str, record: dict[str, Any]
         "config_hash": cfg.hash_of("load", "destination"),
     })
     store.write_json(staging.bulkput_state_key(month), {**record, "committed": True})
+    _drop_older_input(store, month, str(record["run"]))
     return manifest
+
+
+def _drop_older_input(store: staging.Store, month: str, run: str) -> None:
+    """Earlier input runs of the month (a --force, a failed or cancelled operation) are not read again: their
+    objects go once a load of the month is committed (this run's stay beside its manifest)."""
+    top = staging.bulkput_input_prefix(month, run, 0).split(f"{run}/")[0]
+    for other in {o.key[len(top):].split("/", 1)[0] for o in store.list(top)} - {run}:
+        store.delete_prefix(f"{top}{other}/")
