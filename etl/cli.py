@@ -65,9 +65,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         debug = bool(ctx and ctx.debug)
         try:
             return fn(*args, **kwargs)
-        except (Interrupted, KeyboardInterrupt):
+        except (Interrupted, KeyboardInterrupt) as exc:
             resume = f"resume with `{_this_command()}`"
             click.secho(f"interrupted: what was acknowledged is kept; {resume}", fg="yellow", err=True)
+            if isinstance(exc, Interrupted) and exc.hint:  # e.g. a bulk put operation that goes on running on AWS
+                click.echo(f"  -> {exc.hint}", err=True)
             _json_error("interrupted: what was acknowledged is kept", resume, 130)
             sys.exit(130)
         except EtlError as exc:
@@ -153,6 +155,12 @@ def _checked(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Para
         return values
 
     return check
+
+
+def method_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--method", type=click.Choice(["batch-write", "bulk-put"]), default=None,
+                        help="How the load writes: batch-write (BatchWriteItem, the default) or bulk-put (DynamoDB's "
+                             "managed StartBulkPutItems; default from [load] method).")(fn)
 
 
 def month_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -389,32 +397,87 @@ def transform(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], 
 @click.option("--include-expired", is_flag=True, default=None,
               help="Also write items whose ExpirationTimestamp has passed (skipped and counted by default).")
 @click.option("--force", is_flag=True, help="Ignore the part checkpoints and write every part again.")
+@method_option
+@click.option("--cancel", is_flag=True,
+              help="bulk-put: cancel the months' operations in progress (what they wrote stays).")
 @break_lease_option
 @engine_option
 @click.pass_obj
 @handle_errors
 def load(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], yes: bool, dry_run: bool,
-         include_expired: bool | None, force: bool, break_lease: bool, engine: str | None) -> None:
+         include_expired: bool | None, force: bool, method: str | None, cancel: bool, break_lease: bool,
+         engine: str | None) -> None:
     """Committed Parquet -> the destination table with BatchWriteItem, within the write budget.
 
     Shows the destination, account, item count, budget (each index's share, an on-demand table's warm
     throughput and how to pre-warm it), the write units and their cost, and the estimated duration, and
     asks before writing to a production table (--yes skips the question). --dry-run prints the same plan,
     then the counts it would write, skip and deduplicate with the exact write units and cost.
-    Each finished part is checkpointed; rerunning the same command resumes."""
+    Each finished part is checkpointed; rerunning the same command resumes.
+
+    --method bulk-put writes the same items as DynamoDB JSON objects to the staging bucket and has DynamoDB's
+    StartBulkPutItems load them (README: "Choosing a load method"); a rerun re-attaches to its operation,
+    --cancel cancels it."""
     from etl.pipeline import run_load
 
-    cfg = obj.config(engine={"kind": engine})
+    cfg = obj.config(engine={"kind": engine}, load={"method": method})
     require_staging_root(cfg)
     ms = _months(months, month_ranges)
+    if cancel:
+        from etl.load.bulkput import cancel as cancel_bulk_put
+
+        report(obj, "load", cancel_bulk_put(cfg, ms), _cancel_line)
+        return
     results = run_load(cfg, ms, yes=yes, dry_run=dry_run, include_expired=include_expired, force=force,
                        break_lease=break_lease,
                        confirm=lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False,
                        reporter=obj.reporter)
     report(obj, "load", results, _load_line)
+    _partly_done(results)
+
+
+def _cancel_line(r: dict[str, Any]) -> str:
+    if not r["cancelled"]:
+        return f"load {r['month']}: no bulk put operation in progress"
+    return "\n".join(f"load {r['month']}: bulk put operation {c['arn']}: {c['status']} (what it wrote stays; "
+                     f"`etl load --month {r['month']} --method bulk-put` starts over)" for c in r["cancelled"])
+
+
+def _partly_done(results: list[dict[str, Any]]) -> None:
+    """A bulk put that ended COMPLETED_WITH_ERRORS: the month is partly done (exit 3), its report named."""
+    partly = [r for r in results if r.get("partly_done") and not r.get("skipped")]
+    if partly:
+        listed = "; ".join(f"{r['month']}: {r['failed']:,} item(s) failed (report under {', '.join(r['reports'])})"
+                           for r in partly)
+        raise PartlyDone(f"bulk put wrote {len(partly)} month(s) partly: {listed}",
+                         hint="`etl status` shows them; fix the cause the report gives, then "
+                              "`etl load --month M --method bulk-put --force` writes the month again")
+
+
+def _bulk_line(r: dict[str, Any]) -> str:
+    if r.get("dry_run"):
+        b = r["batch_write"]
+        hours = f"{b['hours_at_budget']:,.2f} h at {b['budget_wcu_per_s']:,.0f} WCU/s" if b["hours_at_budget"] \
+            is not None else "time unknown"
+        return (f"load {r['month']}: dry run, nothing written: bulk put of {r['written']:,} items "
+                f"({r['skipped_expired']:,} expired skipped, {r['deduplicated']:,} deduplicated, "
+                f"{r['quarantined']:,} quarantined): {r['bytes'] / 1e9:,.3f} GB in {r['objects']:,} object(s), "
+                f"{r['operations']} operation(s), {r['tier']} tier, ${r['cost_usd']:,.2f} at "
+                f"${r['price_per_gb']:g}/GB; "
+                f"batch-write instead: {b['wcu_estimated_total']:,.0f} WCU, {hours}, ${b['cost_usd']:,.2f} at "
+                f"${b['price_per_million_wcu']:g} per million write units"
+                + ("" if b["on_demand"] else " on demand (provisioned: within the capacity paid by the hour)"))
+    failed = (f", {r['failed']:,} failed (report under {', '.join(r['reports'])})" if r.get("failed") else "")
+    why = f" ({_reasons(r['quarantined_by'])})" if r.get("quarantined_by") else ""
+    return (f"load {r['month']}: bulk put: {r['written']:,} written{failed}, {r['skipped_expired']:,} expired skipped, "
+            f"{r['deduplicated']:,} deduplicated, {r['quarantined']:,} quarantined{why}; {r['processed']:,} processed "
+            f"by {len(r['operations'])} operation(s) ({r['tier']}), {r['bytes'] / 1e9:,.3f} GB in {r['objects']:,} "
+            "object(s)")
 
 
 def _load_line(r: dict[str, Any]) -> str:
+    if r.get("method") == "bulk-put":
+        return _bulk_line(r)
     if r.get("dry_run"):
         units = " + ".join(f"{v:,.0f} on {'index ' + k if k != 'table' else 'the table'}"
                            for k, v in r["wcu_estimated"].items())
@@ -599,8 +662,8 @@ def config_show(obj: Ctx, as_json: bool) -> None:
 
 @cli.command("iam-policy")
 @month_options
-@click.option("--role", type=click.Choice(["all", "export", "catch-up", "staging", "loader", "verify", "ttl",
-                                           "live-service"]), default="all", show_default=True)
+@click.option("--role", type=click.Choice(["all", "export", "catch-up", "staging", "loader", "bulk-put-loader",
+                                           "verify", "ttl", "live-service"]), default="all", show_default=True)
 @click.option("--account", help="Account id for the ARNs (default: the account of each side's credentials).")
 @click.option("--mode", type=click.Choice(["pitr", "scan"]), help="Export mode (default from config).")
 @click.option("--enable-pitr", is_flag=True, help="Include UpdateContinuousBackups (for `export --enable-pitr`).")
@@ -768,23 +831,25 @@ def _print_status(uri: str, rows: list[dict[str, Any]]) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask before writing to the destination.")
 @click.option("--catch-up", "catch_up", type=click.Choice(["pitr", "stream"]), default=None,
               help="End with a catch-up of every month in this mode (see `etl catch-up --help`).")
+@method_option
 @break_lease_option
 @engine_option
 @click.pass_obj
 @handle_errors
 def run(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mode: str | None, yes: bool,
-        catch_up: str | None, break_lease: bool, engine: str | None) -> None:
+        catch_up: str | None, method: str | None, break_lease: bool, engine: str | None) -> None:
     """Every stage in order for the months, skipping what is already committed (resumes a backfill).
 
     Each month moves to its next stage as soon as its previous one committed, so months overlap: one loads
     while the next transforms and a third exports. A production destination is confirmed once, first."""
     from etl.pipeline import run as run_pipeline
 
-    cfg = obj.config(engine={"kind": engine})
+    cfg = obj.config(engine={"kind": engine}, load={"method": method})
     require_staging_root(cfg)
     ms = _months(months, month_ranges)
     confirm = lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False  # noqa: E731
     out = run_pipeline(cfg, ms, mode=mode, yes=yes, break_lease=break_lease, reporter=obj.reporter, confirm=confirm)
+    _partly_done(out.get("load", []))
     if obj.json and not catch_up:
         click.echo(json.dumps({"command": "run", "stages": {stage: [_counts(r) for r in rs]
                                                             for stage, rs in out.items()}}, default=str))
@@ -827,10 +892,12 @@ def _print_catchup(obj: Ctx, results: list[dict[str, Any]]) -> None:
               help="With --use-existing: adopt an export of another table than the month's (recorded).")
 @click.option("--yes", is_flag=True, help="Do not ask before writing to the destination.")
 @click.option("--include-expired", is_flag=True, default=None, help="Also write puts whose TTL has passed.")
+@method_option
 @click.pass_obj
 @handle_errors
 def catch_up(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], to_text: str | None, mode: str,
-             use_existing: str | None, adopt_other_table: bool, yes: bool, include_expired: bool | None) -> None:
+             use_existing: str | None, adopt_other_table: bool, yes: bool, include_expired: bool | None,
+             method: str | None) -> None:
     """Apply the changes made to loaded months since they were last in sync: puts and deletes on the index.
 
     The first catch-up starts at the full export's time, each next one where the last ended. pitr chains
@@ -845,7 +912,7 @@ def catch_up(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], t
     require_staging_root(cfg)
     results = run_catchup(cfg, _months(months, month_ranges), mode=mode, to=_at(to_text), use_existing=use_existing,
                           adopt_other_table=adopt_other_table,
-                          yes=yes, include_expired=include_expired, reporter=obj.reporter,
+                          yes=yes, include_expired=include_expired, reporter=obj.reporter, method=method,
                           confirm=lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False)
     _print_catchup(obj, results)
 

@@ -119,6 +119,19 @@ class LoadConfig:
     checkpoint_seconds: float = 1.0
     read_capacity_fraction: float | None = 0.5  # verify's BatchGetItem budget
     max_rcu: float | None = None
+    # how the load writes: batch-write (BatchWriteItem from this tool's processes) or bulk-put (DynamoDB's managed
+    # StartBulkPutItems reading input objects this tool writes to the staging bucket; S3 staging only)
+    method: str = "batch-write"
+    bulk_put_tier: str = "STANDARD"  # STANDARD | ACCELERATED (PerformanceTier)
+    bulk_put_compression: str = "ZSTD"  # the input objects: ZSTD | GZIP
+    bulk_put_object_mb: float = 256.0  # an input object's target size, uncompressed (the documented limit: 5 GB)
+    # one operation's input, uncompressed; a month above it is split into several operations. The tiers' own
+    # quotas were not reachable when this was written: set your tier's (Service Quotas, "bulk put items")
+    bulk_put_operation_gb: float = 1000.0
+    # USD per GB of input for the plan's cost: an assumption (DynamoDB's import-from-S3 price in us-east-1, also
+    # billed per GB); bulk put's own price was not reachable when this was written: set yours from the pricing page
+    bulk_put_price_per_gb: float = 0.15
+    bulk_put_poll_seconds: float = 30.0  # the longest wait between two DescribeBulkOperation calls
 
 
 @dataclass(frozen=True)
@@ -608,6 +621,7 @@ def _validate_load(cfg: Config, where: _Where) -> None:
         if value is not None and value < 1:
             raise _fail(key, where[key], value, "an integer >= 1" + (" (or unset: sized from the budget and the "
                                                                    "round trip)" if key == "load.concurrency" else ""))
+    _validate_bulk_put(ld, where)
     if ld.price_per_million_wcu < 0:
         raise _fail("load.price_per_million_wcu", where["load.price_per_million_wcu"], ld.price_per_million_wcu,
                     "a price >= 0 in USD per million write request units (us-east-1 on-demand: 0.625)")
@@ -618,7 +632,7 @@ def _validate_load(cfg: Config, where: _Where) -> None:
 
 def _validate_verify(cfg: Config, where: _Where) -> None:
     v = cfg.verify
-    if v.method not in ("read", "export"):
+    if v.method not in VERIFY_METHODS:
         raise _fail("verify.method", where["verify.method"], v.method,
                     "'read' (BatchGetItem of every loaded key) or 'export' (a PITR export of the table)")
     for key, value in (("verify.bucket_rows", v.bucket_rows), ("verify.concurrency", v.concurrency)):
@@ -628,6 +642,35 @@ def _validate_verify(cfg: Config, where: _Where) -> None:
                        ("verify.price_per_million_rcu", v.price_per_million_rcu)):
         if price < 0:
             raise _fail(key, where[key], price, "a price >= 0 in USD")
+
+
+LOAD_METHODS = ("batch-write", "bulk-put")
+VERIFY_METHODS = ("read", "export")
+BULK_PUT_TIERS = ("STANDARD", "ACCELERATED")
+BULK_PUT_COMPRESSIONS = ("ZSTD", "GZIP")
+BULK_PUT_MAX_OBJECT_MB = 5 * 1024  # the developer guide: each input object up to 5 GB
+
+
+def _validate_bulk_put(ld: LoadConfig, where: _Where) -> None:
+    if ld.method not in LOAD_METHODS:
+        raise _fail("load.method", where["load.method"], ld.method, " or ".join(LOAD_METHODS))
+    if ld.bulk_put_tier not in BULK_PUT_TIERS:
+        raise _fail("load.bulk_put_tier", where["load.bulk_put_tier"], ld.bulk_put_tier, " or ".join(BULK_PUT_TIERS))
+    if ld.bulk_put_compression not in BULK_PUT_COMPRESSIONS:
+        raise _fail("load.bulk_put_compression", where["load.bulk_put_compression"], ld.bulk_put_compression,
+                    " or ".join(BULK_PUT_COMPRESSIONS))
+    if not 0 < ld.bulk_put_object_mb <= BULK_PUT_MAX_OBJECT_MB:
+        raise _fail("load.bulk_put_object_mb", where["load.bulk_put_object_mb"], ld.bulk_put_object_mb,
+                    f"MB per input object, > 0 and <= {BULK_PUT_MAX_OBJECT_MB} (bulk put reads objects up to 5 GB)")
+    for key, value in (("load.bulk_put_operation_gb", ld.bulk_put_operation_gb),
+                       ("load.bulk_put_poll_seconds", ld.bulk_put_poll_seconds)):
+        _positive(key, value, where)
+    if ld.bulk_put_operation_gb * 1024 < ld.bulk_put_object_mb:
+        raise _fail("load.bulk_put_operation_gb", where["load.bulk_put_operation_gb"], ld.bulk_put_operation_gb,
+                    "at least one input object (load.bulk_put_object_mb)")
+    if ld.bulk_put_price_per_gb < 0:
+        raise _fail("load.bulk_put_price_per_gb", where["load.bulk_put_price_per_gb"], ld.bulk_put_price_per_gb,
+                    "a price >= 0 in USD per GB of input")
 
 
 def _fraction(key: str, value: float | None, where: _Where) -> None:

@@ -80,6 +80,8 @@ def verdict(store: staging.Store, month: str, stage: str, now: Current) -> Verdi
             return Verdict("absent", "", m)
         if why := _elsewhere(m, now):
             return Verdict("stale", why, m)
+        if m.get("partly_done"):  # a bulk put that ended COMPLETED_WITH_ERRORS
+            return Verdict("failed", f"bulk put wrote it partly: {m.get('failed', 0):,} item(s) failed", m)
     if stage == "verify":
         if now.table and m.get("table") and m.get("table") != now.table:
             return Verdict("stale", f"verified {m.get('table')}, not {now.table}", m)

@@ -6,6 +6,8 @@ Each role gets only what its commands call, in the configured mode:
   catch-up     the source side: incremental exports (pitr) or the table's stream (stream)
   staging      the staging side: the staging prefix's objects, and the catalog's Glue tables
   loader       the destination side: DescribeTable and BatchWriteItem, nothing else
+  bulk-put-loader  `etl load --method bulk-put`: the four bulk operations on the table, read on the input
+               objects (bulkput/), write on the reports (bulkput-reports/); the key when staging is SSE-KMS
   verify       the destination side: DescribeTable and BatchGetItem (`[verify] method = "export"`: a PITR export
                of the destination into the staging prefix's verify/export/ instead)
   ttl          a one-off admin action: UpdateTimeToLive
@@ -22,7 +24,7 @@ from typing import Any
 from etl import staging
 from etl.config import Config
 
-ROLES = ("export", "catch-up", "staging", "loader", "verify", "ttl", "live-service")
+ROLES = ("export", "catch-up", "staging", "loader", "bulk-put-loader", "verify", "ttl", "live-service")
 
 # What an AWS service does with a role's identity, never a request of this tool: DynamoDB writes an export's files
 # into the staging bucket as the caller of ExportTableToPointInTime (encrypting them with the staging key)
@@ -129,11 +131,38 @@ def policies(cfg: Config, months: list[str] | None = None, account: str = "*", *
         "staging": stage,
         # (sts:GetCallerIdentity, which names the account before writing, needs no permission)
         "loader": _doc(_allow("Load", ["dynamodb:DescribeTable", "dynamodb:BatchWriteItem"], [dest])),
+        "bulk-put-loader": bulk_put_loader(cfg, dest, kms),
         "verify": verify,
         "ttl": _doc(_allow("TimeToLive", ["dynamodb:DescribeTimeToLive", "dynamodb:UpdateTimeToLive"], [dest])),
         "live-service": _doc(_allow("CheckoutLookupAndForwardWriter", ["dynamodb:Query", "dynamodb:PutItem"],
                                     [dest])),
     }
+
+
+def bulk_put_loader(cfg: Config, table_arn: str, kms: list[str]) -> dict[str, Any]:
+    """`etl load --method bulk-put`: start, follow, find and cancel bulk put operations on the destination; DynamoDB
+    reads the input objects and writes its report with the caller's identity, so the role reads `bulkput/` and
+    writes `bulkput-reports/` (the staging role writes the input objects). With SSE-KMS staging, the key decrypts
+    the input and encrypts the report. The developer guide's permissions page for bulk put was not reachable when
+    this was written: the S3 and KMS actions follow what DynamoDB's import from S3 and export to S3 need."""
+    statements = [
+        _allow("BulkPutIntoTheDestination", ["dynamodb:DescribeTable", "dynamodb:StartBulkPutItems"], [table_arn]),
+        _allow("FollowBulkPutOperations", ["dynamodb:DescribeBulkOperation", "dynamodb:CancelBulkOperation"],
+               [table_arn, f"{table_arn}/bulk-operation/*"]),
+        _allow("FindABulkPutStartedBefore", ["dynamodb:ListBulkOperations"], "*")]
+    arns = _staging_arns(cfg)
+    if arns:
+        base, objects, prefix = arns
+        root = objects.rsplit("/*", 1)[0]
+        statements += [
+            _allow("ReadBulkPutInput", ["s3:GetObject"], [f"{root}/bulkput/*"]),
+            _allow("ListBulkPutInput", ["s3:ListBucket"], [base],
+                   Condition={"StringLike": {"s3:prefix": [f"{prefix}/bulkput/*" if prefix else "bulkput/*"]}}),
+            _allow("WriteBulkPutReports", ["s3:PutObject", "s3:AbortMultipartUpload"],
+                   [f"{root}/bulkput-reports/*"])]
+        if kms:
+            statements.append(_allow("BulkPutUsesTheStagingKey", ["kms:Decrypt", "kms:GenerateDataKey"], kms))
+    return _doc(*statements)
 
 
 def _kms(cfg: Config, account: str) -> list[str]:

@@ -18,11 +18,12 @@ import botocore.exceptions
 
 from etl import aws, freshness, staging
 from etl.catchup import stage as catchup
-from etl.config import Config
+from etl.config import LOAD_METHODS, VERIFY_METHODS, Config
 from etl.engine import make_engine
 from etl.errors import EtlError
 from etl.export.stage import ExportStage
 from etl.load import preflight as load_preflight
+from etl.load.bulkput import BulkPutStage
 from etl.load.stage import LoadStage
 from etl.progress import QUIET, Reporter
 from etl.runner import Options as RunnerOptions
@@ -47,7 +48,7 @@ class Options:
     now: int | None = None
     confirm: Callable[[str], bool] | None = None
     break_lease: bool = False  # take over a lease another run left behind
-    method: str | None = None  # verify: read | export (default: [verify] method)
+    method: str | None = None  # load: batch-write | bulk-put; verify: read | export (None: the config's)
     verify_existing: str | None = None  # verify --method export: adopt this export of the destination
 
 
@@ -68,15 +69,17 @@ def source_tables(cfg: Config, months: list[str]) -> dict[str, tuple[str, str]]:
 
 def _stages(cfg: Config, store: staging.Store, names: tuple[str, ...], opts: Options, reporter: Reporter,
             desc: dict[str, Any] | None, destination: staging.Destination | None) -> list[Stage]:
+    bulk = (opts.method if opts.method in LOAD_METHODS else cfg.load.method) == "bulk-put"
     made: dict[str, Stage] = {
         "export": ExportStage(cfg, store, mode=opts.mode, use_existing=opts.use_existing, force=opts.force,
                               enable_pitr=opts.enable_pitr, adopt_other_table=opts.adopt_other_table),
         "transform": TransformStage(cfg, store, force=opts.force),
-        "load": LoadStage(cfg, store, reporter, force=opts.force, dry_run=opts.dry_run, yes=opts.yes,
-                          include_expired=opts.include_expired, now=opts.now, confirm=opts.confirm, desc=desc),
+        "load": (BulkPutStage if bulk else LoadStage)(
+            cfg, store, reporter, force=opts.force, dry_run=opts.dry_run, yes=opts.yes,
+            include_expired=opts.include_expired, now=opts.now, confirm=opts.confirm, desc=desc),
         "verify": (VerifyExportStage(cfg, store, reporter, force=opts.force, destination=destination, desc=desc,
                                      use_existing=opts.verify_existing, enable_pitr=opts.enable_pitr)
-                   if (opts.method or cfg.verify.method) == "export" else
+                   if (opts.method if opts.method in VERIFY_METHODS else cfg.verify.method) == "export" else
                    VerifyStage(cfg, store, force=opts.force, destination=destination)),
     }
     return [made[n] for n in names]
@@ -145,10 +148,17 @@ def run_catchup(cfg: Config, months: list[str], *, reporter: Reporter = QUIET, m
                 to: datetime | None = None, use_existing: str | None = None, adopt_other_table: bool = False,
                 yes: bool = False,
                 include_expired: bool | None = None, now: int | None = None,
-                confirm: Callable[[str], bool] | None = None, break_lease: bool = False) -> list[dict[str, Any]]:
+                confirm: Callable[[str], bool] | None = None, break_lease: bool = False,
+                method: str | None = None) -> list[dict[str, Any]]:
     """Catch up every month (each on its own driver thread, all within the destination's one budget, under its
-    writing lease: a catch-up and a load never write one destination at once)."""
+    writing lease: a catch-up and a load never write one destination at once). Always with BatchWriteItem: its
+    windows delete as well as put, and bulk put only puts."""
+    if method == "bulk-put":
+        raise EtlError("catch-up cannot use bulk put: its windows delete keys as well as put them, and bulk put "
+                       "only puts", hint="drop --method bulk-put: catch-up writes with batch-write (BatchWriteItem)")
     months_needed(months, "catch-up")
+    if cfg.load.method == "bulk-put":
+        reporter.info("catch-up writes with batch-write (puts and deletes); [load] method = bulk-put is the load's")
     if use_existing and len(months) != 1:
         raise EtlError("--use-existing adopts one incremental export: give exactly one --month")
     store = _open(cfg)

@@ -52,6 +52,7 @@ class Stage(Protocol):
     def commit(self, month: str, plan: MonthPlan, results: list[dict[str, Any]]) -> dict[str, Any]: ...
     def budget(self) -> Any: ...  # the bucket its tasks share, or None
     def command(self, months: list[str]) -> str: ...  # the command that runs (resumes) it for these months
+    def interrupted(self) -> str | None: ...  # what goes on after an interrupt (work left running on AWS), if any
     def close(self) -> None: ...
 
 
@@ -81,6 +82,9 @@ class StageBase:
 
     def command(self, months: list[str]) -> str:
         return render(self.verb or self.name, *[w for m in months for w in ("--month", m)])
+
+    def interrupted(self) -> str | None:
+        return None
 
     def close(self) -> None:
         return None
@@ -270,7 +274,8 @@ class Runner:
                 self.stop(INTERRUPTED)
                 wait(futures)
                 if isinstance(exc, KeyboardInterrupt):
-                    raise Interrupted(INTERRUPTED) from None
+                    notes = [n for s in stages if (n := s.interrupted())]
+                    raise Interrupted(INTERRUPTED, hint="; ".join(notes) or None) from None
                 raise
             finally:
                 pool.shutdown(wait=True)

@@ -671,6 +671,31 @@ def load_progress_key(month: str, part: int) -> str:
     return f"{progress_prefix(month)}part-{part:05d}.json"
 
 
+def bulkput_input_prefix(month: str, run: str, operation: int) -> str:
+    """One bulk put operation's input objects (its S3KeyPrefix): DynamoDB JSON lines of a load run's items."""
+    return f"bulkput/{month_dir(month)}/{run}/op-{operation:03d}/"
+
+
+def bulkput_object_key(month: str, run: str, operation: int, part: int, obj: int, compression: str) -> str:
+    ext = {"ZSTD": "zst", "GZIP": "gz"}[compression]
+    return f"{bulkput_input_prefix(month, run, operation)}part-{part:05d}-{obj:04d}.json.{ext}"
+
+
+def bulkput_report_prefix(month: str, run: str, operation: int) -> str:
+    """Where DynamoDB writes an operation's report of the items it could not write (outside the input prefix)."""
+    return f"bulkput-reports/{month_dir(month)}/{run}/op-{operation:03d}/"
+
+
+def bulkput_state_key(month: str) -> str:
+    """A month's bulk put: its input run and each operation (ARN, counts), recorded before polling starts."""
+    return state_key(month, "bulkput.json")
+
+
+def bulkput_part_key(month: str, part: int) -> str:
+    """What one part's input task wrote (objects, items, bytes, counts), once its objects are written."""
+    return state_key(month, f"bulkput/part-{part:05d}.json")
+
+
 def lease_key(month: str, stage: str) -> str:
     return state_key(month, f"{stage}.lease")
 

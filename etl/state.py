@@ -11,6 +11,9 @@ so a stage never reads a checkpoint's fields to decide by itself:
   expiry choice, and only when its counts reconcile with its mark;
 - `ScanSegment`: a scan export's segment checkpoint, valid for the same source table, source config and
   segment count, and while its files exist;
+- `BulkPutRecord`: a month's bulk put (its input run and operations), valid for the transform run, the very
+  destination table and the expiry choice it was written for;
+- `BulkPutPart`: one part's bulk put input objects, valid for the same input run;
 - `CatchupWindow`: a catch-up window's record, valid for the steps it has passed (captured, transformed,
   loaded).
 
@@ -73,6 +76,29 @@ class ScanSegment(Record):
 
 
 @dataclass(frozen=True)
+class BulkPutRecord(Record):
+    """A month's bulk put. An operation's ARN is recorded before it is polled, so a rerun re-attaches to it."""
+
+    TERMINAL: ClassVar[tuple[str, ...]] = ("COMPLETED", "COMPLETED_WITH_ERRORS", "CANCELLED", "FAILED")
+
+    def valid_for(self, transform_run: str, destination: tuple[str, str], include_expired: bool) -> bool:
+        """Whether a rerun may go on with this record's input and operations: made from the same transform, for
+        the very same table (ARN and creation time), with the same expiry choice, and not ended for good (a
+        committed, failed or cancelled bulk put starts over with new input)."""
+        same = (self.get("transform_run") == transform_run
+                and (self.get("table_arn"), self.get("table_created")) == destination
+                and self.get("include_expired") == include_expired)
+        ended = any(op.get("status") in ("FAILED", "CANCELLED") for op in self.get("operations") or [])
+        return same and not ended and not self.get("committed")
+
+
+@dataclass(frozen=True)
+class BulkPutPart(Record):
+    def valid_for(self, run: str) -> bool:
+        return self.get("run") == run
+
+
+@dataclass(frozen=True)
 class CatchupWindow(Record):
     PHASES: ClassVar[tuple[str, ...]] = ("captured", "transformed", "loaded")
 
@@ -80,3 +106,20 @@ class CatchupWindow(Record):
         """Whether the window has passed `step` (captured, transformed or loaded): a rerun does not redo it."""
         phase = self.get("phase")
         return phase in self.PHASES and self.PHASES.index(phase) >= self.PHASES.index(step)
+
+
+def bulk_put_progress(store: staging.Store, month: str) -> str | None:
+    """A month's bulk put operations not committed yet, as last polled: status, counts, rate and ETA (for
+    `etl status`; DynamoDB goes on with an operation while nothing polls it)."""
+    r = BulkPutRecord.read(store, staging.bulkput_state_key(month))
+    if r is None or r.get("committed"):
+        return None
+    lines = []
+    for op in r.get("operations") or []:
+        if not op.get("arn"):
+            continue
+        eta = f", ETA {op['eta_s']:,.0f} s" if op.get("eta_s") is not None else ""
+        lines.append(f"bulk put operation {op['operation']} {op.get('status')}: {op.get('processed', 0):,} of "
+                     f"{op.get('items', 0):,} items processed, {op.get('failed', 0):,} failed, "
+                     f"{op.get('rate_items_per_s', 0):,} items/s{eta} (polled {op.get('polled_at')}; {op['arn']})")
+    return "\n".join(lines) or None

@@ -9,6 +9,7 @@ from typing import Any
 from etl import freshness, staging
 from etl.commands import render
 from etl.lease import gone
+from etl.state import bulk_put_progress
 
 FAILURE_STATES = staging.FAILURE_KINDS  # a failure record's kind, shown as the stage's state
 
@@ -22,7 +23,8 @@ def _summary(stage: str, m: dict[str, Any]) -> str:
     if stage == "transform":
         return f"{m.get('written', 0):,} rows, {m.get('rejected', 0):,} rejected"
     if stage == "load":
-        return f"{m.get('written', 0):,} written, {m.get('skipped_expired', 0):,} expired"
+        failed = f", {m['failed']:,} failed (report {', '.join(m.get('reports', []))})" if m.get("failed") else ""
+        return f"{m.get('written', 0):,} written, {m.get('skipped_expired', 0):,} expired{failed}"
     if stage == "verify":
         return "ok" if m.get("ok") else f"{m.get('missing', 0):,} missing, {m.get('different', 0):,} different"
     return ""
@@ -62,6 +64,8 @@ def month_status(store: staging.Store, month: str, stages: tuple[str, ...] = sta
         else:
             cell = {"state": "-"}
         cell = _with_lease(store, month, stage, cell)
+        if stage == "load" and cell["state"] != "done" and (bulk := bulk_put_progress(store, month)):
+            cell["summary"] = f"{cell.get('summary') or ''}\n{bulk}".strip()
         if cell["state"] != "done" and not before:
             before = stage
         row["stages"][stage] = cell

@@ -247,9 +247,13 @@ def not_loaded_here(store: staging.Store, month: str, destination: staging.Desti
 def preflight(cfg: Config, store: staging.Store, months: list[str], *, include_expired: bool | None = None,
               now: int | None = None, dry_run: bool = False, yes: bool = False, force: bool = False,
               confirm: Callable[[str], bool] | None = None, reporter: Reporter,
-              desc: dict[str, Any] | None = None) -> Setup:
+              desc: dict[str, Any] | None = None,
+              more: Callable[[Setup, int, list[tuple[str, dict[str, Any]]]], list[str]] | None = None,
+              how: str = "") -> Setup:
     """Check the destination and the budget, say the plan, and ask before writing to a production table.
-    `desc`: the destination's description when the caller already checked it."""
+    `desc`: the destination's description when the caller already checked it; `more`: the plan's lines of
+    another method (bulk put) from the setup, the rows and the (month, part) left to load; `how`: that method, in
+    the question."""
     ddb = aws.client(cfg.destination, "dynamodb")
     desc = desc or check_destination(cfg, ddb)
     setup = Setup(desc["TableName"], cfg.destination.aws_region, aws.account_of(cfg.destination),
@@ -261,6 +265,7 @@ def preflight(cfg: Config, store: staging.Store, months: list[str], *, include_e
     rows = parts = done = 0
     waiting = []
     sample: tuple[str, dict[str, Any]] | None = None
+    todo_parts: list[tuple[str, dict[str, Any]]] = []
     for m in months:
         todo = _todo(store, m, setup.destination)
         if todo is None:
@@ -271,6 +276,7 @@ def preflight(cfg: Config, store: staging.Store, months: list[str], *, include_e
         if force:
             left, finished = list(t.get("parts", [])), 0
         parts += len(left)
+        todo_parts += [(m, p) for p in left]
         done += finished
         rows += sum(p["rows"] for p in left)
         if sample is None and left:
@@ -278,10 +284,13 @@ def preflight(cfg: Config, store: staging.Store, months: list[str], *, include_e
     est = (_sample(cfg, store, sample[0], sample[1], setup.now, setup.include_expired, setup.indexes)
            if sample else None)
     setup.waiting = waiting
-    reporter.plan(setup.describe(rows, parts, done, months, waiting, est))
+    text = setup.describe(rows, parts, done, months, waiting, est)
+    if more is not None:
+        text += "\n" + "\n".join(more(setup, rows, todo_parts))
+    reporter.plan(text)
     asking = not dry_run and (parts or waiting) and cfg.destination.production and not yes
     if asking:
         what = f"{rows:,} rows" + (f" (and months {', '.join(waiting)} once transformed)" if waiting else "")
-        if confirm is None or not confirm(f"write {what} to {setup.table}?"):
+        if confirm is None or not confirm(f"write {what} to {setup.table}{how}?"):
             raise EtlError("not confirmed: nothing was written", hint="pass --yes to write without asking")
     return setup

@@ -242,26 +242,43 @@ def _refusals(sel: pa.RecordBatch, sizes: np.ndarray, deletes: np.ndarray,
     return out
 
 
-def _read(cfg: Config, store: staging.Store, task: LoadPartTask, ctx: TaskContext, c: Counters,
-          quarantine: list[bytes], start: int = 0) -> Iterator[_Batch]:
-    """The part's batches to send, in row order, each with its ticket; counts what is not sent (and, in a dry
-    run, what would be). Rows below `start` (a resumed part's low-water mark) are neither sent nor counted;
-    only their quarantine lines are made again (the same rows, the same rules, the same cut-off time)."""
+@dataclass
+class Selected:
+    """One record batch of a part, judged by the load's rules: which rows are sent (`send`: kept, fresh and not
+    quarantined), as what (`puts`: a put or delete fragment per kept row), and what is not sent (counted in
+    `counts`, over the record batch's rows at or above the resume point)."""
+
+    row0: int  # the record batch's first row in the part
+    n: int
+    idx: np.ndarray  # the kept rows' positions in the record batch
+    sel: pa.RecordBatch  # the kept rows
+    sizes: np.ndarray  # each kept row's item size (a delete: 1)
+    puts: list[bytes]  # each kept row's `{"PutRequest":...}` or `{"DeleteRequest":...}` fragment
+    deletes: np.ndarray  # which kept rows are deletes
+    fresh: np.ndarray  # the record batch's rows at or above the resume point
+    bad: np.ndarray  # the record batch's rows quarantined before sending
+    counts: dict[str, np.ndarray]  # deduplicated, skipped_expired, quarantined: masks over the record batch
+    key_values: list[tuple[Any, ...]]  # each kept row's key
+
+    @property
+    def send(self) -> list[bool]:
+        """Per kept row: sent (fresh and not quarantined)."""
+        return list((self.fresh & ~self.bad)[self.idx].tolist())
+
+
+def select(cfg: Config, store: staging.Store, task: LoadPartTask, ctx: TaskContext, c: Counters,
+           quarantine: list[bytes], start: int = 0) -> Iterator[Selected]:
+    """The part's rows by record batch, judged as BatchWriteItem and bulk put both write them: collision losers
+    and expired rows left out (counted), what DynamoDB would refuse quarantined (a line in `quarantine`, counted).
+    Rows below `start` (a resumed part's low-water mark) are not counted; only their quarantine lines are made
+    again (the same rows, the same rules, the same cut-off time)."""
     ttl_col = mapping.ttl_column(cfg)
     keys = mapping.key_columns(cfg)
     losers = None if not task.apply_losers else staging.read_losers(store, task.month).get(task.part)
     pf = pq.ParquetFile(pa.BufferReader(store.read(task.key)))
     schema = pf.schema_arrow
     _check_key_types(schema.remove(schema.get_field_index(mapping.OP)) if mapping.OP in schema.names else schema, task)
-    batches = _Batches()
     row0 = 0
-    tstart = start  # where the ticket being filled starts
-    carried = {"deduplicated": 0, "skipped_expired": 0, "quarantined": 0}  # rows not sent, from `tstart` on
-
-    def ticket(b: _Batch, end: int, counts: dict[str, int]) -> _Batch:
-        b.ticket = _Ticket(tstart, end, {**counts, "deletes": b.deletes})
-        return b
-
     for rb in pf.iter_batches(batch_size=10_000):
         n = rb.num_rows
         fresh = np.arange(row0, row0 + n) >= start
@@ -292,30 +309,51 @@ def _read(cfg: Config, store: staging.Store, task: LoadPartTask, ctx: TaskContex
         for k, mask in counts.items():
             setattr(c, k, getattr(c, k) + int(mask.sum()))
         ctx.progress(int(sum(int(m.sum()) for m in counts.values())))
-        cum = {k: np.concatenate([[0], np.cumsum(mask)]) for k, mask in counts.items()}
+        yield Selected(row0, n, idx, sel, sizes, puts, sel_del, fresh, bad, counts, key_values)
+        row0 += n
+
+
+def _read(cfg: Config, store: staging.Store, task: LoadPartTask, ctx: TaskContext, c: Counters,
+          quarantine: list[bytes], start: int = 0) -> Iterator[_Batch]:
+    """The part's batches to send, in row order, each with its ticket; counts what is not sent (and, in a dry
+    run, what would be). Rows below `start` (a resumed part's low-water mark) are neither sent nor counted;
+    only their quarantine lines are made again (the same rows, the same rules, the same cut-off time)."""
+    batches = _Batches()
+    end = 0  # the rows read so far
+    tstart = start  # where the ticket being filled starts
+    carried = {"deduplicated": 0, "skipped_expired": 0, "quarantined": 0}  # rows not sent, from `tstart` on
+
+    def ticket(b: _Batch, end: int, counts: dict[str, int]) -> _Batch:
+        b.ticket = _Ticket(tstart, end, {**counts, "deletes": b.deletes})
+        return b
+
+    for s in select(cfg, store, task, ctx, c, quarantine, start):
+        n, row0 = s.n, s.row0
+        end = row0 + n
+        cum = {k: np.concatenate([[0], np.cumsum(mask)]) for k, mask in s.counts.items()}
         mark = min(max(tstart - row0, 0), n)  # this record batch's rows from here on are not carried yet
         if task.target.dry_run:
-            fits = keep & ~bad & fresh
-            sent = fits[keep]
-            for k, v in write_units(sel.filter(pa.array(sent)), sizes[sent], task.target.indexes).items():
+            fits = np.zeros(n, dtype=bool)
+            fits[s.idx] = True
+            fits &= ~s.bad & s.fresh
+            sent = fits[s.idx]
+            for k, v in write_units(s.sel.filter(pa.array(sent)), s.sizes[sent], task.target.indexes).items():
                 c.wcu_by[k] = c.wcu_by.get(k, 0.0) + v
             c.written += int(fits.sum())
             ctx.progress(int(fits.sum()))
-            row0 += n
             continue
-        send = (fresh & ~bad)[idx].tolist()
-        positions, size_list, delete_list = idx.tolist(), sizes.tolist(), sel_del.tolist()
+        send = s.send
+        positions, size_list, delete_list = s.idx.tolist(), s.sizes.tolist(), s.deletes.tolist()
         for j, li in enumerate(positions):
             if not send[j]:
                 continue
-            done = batches.add(puts[j], size_list[j], key_values[j], row0 + li, delete_list[j])
+            done = batches.add(s.puts[j], size_list[j], s.key_values[j], row0 + li, delete_list[j])
             if done is not None:
                 yield ticket(done, row0 + li, {k: carried[k] + int(cum[k][li] - cum[k][mark]) for k in carried})
                 tstart, mark = row0 + li, li
                 carried = dict.fromkeys(carried, 0)
         for k in carried:
             carried[k] += int(cum[k][n] - cum[k][mark])
-        row0 += n
     last = batches.flush()
     if last is not None:
-        yield ticket(last, row0, carried)
+        yield ticket(last, end, carried)
