@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 import traceback
 from collections.abc import Callable
@@ -165,6 +166,8 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool, as_json: bool,
     `etl status` shows every month and the command to run next.
     """
     ctx.obj = Ctx(config_path, debug, progress, as_json)
+    if debug:  # the engines' own logs too (Ray's, which otherwise stay in its log files)
+        logging.getLogger("etl").setLevel(logging.DEBUG)
 
 
 # --------------------------------------------------------------------------- local AWS

@@ -168,6 +168,8 @@ class Runner:
         finally:
             if stage != "export":
                 task.finish()
+            for line in self.engine.notices(ctx):
+                self.reporter.warn(f"{stage} {month}: {line}")
         with self._commit_locks[stage]:
             extra = {"setup": self.load_setup} if stage == "load" else {}
             return dict(STAGES[stage].commit(cfg, store, month, plan.tasks, results, started, **extra))

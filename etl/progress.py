@@ -18,6 +18,7 @@ class Task:
         self.done = 0.0
         self.started = time.monotonic()
         self.fields: dict[str, Any] = {}
+        self.sums: dict[str, float] = {}  # what `add` sums
         self._last_emit = 0.0
         self._lock = threading.Lock()
         self._rich_id: Any = None
@@ -27,9 +28,14 @@ class Task:
         with self._lock:
             self.done += n
             self.fields.update(fields)
-            for k, v in (add or {}).items():
-                self.fields[k] = round(self.fields.get(k, 0) + v, 1)
+            for k, v in (add or {}).items():  # summed exactly (rounding each step drifts), rounded when shown
+                self.sums[k] = self.sums.get(k, 0.0) + v
         self.reporter._update(self)
+
+    def shown(self) -> dict[str, Any]:
+        """The fields, with the sums to one decimal (+0.0, not -0.0, for a sum back at zero)."""
+        with self._lock:
+            return {**self.fields, **{k: round(v, 1) + 0.0 for k, v in self.sums.items()}}
 
     def update(self, **fields: Any) -> None:
         with self._lock:
@@ -120,7 +126,7 @@ class Reporter:
 
     # ------------------------------------------------------------------ internals
     def _extra(self, t: Task) -> str:
-        return " ".join(f"{k}={v}" for k, v in t.fields.items())
+        return " ".join(f"{k}={v}" for k, v in t.shown().items())
 
     def _columns(self, t: Task) -> dict[str, str]:
         """The count and the rate in the task's own unit (a wait counted in seconds shows neither)."""
@@ -161,7 +167,7 @@ class Reporter:
             "rate_per_s": round(t.rate(), 1),
             "elapsed_s": round(time.monotonic() - t.started, 1),
             "eta_s": None if eta is None else round(eta, 1),
-            **t.fields,
+            **t.shown(),
         }
 
     def _json(self, body: dict[str, Any]) -> None:
