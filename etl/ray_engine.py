@@ -462,9 +462,9 @@ class RayEngine:
             if self._hub is not None:
                 return
             if not ray.is_initialized():
+                # the workers' and raylets' logs (a lost node's stack traces among them) stay in Ray's log
+                # files, unless the etl logger is at DEBUG (--debug); a task's own failure comes back as its result
                 verbose = logging.getLogger("etl").isEnabledFor(logging.DEBUG)
-                if not verbose:  # a lost node's C++ warnings and stack traces stay in Ray's log files
-                    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
                 try:
                     ray.init(address=self.address or None, logging_level=logging.DEBUG if verbose else logging.ERROR,
                              log_to_driver=verbose)
@@ -588,7 +588,11 @@ class RayEngine:
 
     def _tell(self, ctx: TaskContext, pool: str, tally: _Tally, alive: dict[str, str]) -> None:
         """One line per node lost during the run, and one for tasks whose worker process died."""
-        lost = {i: addr for i, addr in alive.items() if i not in _alive_nodes()}
+        try:
+            now = _alive_nodes()
+        except ray.exceptions.RayError:  # the cluster itself is gone: the run's error says so
+            return
+        lost = {i: addr for i, addr in alive.items() if i not in now}
         notes = self._notices.setdefault(id(ctx), [])
         others = 0
         for node, n in sorted(tally.reruns().items()):

@@ -60,6 +60,7 @@ class TwoNodes:
     temp: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="ray2", dir="/tmp"))
     head: Node = field(default_factory=lambda: Node("head", 6391, 1))
     worker: Node = field(default_factory=lambda: Node("worker", 6392, 2))
+    elsewhere: Node = field(default_factory=lambda: Node("elsewhere", 6393, 0))
 
     @property
     def address(self) -> str:
@@ -75,6 +76,20 @@ class TwoNodes:
         self._ray("start", f"--address={self.address}", *self._node_args(self.worker))
         self.wait_for_nodes(2)
 
+    def start_elsewhere(self, name: str) -> None:
+        """A third node (no CPUs) that says it runs on the host `name`: its own UTS namespace, as another
+        machine would be (the network stays this namespace's loopback)."""
+        node = self.elsewhere = Node(name, 6393, 0)
+        r = subprocess.run(["unshare", "--uts", "sh", "-c", f'hostname {name} && exec "$@"', "_", RAY, "start",
+                            f"--address={self.address}", *self._node_args(node)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        self.wait_for_nodes(3)
+
+    def stop_elsewhere(self) -> None:
+        self.kill(self.elsewhere)
+        self.wait_for_nodes(2)
+
     def _node_args(self, node: Node) -> list[str]:
         return ["--node-ip-address=127.0.0.1", f"--node-manager-port={node.manager_port}", f"--num-cpus={node.cpus}",
                 "--disable-usage-stats"]
@@ -87,7 +102,7 @@ class TwoNodes:
         """`expression` (JSON-able) evaluated by a driver of this cluster (this process is a driver of
         another)."""
         code = (f"import json, ray, ray._private.state as state; ray.init(address='{self.address}', "
-                f"logging_level='ERROR', log_to_driver=False); print(json.dumps({expression}))")
+                f"logging_level='ERROR', log_to_driver=False); print(json.dumps({expression}, default=str))")
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout.strip().splitlines()[-1])

@@ -88,8 +88,11 @@ def assert_exact(cfg: Config, ddb_local: str, table: str, proc: subprocess.Popen
             assert all(v >= 0 for k, v in e.items() if k.endswith("_per_s") and isinstance(v, int | float)), e
     [finish] = [e for e in events if e.get("task") == f"load {M}" and e["event"] == "finish"]
     assert finish["done"] == finish["total"] == PARTS * PER_PART
-    assert not [line for line in lines if not line.startswith("{")], "only JSON lines: " + err[-3000:]
-    return lines
+    # only JSON lines; but for what Ray's C++ says before any setting applies, here only: this namespace has
+    # no route out, so the driver's search for its address falls back to its host name
+    assert not [line for line in lines if not line.startswith("{") and "Failed to determine local IP" not in line], \
+        "only JSON lines: " + err[-3000:]
+    return [line for line in lines if line.startswith("{")]
 
 
 def warnings(lines: list[str]) -> list[str]:
@@ -143,4 +146,23 @@ def test_the_actors_processes_killed_mid_load_restart_and_the_run_ends_exact(
         proxy.close()
     actors = [a for a in two_nodes.actors(*ACTORS) if a["ActorID"] not in before]
     assert {a["ActorClassName"] for a in actors} == set(ACTORS)
-    assert all(a["NumRestarts"] >= 1 and a["Address"]["NodeID"] == two_nodes.head.id for a in actors), actors
+    assert all(a["NumRestarts"] >= 1 and a["Address"]["NodeID"] == two_nodes.head.id for a in actors), [
+        (a["ActorClassName"], a["State"], a["NumRestarts"], a["Address"], two_nodes.head.id) for a in actors]
+
+
+def test_a_local_staging_root_is_refused_when_a_node_is_another_machine(
+        two_nodes: TwoNodes, ddb_local: str, dest_table: Callable[..., str], make_config: Callable[..., Config],
+        tmp_path: Path) -> None:
+    cfg = staged(make_config, ddb_local, dest_table(), tmp_path)
+    two_nodes.start_elsewhere("elsewhere")
+    try:
+        proc = etl_run(cfg, two_nodes)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        two_nodes.stop_elsewhere()
+    assert proc.returncode != 0
+    refused = [line for line in err.splitlines() if "cannot read it" in line]
+    assert refused and "nodes on elsewhere" in refused[0] and str(tmp_path / "stage") in refused[0], err
+    assert "Traceback" not in err
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    assert staging.read_manifest(store, M, "transform") is None  # refused before any task ran
