@@ -145,9 +145,11 @@ def test_the_actors_processes_killed_mid_load_restart_and_the_run_ends_exact(
     finally:
         proxy.close()
     actors = [a for a in two_nodes.actors(*ACTORS) if a["ActorID"] not in before]
-    assert {a["ActorClassName"] for a in actors} == set(ACTORS)
-    assert all(a["NumRestarts"] >= 1 and a["Address"]["NodeID"] == two_nodes.head.id for a in actors), [
-        (a["ActorClassName"], a["State"], a["NumRestarts"], a["Address"], two_nodes.head.id) for a in actors]
+    assert all(a["Address"]["NodeID"] == two_nodes.head.id for a in actors)  # restarted where they were
+    # the hub and the load's budget were made again (the verify's budget, made later, was not killed)
+    restarts = sorted((a["ActorClassName"], a["NumRestarts"]) for a in actors)
+    assert restarts in ([("BudgetActor", 0), ("BudgetActor", 1), ("Hub", 1)], [("BudgetActor", 1), ("Hub", 1)]), \
+        restarts
 
 
 def test_a_local_staging_root_is_refused_when_a_node_is_another_machine(
