@@ -102,10 +102,11 @@ class TwoNodes:
         """`expression` (JSON-able) evaluated by a driver of this cluster (this process is a driver of
         another)."""
         code = (f"import json, ray, ray._private.state as state; ray.init(address='{self.address}', "
-                f"logging_level='ERROR', log_to_driver=False); print(json.dumps({expression}, default=str))")
+                f"logging_level='ERROR', log_to_driver=False); print('answer:', json.dumps({expression}, default=str))")
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout.strip().splitlines()[-1])
+        [answer] = [line for line in r.stdout.splitlines() if line.startswith("answer: ")]  # Ray may print too
+        return json.loads(answer.removeprefix("answer: "))
 
     def alive(self) -> dict[str, int]:
         """Node id -> node manager port of every node the cluster holds alive."""
