@@ -61,7 +61,8 @@ def ray_cluster(cpus: int) -> Iterator[None]:
     import ray
 
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=temp, logging_level=logging.WARNING)
+    ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=temp, logging_level=logging.WARNING,
+             _node_ip_address="127.0.0.1")  # the namespace has loopback only
     try:
         assert all(n["NodeManagerAddress"].startswith("127.") for n in ray.nodes()), "run in the namespace"
         yield

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 import traceback
 from collections.abc import Callable
@@ -245,6 +246,8 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool, as_json: bool,
     commands.use_config(config_path)  # every command line printed from here on carries it
     ctx.call_on_close(lambda: commands.use_config(None))
     _warn_unknown_env()
+    if debug:  # the engines' own logs too (Ray's, which otherwise stay in its log files)
+        logging.getLogger("etl").setLevel(logging.DEBUG)
 
 
 # --------------------------------------------------------------------------- local AWS

@@ -76,7 +76,8 @@ class TaskContext:
 class Engine(Protocol):
     """What the pipeline needs from an engine. `run` returns every task's result in task order, or raises the
     first real failure once every task has ended; `shared_budget` turns a table's token bucket into one its
-    tasks can share wherever they run; `pool` is an executor for a task's concurrent requests."""
+    tasks can share wherever they run; `pool` is an executor for a task's concurrent requests; `notices` are
+    the lines a run has to tell besides its results (a lost node whose tasks ran again)."""
 
     task_retries: int
 
@@ -84,6 +85,7 @@ class Engine(Protocol):
     def shared_budget(self, bucket: Any) -> Budget: ...
     def run(self, pool: str, workers: int, run_task: Callable[..., dict[str, Any]], cfg: Any, tasks: list[Any],
             ctx: TaskContext) -> list[dict[str, Any]]: ...
+    def notices(self, ctx: TaskContext) -> list[str]: ...
     def close(self) -> None: ...
 
 
@@ -171,6 +173,10 @@ class LocalEngine:
         if errors:
             raise next((e for e in errors if not isinstance(e, Stopped)), errors[0])
         return [f.result() for f in futures]
+
+    def notices(self, ctx: TaskContext) -> list[str]:
+        """What the runs made with `ctx` have to tell besides their results: nothing, in one process."""
+        return []
 
     def close(self) -> None:
         with self._lock:

@@ -187,6 +187,8 @@ class Runner:
         finally:
             if progress is not None:
                 progress.finish()
+            for line in self.engine.notices(ctx):  # e.g. a lost node whose tasks ran again: one line each
+                self.reporter.warn(f"{stage.name} {month}: {line}")
         self._check_leases()
         with lock:
             return dict(stage.commit(month, plan, results))
