@@ -19,8 +19,9 @@ DDB_LOCAL_STAMP := $(DDB_LOCAL_DIR)/.installed
 # machine's external address): root (CI) can make one; anyone else maps to root in a user namespace first.
 LOOPBACK_ONLY := unshare --net $(if $(filter 0,$(shell id -u)),,--map-root-user) \
 	bash -c 'ip link set lo up && exec "$$@"' _
-RAY_ENV := ETL_RAY_TESTS=1 RAY_USAGE_STATS_ENABLED=0 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=disabled \
-	AWS_EC2_METADATA_DISABLED=true
+# (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 would refuse a second node even on Linux: the tests run two; the nodes are
+# told their address, 127.0.0.1, instead)
+RAY_ENV := ETL_RAY_TESTS=1 RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled AWS_EC2_METADATA_DISABLED=true
 TEST_ENV := ETL_DDB_LOCAL_DIR=$(abspath $(DDB_LOCAL_DIR))
 
 .PHONY: setup demo test test-ray test-newest check-install lint bench bench-ray reliability export transform load verify run status local-up local-down clean

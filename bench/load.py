@@ -41,7 +41,7 @@ def ours(args: dict[str, Any]) -> None:
     """`etl load` with the config given; with `deadline_seconds` in it, the run stops there (the sink counts)."""
     from etl.config import load_config
     from etl.errors import EtlError
-    from etl.load import reset_checkpoints
+    from etl.load.stage import reset_checkpoints
     from etl.pipeline import run_load
 
     cfg = load_config(args["config"], env={})

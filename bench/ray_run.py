@@ -65,7 +65,8 @@ def ray_cluster(cpus: int) -> Iterator[None]:
     import ray
 
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=temp, logging_level=logging.WARNING)
+    ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=temp, logging_level=logging.WARNING,
+             _node_ip_address="127.0.0.1")  # the namespace has loopback only
     try:
         assert all(n["NodeManagerAddress"].startswith("127.") for n in ray.nodes()), "run in the namespace"
         yield
@@ -92,7 +93,7 @@ def timed(fn: Callable[[], Any]) -> float:
 
 def throughput(cfg: Any, repeat: int) -> dict[str, Any]:
     """The month transformed and loaded `repeat` times after a first (cold) run of each."""
-    from etl.load import reset_checkpoints
+    from etl.load.stage import reset_checkpoints
     from etl.pipeline import run_load, run_transform
 
     def transform() -> None:
@@ -135,7 +136,7 @@ def overhead(n: int) -> dict[str, float]:
 def fidelity(rate: int, seconds: int, delay: float, work: Path) -> dict[str, Any]:
     """4 load tasks at once on Ray (4 logical CPUs) sharing the budget actor; items per second at the sink."""
     from bench.load_run import prepare
-    from etl.load import reset_checkpoints
+    from etl.load.stage import reset_checkpoints
     from etl.pipeline import run_load
 
     stage, month = prepare(rate * seconds)  # 4 parts of last month (not expired)

@@ -76,7 +76,7 @@ def client(side: AwsSide, service: str, max_pool: int = 32, **config: Any) -> An
     cfg = BotoConfig(
         retries=retries,
         max_pool_connections=max_pool,
-        connect_timeout=10,
+        connect_timeout=config.pop("connect_timeout", 10),
         read_timeout=60,
         **config,
     )

@@ -32,8 +32,9 @@ RAMP_DOUBLING_S = 1800.0  # on-demand: at most double the rate every 30 minutes
 
 
 @dataclass
-class Budget:
-    """A table's shared token bucket and what it was made from."""
+class BudgetPlan:
+    """A table's budget as planned: the token bucket its tasks share (the `engine.Budget` they see), what it was
+    made from (for the printed plan) and how to refresh its rates."""
 
     bucket: TokenBucket
     describe: str
@@ -70,7 +71,8 @@ def _provisioned(d: dict[str, Any], field_name: str) -> float:
 
 
 def budget_for(desc: dict[str, Any], *, unit: str, fraction: float | None, absolute: float | None,
-               fraction_key: str, absolute_key: str, describe: Callable[[], dict[str, Any]] | None = None) -> Budget:
+               fraction_key: str, absolute_key: str,
+               describe: Callable[[], dict[str, Any]] | None = None) -> BudgetPlan:
     """The budget for `unit` ("WCU" or "RCU") on the described table.
 
     `absolute` wins when set; else `fraction` of the provisioned units (refreshed through `describe`);
@@ -117,11 +119,11 @@ def budget_for(desc: dict[str, Any], *, unit: str, fraction: float | None, absol
             name = g["IndexName"]
             notes.append(f"index {name}: {_provisioned(g, field_name):g} WCU provisioned -> {now[name]:g} WCU/s "
                          f"for its share of each write" + (" (governs)" if governing == name else ""))
-    return Budget(bucket, text, False, current if describe is not None else None, notes, names)
+    return BudgetPlan(bucket, text, False, current if describe is not None else None, notes, names)
 
 
 def _absolute(desc: dict[str, Any], unit: str, absolute: float, absolute_key: str,
-              indexes: list[dict[str, Any]]) -> Budget:
+              indexes: list[dict[str, Any]]) -> BudgetPlan:
     table = desc.get("TableName", "the table")
     names = [g["IndexName"] for g in indexes]
     text = f"{absolute:g} {unit}/s ({absolute_key.split()[-1]})"
@@ -146,7 +148,7 @@ def _absolute(desc: dict[str, Any], unit: str, absolute: float, absolute_key: st
             notes.append(f"{absolute_key} = {absolute:g} is above the {room:g} WCU provisioned on {table}"
                          + (" and its indexes" if indexes else "") + ": expect throttling (the load backs off)")
     bucket = TokenBucket(limits=limits, ramp_doubling_s=RAMP_DOUBLING_S)
-    return Budget(bucket, text, on_demand(desc), None, notes, names)
+    return BudgetPlan(bucket, text, on_demand(desc), None, notes, names)
 
 
 def ramp_seconds(start: float, target: float) -> float:

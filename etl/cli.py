@@ -1,12 +1,16 @@
 """`etl`: a thin command line over the library. Parse, call, print.
 
-Errors a user can act on are one red line (and a hint) with exit code 1; `--debug` shows the traceback.
+Errors a user can act on are one red line (and a hint) with exit code 1; `--debug` shows the traceback. Under
+`--json`, an error is also one JSON object on stdout (`{"command", "error": {"message", "hint", "exit_code"}}`), a
+usage error included (exit code 2). Every command line printed comes from `etl.commands.render`, so it carries the
+`--config` in use.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 import traceback
 from collections.abc import Callable
@@ -14,10 +18,11 @@ from typing import Any
 
 import click
 
-from etl import __version__
-from etl.config import Config, load_config, require_staging_root
+from etl import __version__, commands, times
+from etl.commands import render
+from etl.config import Config, load_config, require_staging_root, unknown_env_variables
 from etl.errors import EtlError, Interrupted, PartlyDone
-from etl.months import resolve_months
+from etl.months import month_range, parse_month, resolve_months
 from etl.progress import QUIET, Reporter
 
 
@@ -35,10 +40,23 @@ class Ctx:
         return self._cfg
 
 
-def _say(exc: EtlError) -> None:
+def _say(exc: EtlError, exit_code: int) -> None:
     click.secho(f"error: {exc.message}", fg="red", err=True)
     if exc.hint:
         click.echo(f"  -> {exc.hint}", err=True)
+    _json_error(exc.message, exc.hint, exit_code)
+
+
+def _json_error(message: str, hint: str | None, exit_code: int) -> None:
+    """Under --json, the error as the command's one JSON object on stdout (the red line stays on stderr)."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_object(Ctx) if ctx else None
+    if obj is None or not obj.json:
+        return
+    assert ctx is not None
+    command = ctx.command_path.partition(" ")[2] or ctx.command_path
+    click.echo(json.dumps({"command": command, "error": {"message": message, "hint": hint,
+                                                          "exit_code": exit_code}}))
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -48,15 +66,19 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         debug = bool(ctx and ctx.debug)
         try:
             return fn(*args, **kwargs)
-        except (Interrupted, KeyboardInterrupt):
-            click.secho(f"interrupted: what was acknowledged is kept; resume with `{_this_command()}`", fg="yellow",
-                        err=True)
+        except (Interrupted, KeyboardInterrupt) as exc:
+            resume = f"resume with `{_this_command()}`"
+            click.secho(f"interrupted: what was acknowledged is kept; {resume}", fg="yellow", err=True)
+            if isinstance(exc, Interrupted) and exc.hint:  # e.g. a bulk put operation that goes on running on AWS
+                click.echo(f"  -> {exc.hint}", err=True)
+            _json_error("interrupted: what was acknowledged is kept", resume, 130)
             sys.exit(130)
         except EtlError as exc:
             if debug:
                 traceback.print_exc()
-            _say(exc)
-            sys.exit(3 if isinstance(exc, PartlyDone) else 1)
+            code = 3 if isinstance(exc, PartlyDone) else 1
+            _say(exc, code)
+            sys.exit(code)
         except (click.ClickException, click.exceptions.Exit, SystemExit):
             raise
         except Exception as exc:
@@ -66,22 +88,28 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 traceback.print_exc()
             explained = aws.explain(exc, ctx._cfg if ctx else None)
             if explained is not None:
-                _say(explained)
+                _say(explained, 1)
                 sys.exit(1)
+            hint = "this is a bug or an unhandled case: rerun with --debug for the full traceback, and report it"
             if not debug:
                 click.secho(f"error: an unexpected {type(exc).__name__}: {exc}", fg="red", err=True)
-                click.echo("  -> this is a bug or an unhandled case: rerun with --debug for the full traceback, and "
-                           "report it", err=True)
+                click.echo(f"  -> {hint}", err=True)
+            _json_error(f"an unexpected {type(exc).__name__}: {exc}", hint, 1)
             sys.exit(1)
 
     return wrapper
 
 
 def _this_command() -> str:
-    """The command line this process was started with, as `etl ...` (what resumes an interrupted run)."""
+    """The command line this process was started with, as `etl ...` (what resumes an interrupted run), with
+    the config in use when the command line did not name it (it came from $ETL_CONFIG), and without --force."""
     import shlex
 
-    return shlex.join(["etl", *sys.argv[1:]])
+    # --force starts over: pasted again it would rewrite everything; without it, the command resumes
+    args = [a for a in sys.argv[1:] if a != "--force"]
+    config = commands.config_in_use()
+    named = any(a == "--config" or a.startswith("--config=") for a in args)
+    return shlex.join(["etl", *(["--config", config] if config and not named else []), *args])
 
 
 BULKY = ("parts", "files", "inputs", "schema")  # per-file detail: in the manifest, not in a summary
@@ -113,10 +141,33 @@ def report(obj: Ctx, command: str, results: list[dict[str, Any]], line: Callable
             click.echo(line(r))
 
 
+def _checked(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, tuple[str, ...]],
+                                                     tuple[str, ...]]:
+    """A month option's values checked as they are parsed: a wrong one is a usage error (exit code 2)."""
+    import re
+
+    def check(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            for token in filter(None, re.split(r"[\s,]+", value.strip())):
+                try:
+                    parse(token)
+                except EtlError as exc:
+                    raise click.BadParameter(exc.message, ctx, param) from None
+        return values
+
+    return check
+
+
+def method_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--method", type=click.Choice(["batch-write", "bulk-put"]), default=None,
+                        help="How the load writes: batch-write (BatchWriteItem, the default) or bulk-put (DynamoDB's "
+                             "managed StartBulkPutItems; default from [load] method).")(fn)
+
+
 def month_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option("--months", "month_ranges", multiple=True, metavar="FIRST-LAST",
+    fn = click.option("--months", "month_ranges", multiple=True, metavar="FIRST-LAST", callback=_checked(month_range),
                       help="An inclusive range, e.g. 201505-201705 (repeatable).")(fn)
-    fn = click.option("--month", "months", multiple=True, metavar="YYYYMM",
+    fn = click.option("--month", "months", multiple=True, metavar="YYYYMM", callback=_checked(parse_month),
                       help="A month, e.g. 201604 (repeatable; a comma list works too).")(fn)
     return fn
 
@@ -136,11 +187,38 @@ def engine_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _months(months: tuple[str, ...], ranges: tuple[str, ...]) -> list[str]:
     out = resolve_months(months, ranges)
     if not out:
-        raise EtlError("no month given", hint="pass --month YYYYMM (repeatable) or --months FIRST-LAST")
+        raise click.UsageError("no month given: pass --month YYYYMM (repeatable) or --months FIRST-LAST")
     return out
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class Group(click.Group):
+    """A command group whose usage errors (a missing or wrong option) are also one JSON object under --json."""
+
+    group_class = type  # its subgroups (local, ttl, ...) are such groups too
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            obj = ctx.find_object(Ctx)
+            if obj is not None and obj.json and not getattr(exc, "said_as_json", False):
+                path = (exc.ctx or ctx).command_path
+                click.echo(json.dumps({"command": path.partition(" ")[2] or path, "error": {
+                    "message": exc.format_message(), "hint": None, "exit_code": exc.exit_code}}))
+                exc.said_as_json = True  # type: ignore[attr-defined]  # a subgroup said it: its parent does not
+            raise
+
+
+def _warn_unknown_env() -> None:
+    """One line on stderr per ETL_* variable that no config key reads: a misspelling is otherwise silent."""
+    import os
+
+    for name, nearest in unknown_env_variables(os.environ):
+        guess = f" (did you mean {nearest}?)" if nearest else ""
+        click.secho(f"warning: {name} is not a setting of etl{guess}; it is ignored", fg="yellow", err=True)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--config", "config_path", metavar="FILE", envvar="ETL_CONFIG",
               help="Pipeline TOML config (default: $ETL_CONFIG, else ./pipeline.toml).")
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
@@ -165,6 +243,11 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool, as_json: bool,
     `etl status` shows every month and the command to run next.
     """
     ctx.obj = Ctx(config_path, debug, progress, as_json)
+    commands.use_config(config_path)  # every command line printed from here on carries it
+    ctx.call_on_close(lambda: commands.use_config(None))
+    _warn_unknown_env()
+    if debug:  # the engines' own logs too (Ray's, which otherwise stay in its log files)
+        logging.getLogger("etl").setLevel(logging.DEBUG)
 
 
 # --------------------------------------------------------------------------- local AWS
@@ -261,19 +344,23 @@ def local_lookups(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ..
 @month_options
 @click.option("--mode", type=click.Choice(["pitr", "scan"]), help="pitr (default from config) or scan.")
 @click.option("--use-existing", metavar="URI", help="Adopt an existing export folder (.../AWSDynamoDB/<id>).")
+@click.option("--adopt-other-table", is_flag=True,
+              help="With --use-existing: adopt an export of another table than the month's (recorded).")
 @click.option("--force", is_flag=True, help="Export again even if the month is committed.")
 @click.option("--enable-pitr", is_flag=True, help="Turn on point-in-time recovery where it is off.")
 @break_lease_option
 @click.pass_obj
 @handle_errors
 def export(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mode: str | None,
-           use_existing: str | None, force: bool, enable_pitr: bool, break_lease: bool) -> None:
+           use_existing: str | None, adopt_other_table: bool, force: bool, enable_pitr: bool,
+           break_lease: bool) -> None:
     """Export monthly tables to the staging store (no read capacity used in pitr mode)."""
     from etl.pipeline import run_export
 
     cfg = obj.config()
     require_staging_root(cfg)
-    results = run_export(cfg, _months(months, month_ranges), mode=mode, use_existing=use_existing, force=force,
+    results = run_export(cfg, _months(months, month_ranges), mode=mode, use_existing=use_existing,
+                         adopt_other_table=adopt_other_table, force=force,
                          enable_pitr=enable_pitr, break_lease=break_lease, reporter=obj.reporter)
     report(obj, "export", results, lambda r: (
         f"export {r['month']}: {r.get('item_count') or r.get('describe_item_count') or '?'} items, "
@@ -313,32 +400,87 @@ def transform(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], 
 @click.option("--include-expired", is_flag=True, default=None,
               help="Also write items whose ExpirationTimestamp has passed (skipped and counted by default).")
 @click.option("--force", is_flag=True, help="Ignore the part checkpoints and write every part again.")
+@method_option
+@click.option("--cancel", is_flag=True,
+              help="bulk-put: cancel the months' operations in progress (what they wrote stays).")
 @break_lease_option
 @engine_option
 @click.pass_obj
 @handle_errors
 def load(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], yes: bool, dry_run: bool,
-         include_expired: bool | None, force: bool, break_lease: bool, engine: str | None) -> None:
+         include_expired: bool | None, force: bool, method: str | None, cancel: bool, break_lease: bool,
+         engine: str | None) -> None:
     """Committed Parquet -> the destination table with BatchWriteItem, within the write budget.
 
     Shows the destination, account, item count, budget (each index's share, an on-demand table's warm
     throughput and how to pre-warm it), the write units and their cost, and the estimated duration, and
     asks before writing to a production table (--yes skips the question). --dry-run prints the same plan,
     then the counts it would write, skip and deduplicate with the exact write units and cost.
-    Each finished part is checkpointed; rerunning the same command resumes."""
+    Each finished part is checkpointed; rerunning the same command resumes.
+
+    --method bulk-put writes the same items as DynamoDB JSON objects to the staging bucket and has DynamoDB's
+    StartBulkPutItems load them (README: "Choosing a load method"); a rerun re-attaches to its operation,
+    --cancel cancels it."""
     from etl.pipeline import run_load
 
-    cfg = obj.config(engine={"kind": engine})
+    cfg = obj.config(engine={"kind": engine}, load={"method": method})
     require_staging_root(cfg)
     ms = _months(months, month_ranges)
+    if cancel:
+        from etl.load.bulkput import cancel as cancel_bulk_put
+
+        report(obj, "load", cancel_bulk_put(cfg, ms), _cancel_line)
+        return
     results = run_load(cfg, ms, yes=yes, dry_run=dry_run, include_expired=include_expired, force=force,
                        break_lease=break_lease,
                        confirm=lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False,
                        reporter=obj.reporter)
     report(obj, "load", results, _load_line)
+    _partly_done(results)
+
+
+def _cancel_line(r: dict[str, Any]) -> str:
+    if not r["cancelled"]:
+        return f"load {r['month']}: no bulk put operation in progress"
+    return "\n".join(f"load {r['month']}: bulk put operation {c['arn']}: {c['status']} (what it wrote stays; "
+                     f"`etl load --month {r['month']} --method bulk-put` starts over)" for c in r["cancelled"])
+
+
+def _partly_done(results: list[dict[str, Any]]) -> None:
+    """A bulk put that ended COMPLETED_WITH_ERRORS: the month is partly done (exit 3), its report named."""
+    partly = [r for r in results if r.get("partly_done") and not r.get("skipped")]
+    if partly:
+        listed = "; ".join(f"{r['month']}: {r['failed']:,} item(s) failed (report under {', '.join(r['reports'])})"
+                           for r in partly)
+        raise PartlyDone(f"bulk put wrote {len(partly)} month(s) partly: {listed}",
+                         hint="`etl status` shows them; fix the cause the report gives, then "
+                              "`etl load --month M --method bulk-put --force` writes the month again")
+
+
+def _bulk_line(r: dict[str, Any]) -> str:
+    if r.get("dry_run"):
+        b = r["batch_write"]
+        hours = f"{b['hours_at_budget']:,.2f} h at {b['budget_wcu_per_s']:,.0f} WCU/s" if b["hours_at_budget"] \
+            is not None else "time unknown"
+        return (f"load {r['month']}: dry run, nothing written: bulk put of {r['written']:,} items "
+                f"({r['skipped_expired']:,} expired skipped, {r['deduplicated']:,} deduplicated, "
+                f"{r['quarantined']:,} quarantined): {r['bytes'] / 1e9:,.3f} GB in {r['objects']:,} object(s), "
+                f"{r['operations']} operation(s), {r['tier']} tier, ${r['cost_usd']:,.2f} at "
+                f"${r['price_per_gb']:g}/GB; "
+                f"batch-write instead: {b['wcu_estimated_total']:,.0f} WCU, {hours}, ${b['cost_usd']:,.2f} at "
+                f"${b['price_per_million_wcu']:g} per million write units"
+                + ("" if b["on_demand"] else " on demand (provisioned: within the capacity paid by the hour)"))
+    failed = (f", {r['failed']:,} failed (report under {', '.join(r['reports'])})" if r.get("failed") else "")
+    why = f" ({_reasons(r['quarantined_by'])})" if r.get("quarantined_by") else ""
+    return (f"load {r['month']}: bulk put: {r['written']:,} written{failed}, {r['skipped_expired']:,} expired skipped, "
+            f"{r['deduplicated']:,} deduplicated, {r['quarantined']:,} quarantined{why}; {r['processed']:,} processed "
+            f"by {len(r['operations'])} operation(s) ({r['tier']}), {r['bytes'] / 1e9:,.3f} GB in {r['objects']:,} "
+            "object(s)")
 
 
 def _load_line(r: dict[str, Any]) -> str:
+    if r.get("method") == "bulk-put":
+        return _bulk_line(r)
     if r.get("dry_run"):
         units = " + ".join(f"{v:,.0f} on {'index ' + k if k != 'table' else 'the table'}"
                            for k, v in r["wcu_estimated"].items())
@@ -360,35 +502,53 @@ def _load_line(r: dict[str, Any]) -> str:
 
 @cli.command()
 @month_options
+@click.option("--method", type=click.Choice(["read", "export"]), default=None,
+              help="read: BatchGetItem of every loaded key, within a read budget; export: a PITR export of the "
+                   "table compared with the staged rows (no read capacity). Default: [verify] method.")
+@click.option("--use-existing", metavar="URI", help="--method export: adopt this export of the destination "
+                                                    "(.../AWSDynamoDB/<id>) instead of taking one.")
+@click.option("--enable-pitr", is_flag=True, help="--method export: turn on point-in-time recovery on the "
+                                                  "destination where it is off.")
 @break_lease_option
 @engine_option
 @click.pass_obj
 @handle_errors
-def verify(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], break_lease: bool,
-           engine: str | None) -> None:
-    """Read every loaded key back (BatchGetItem, within a read budget) and compare values with the Parquet."""
+def verify(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], method: str | None,
+           use_existing: str | None, enable_pitr: bool, break_lease: bool, engine: str | None) -> None:
+    """Check that the destination holds what the months loaded: read every key back, or compare an export."""
     from etl.pipeline import run_verify
 
     cfg = obj.config(engine={"kind": engine})
     require_staging_root(cfg)
-    results = run_verify(cfg, _months(months, month_ranges), break_lease=break_lease, reporter=obj.reporter)
+    results = run_verify(cfg, _months(months, month_ranges), break_lease=break_lease, reporter=obj.reporter,
+                         method=method, use_existing=use_existing, enable_pitr=enable_pitr)
     bad = [r for r in results if not r["ok"]]
-    report(obj, "verify", results, lambda r: (
-        f"verify {r['month']}: {r['checked']:,} checked, {r['missing']:,} missing, {r['different']:,} different"
-        + (f", {r['undeleted']:,} not deleted" if r.get("undeleted") else "")
-        + ("" if r["ok"] else f" (examples in _state/month={r['month']}/verify.json)")))
+    report(obj, "verify", results, _verify_line)
     if bad:
         raise EtlError(f"verify found differences in {len(bad)} month(s)",
-                       hint="`etl load --month M --force` writes the month again (puts are idempotent)")
+                       hint=f"`{render('load', '--month', 'M', '--force')}` writes the month again (puts are "
+                            "idempotent)")
+
+
+def _verify_line(r: dict[str, Any]) -> str:
+    where = f" (examples in _state/month={r['month']}/verify.json)"
+    if r.get("method") != "export":
+        return (f"verify {r['month']}: {r['checked']:,} checked, {r['missing']:,} missing, {r['different']:,} "
+                f"different" + (f", {r['undeleted']:,} not deleted" if r.get("undeleted") else "")
+                + ("" if r["ok"] else where))
+    found = f"; differences in {r['differences']}" if r.get("differences") else ""
+    return (f"verify {r['month']} (export): {r['checked']:,} checked, {r['missing']:,} missing, {r['different']:,} "
+            f"different, {r['extra']:,} extra" + (f", {r['expired']:,} expired and gone" if r.get("expired") else "")
+            + (f", {r['unreadable']:,} export lines unreadable" if r.get("unreadable") else "")
+            + f"; {r['not_backfilled']:,} item(s) in the table no backfilled month produced"
+            + ("" if r["ok"] else where) + found)
 
 
 def _at(value: str | None) -> Any:
     if value is None:
         return None
-    from datetime import datetime
-
     try:
-        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        at = times.parse(value, assume=None)
     except ValueError:
         raise EtlError(f"--at {value!r} is not ISO-8601 (e.g. 2017-05-31T12:00:00+02:00)") from None
     if at.tzinfo is None:
@@ -505,8 +665,8 @@ def config_show(obj: Ctx, as_json: bool) -> None:
 
 @cli.command("iam-policy")
 @month_options
-@click.option("--role", type=click.Choice(["all", "export", "catch-up", "staging", "loader", "verify", "ttl",
-                                           "live-service"]), default="all", show_default=True)
+@click.option("--role", type=click.Choice(["all", "export", "catch-up", "staging", "loader", "bulk-put-loader",
+                                           "verify", "ttl", "live-service"]), default="all", show_default=True)
 @click.option("--account", help="Account id for the ARNs (default: the account of each side's credentials).")
 @click.option("--mode", type=click.Choice(["pitr", "scan"]), help="Export mode (default from config).")
 @click.option("--enable-pitr", is_flag=True, help="Include UpdateContinuousBackups (for `export --enable-pitr`).")
@@ -556,58 +716,116 @@ def _destination_now(cfg: Config) -> tuple[str | None, Any]:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: {staging, months: [{month, stages, catchup, next}]}.")
 @month_options
+@click.option("--forget-month", "forget", multiple=True, metavar="YYYYMM", callback=_checked(parse_month),
+              help="Clear the failures recorded for the month (repeatable): for a month typed wrong, or a "
+                   "failure you have dealt with. Its manifests and staged data are kept; a month with nothing "
+                   "else staged is no longer listed.")
 @click.pass_obj
 @handle_errors
-def status(obj: Ctx, as_json: bool, months: tuple[str, ...], month_ranges: tuple[str, ...]) -> None:
-    """Months x stages from the staging store's manifests: state, counts, times, failures, next step."""
+def status(obj: Ctx, as_json: bool, months: tuple[str, ...], month_ranges: tuple[str, ...],
+           forget: tuple[str, ...]) -> None:
+    """Months x stages from the staging store's manifests: state, counts, times, failures, next step.
+
+    \b
+    States: done, running, stale (made from an older run of the stage before it: rerun it),
+    failed (the error and the command that reruns it), interrupted (Ctrl-C, SIGTERM or a
+    run that is gone: the command resumes it), - (not started)."""
     as_json = as_json or obj.json
     from etl import staging
     from etl.status import collect
+    from etl.status import forget as forget_month
 
     cfg = obj.config()
     store = staging.open_store(require_staging_root(cfg), cfg.staging)
     store.check()
+    forgotten = {month: forget_month(store, month) for month in resolve_months(forget, ())}
     name, destination = _destination_now(cfg)
-    rows = collect(store, resolve_months(months, month_ranges) or None, destination=destination, table=name)
+    from etl import freshness
+    from etl.pipeline import source_tables
+
+    listed = resolve_months(months, month_ranges) or staging.known_months(store)
+    now = freshness.Current.of(cfg, destination, source_tables(cfg, listed))
+    rows = collect(store, listed, destination=destination, table=name, now=now)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps({"command": "status", "staging": store.uri, "months": rows,
+                               **({"forgotten": forgotten} if forget else {})}, indent=2))
         return
+    for month, cleared in forgotten.items():
+        click.echo(f"{month}: cleared the failure recorded for {', '.join(cleared)}" if cleared else
+                   f"{month}: no failure recorded")
     if not rows:
-        click.echo(f"nothing staged under {store.uri} yet; start with `etl export --month YYYYMM`")
+        click.echo(f"nothing staged under {store.uri} yet; start with `{render('export', '--month', 'YYYYMM')}`")
         return
+    _print_status(store.uri, rows)
+
+
+STATE_COLOUR = {"done": "green", "failed": "red", "interrupted": "yellow", "running": "yellow", "stale": "yellow",
+                "-": "dim"}
+
+
+def _cell_text(c: dict[str, Any]) -> str:
+    """A stage's cell: its state, then its summary, duration and error (the error cut at 200 characters)."""
+    text = c["state"]
+    if c.get("summary"):
+        text += f"\n{c['summary']}"
+    if c.get("duration_s") is not None:
+        text += f"\n{c['duration_s']:.1f}s"
+    if c.get("error"):
+        text += f"\n{c['error'][:200]}"
+    return text
+
+
+def _table_width(rows: list[dict[str, Any]], cells: Callable[[dict[str, Any]], list[tuple[str, dict[str, Any]]]],
+                 ) -> int:
+    """The narrowest the status table can be without cutting a word: each stage column as wide as its longest
+    word (a timestamp, a count), the month and the next command whole, plus rich's borders and padding."""
+    widths = [max(len(r["month"]) for r in rows), max(len(r["next"] or "complete") for r in rows)]
+    for i in range(len(cells(rows[0]))):
+        words = [w for r in rows for w in _cell_text(cells(r)[i][1]).split()]
+        widths.append(max([len("transform"), *map(len, words)]))
+    return sum(widths) + 3 * len(widths) + 1
+
+
+def _print_status(uri: str, rows: list[dict[str, Any]]) -> None:
+    """The months as a table when it fits the terminal (rich's width: 80 columns when not a terminal), folding
+    long words rather than cutting them; else one block per month, a line per stage. The next command is
+    never cut or broken: pasted, it runs."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    colour = {"done": "green", "failed": "red", "running": "yellow", "stale": "yellow", "-": "dim"}
-    table = Table(title=f"staging: {store.uri}")
-    table.add_column("month")
-    for stage in staging.STAGES:
-        table.add_column(stage)
-    if any(r["catchup"]["state"] != "-" for r in rows):
-        table.add_column("catch-up")
-    table.add_column("next")
+    from etl import staging
+
+    console = Console()
+    catchup = any(r["catchup"]["state"] != "-" for r in rows)
+    columns = [*staging.STAGES, *(["catch-up"] if catchup else [])]
+
+    def cells(row: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        return [(s, row["stages"][s]) for s in staging.STAGES] + ([("catch-up", row["catchup"])] if catchup else [])
+
+    def coloured(c: dict[str, Any], text: str) -> str:
+        return f"[{STATE_COLOUR.get(c['state'], 'white')}]{escape(text)}[/]"
+
+    table = Table(title=f"staging: {uri}")
+    table.add_column("month", no_wrap=True)
+    for name in columns:
+        table.add_column(name, overflow="fold")
+    table.add_column("next", no_wrap=True)
     for row in rows:
-        cells = []
-        for stage in staging.STAGES:
-            c = row["stages"][stage]
-            text = c["state"]
-            if c.get("summary"):
-                text += f"\n{c['summary']}"
-            if c.get("duration_s") is not None:
-                text += f"\n{c['duration_s']:.1f}s"
-            if c.get("error"):
-                text += f"\n{c['error'][:200]}"
-            cells.append(f"[{colour.get(c['state'], 'white')}]{escape(text)}[/]")
-        if any(r["catchup"]["state"] != "-" for r in rows):
-            c = row["catchup"]
-            text = c["state"] + (f"\n{c['summary']}" if c.get("summary") else "") + \
-                (f"\n{c['error'][:200]}" if c.get("error") else "")
-            cells.append(f"[{colour.get(c['state'], 'white')}]{escape(text)}[/]")
-        table.add_row(row["month"], *cells, row["next"] or "[green]complete[/]")
-    Console(width=max(120, Console().width)).print(table)
+        table.add_row(row["month"], *[coloured(c, _cell_text(c)) for _, c in cells(row)],
+                      escape(row["next"]) if row["next"] else "[green]complete[/]")
+    if _table_width(rows, cells) <= console.width:
+        console.print(table)
+        return
+    console.print(f"staging: {escape(uri)}", soft_wrap=True)
+    for row in rows:
+        console.print(f"\n[bold]{row['month']}[/]  next: " + (escape(row["next"]) if row["next"] else
+                                                              "[green]complete[/]"), soft_wrap=True)
+        for name, c in cells(row):
+            console.print(f"  {name:<10} " + coloured(c, _cell_text(c).replace("\n", "; ")))
 
 
 @cli.command()
@@ -616,30 +834,32 @@ def status(obj: Ctx, as_json: bool, months: tuple[str, ...], month_ranges: tuple
 @click.option("--yes", is_flag=True, help="Do not ask before writing to the destination.")
 @click.option("--catch-up", "catch_up", type=click.Choice(["pitr", "stream"]), default=None,
               help="End with a catch-up of every month in this mode (see `etl catch-up --help`).")
+@method_option
 @break_lease_option
 @engine_option
 @click.pass_obj
 @handle_errors
 def run(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], mode: str | None, yes: bool,
-        catch_up: str | None, break_lease: bool, engine: str | None) -> None:
+        catch_up: str | None, method: str | None, break_lease: bool, engine: str | None) -> None:
     """Every stage in order for the months, skipping what is already committed (resumes a backfill).
 
     Each month moves to its next stage as soon as its previous one committed, so months overlap: one loads
     while the next transforms and a third exports. A production destination is confirmed once, first."""
     from etl.pipeline import run as run_pipeline
 
-    cfg = obj.config(engine={"kind": engine})
+    cfg = obj.config(engine={"kind": engine}, load={"method": method})
     require_staging_root(cfg)
     ms = _months(months, month_ranges)
     confirm = lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False  # noqa: E731
     out = run_pipeline(cfg, ms, mode=mode, yes=yes, break_lease=break_lease, reporter=obj.reporter, confirm=confirm)
+    _partly_done(out.get("load", []))
     if obj.json and not catch_up:
         click.echo(json.dumps({"command": "run", "stages": {stage: [_counts(r) for r in rs]
                                                             for stage, rs in out.items()}}, default=str))
         return
-    obj.reporter.info(f"run: every stage committed for {len(ms)} month(s); `etl status` shows them")
+    obj.reporter.info(f"run: every stage committed for {len(ms)} month(s); `{render('status')}` shows them")
     if catch_up:
-        from etl.catchup.stage import run as run_catchup
+        from etl.pipeline import run_catchup
 
         _print_catchup(obj, run_catchup(cfg, ms, mode=catch_up, yes=yes, confirm=confirm, reporter=obj.reporter))
 
@@ -651,6 +871,10 @@ def _print_catchup(obj: Ctx, results: list[dict[str, Any]]) -> None:
     for r in results:
         if not r.get("windows"):
             click.echo(f"catch-up {r['month']}: nothing applied yet")
+            continue
+        if r.get("windows_skipped") and not r.get("windows_this_run"):
+            click.echo(f"catch-up {r['month']}: nothing applied this run ({'; '.join(r['windows_skipped'])}, "
+                       f"skipped); in sync up to {r['synced_to']} ({len(r['windows'])} window(s))")
             continue
         click.echo(f"catch-up {r['month']}: in sync up to {r['synced_to']} ({len(r['windows'])} window(s), "
                    f"{r['windows_this_run']} this run): {r['changes_in'] - r['before_sync']:,} changes after the "
@@ -667,12 +891,16 @@ def _print_catchup(obj: Ctx, results: list[dict[str, Any]]) -> None:
               help="pitr: incremental exports (PITR on, S3 staging); stream: the table's stream "
                    "(NEW_AND_OLD_IMAGES), which keeps records for 24 hours only: catch up at least daily.")
 @click.option("--use-existing", metavar="URI", help="Adopt an incremental export (.../AWSDynamoDB/<id>).")
+@click.option("--adopt-other-table", is_flag=True,
+              help="With --use-existing: adopt an export of another table than the month's (recorded).")
 @click.option("--yes", is_flag=True, help="Do not ask before writing to the destination.")
 @click.option("--include-expired", is_flag=True, default=None, help="Also write puts whose TTL has passed.")
+@method_option
 @click.pass_obj
 @handle_errors
 def catch_up(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], to_text: str | None, mode: str,
-             use_existing: str | None, yes: bool, include_expired: bool | None) -> None:
+             use_existing: str | None, adopt_other_table: bool, yes: bool, include_expired: bool | None,
+             method: str | None) -> None:
     """Apply the changes made to loaded months since they were last in sync: puts and deletes on the index.
 
     The first catch-up starts at the full export's time, each next one where the last ended. pitr chains
@@ -681,12 +909,13 @@ def catch_up(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], t
     the incremental-export layout under export/month=M/changes/. Changes are applied in write-time order with
     the full transform's winner rule, and loaded within the write budget, checkpointed per window.
     `etl status` shows the time each month is in sync up to."""
-    from etl.catchup.stage import run as run_catchup
+    from etl.pipeline import run_catchup
 
     cfg = obj.config()
     require_staging_root(cfg)
     results = run_catchup(cfg, _months(months, month_ranges), mode=mode, to=_at(to_text), use_existing=use_existing,
-                          yes=yes, include_expired=include_expired, reporter=obj.reporter,
+                          adopt_other_table=adopt_other_table,
+                          yes=yes, include_expired=include_expired, reporter=obj.reporter, method=method,
                           confirm=lambda q: click.confirm(q, default=False, err=True) if sys.stdin.isatty() else False)
     _print_catchup(obj, results)
 

@@ -20,6 +20,11 @@ from typing import Any
 from etl.errors import ConfigError
 
 DEFAULT_CONFIG = "pipeline.toml"
+NO_FILE = "<defaults>"  # `Config.path` when no config file was found (every value a default or a variable)
+NO_FILE_HINT = (f"copy pipeline.example.toml to {DEFAULT_CONFIG} and edit it, or name another file with "
+                "--config FILE or $ETL_CONFIG")
+# ETL_* variables that are not config keys: read by the CLI, the tests or `make` (everything else ETL_* is a key)
+NOT_CONFIG_KEYS = ("ETL_CONFIG", "ETL_DDB_LOCAL_DIR", "ETL_RAY_TESTS", "ETL_TEST_*")
 AWS_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 
 
@@ -114,6 +119,34 @@ class LoadConfig:
     checkpoint_seconds: float = 1.0
     read_capacity_fraction: float | None = 0.5  # verify's BatchGetItem budget
     max_rcu: float | None = None
+    # how the load writes: batch-write (BatchWriteItem from this tool's processes) or bulk-put (DynamoDB's managed
+    # StartBulkPutItems reading input objects this tool writes to the staging bucket; S3 staging only)
+    method: str = "batch-write"
+    bulk_put_tier: str = "STANDARD"  # STANDARD | ACCELERATED (PerformanceTier)
+    bulk_put_compression: str = "ZSTD"  # the input objects: ZSTD | GZIP
+    bulk_put_object_mb: float = 256.0  # an input object's target size, uncompressed (the documented limit: 5 GB)
+    # one operation's input, uncompressed; a month above it is split into several operations. The tiers' own
+    # quotas were not reachable when this was written: set your tier's (Service Quotas, "bulk put items")
+    bulk_put_operation_gb: float = 1000.0
+    # USD per GB of input for the plan's cost: an assumption (DynamoDB's import-from-S3 price in us-east-1, also
+    # billed per GB); bulk put's own price was not reachable when this was written: set yours from the pricing page
+    bulk_put_price_per_gb: float = 0.15
+    bulk_put_poll_seconds: float = 30.0  # the longest wait between two DescribeBulkOperation calls
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """How `etl verify` checks the destination (`--method` overrides `method`)."""
+
+    method: str = "read"  # read: BatchGetItem of every loaded key (read capacity) | export: a PITR export (none)
+    # export: rows per key-hash bucket and side; a comparison task holds about two buckets' keys and values
+    bucket_rows: int = 2_000_000
+    concurrency: int = 4  # the local pool's comparison tasks at once
+    # USD per GB of table size for a full export to S3 (us-east-1: https://aws.amazon.com/dynamodb/pricing/on-demand/,
+    # "Data export to Amazon S3"; the same price on the provisioned page)
+    export_price_per_gb: float = 0.10
+    # USD per million read request units, on demand, us-east-1 (same page): what the read-back would cost
+    price_per_million_rcu: float = 0.125
 
 
 @dataclass(frozen=True)
@@ -153,10 +186,11 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     transform: TransformConfig = field(default_factory=TransformConfig)
     load: LoadConfig = field(default_factory=LoadConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     promo: PromoConfig = field(default_factory=PromoConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
-    path: str = "<defaults>"  # where the config came from (not a TOML key)
+    path: str = NO_FILE  # where the config came from (not a TOML key)
     sources: tuple[tuple[str, str], ...] = ()  # key -> where its value came from, for values not defaulted
 
     def source_table(self, month: str) -> str:
@@ -192,7 +226,15 @@ def _jsonable(value: Any) -> Any:
 
 
 def _fail(key: str, where: str, value: Any, valid: str) -> ConfigError:
+    if where == NO_FILE:  # the value is a default because there is no file: that is what to say
+        return _no_file(f"{key} has no value")
     return ConfigError(f"config: {key} = {value!r} (from {where}) is not valid: expected {valid}")
+
+
+def _no_file(what: str) -> ConfigError:
+    here = Path(DEFAULT_CONFIG).resolve()
+    return ConfigError(f"config: no ./{DEFAULT_CONFIG} found (looked for {here}; no --config or $ETL_CONFIG given), "
+                       f"so {what}", hint=NO_FILE_HINT)
 
 
 def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
@@ -256,22 +298,40 @@ def _build(cls: Any, data: dict[str, Any], prefix: str, where: str) -> Any:
     return cls(**kwargs)
 
 
-def _env_overrides(env: typing.Mapping[str, str]) -> list[tuple[str, str, str]]:
-    """ETL_<SECTION>_<KEY> (or ETL_<KEY> for top-level keys) -> (section, key, value)."""
-    out = []
+def _env_names() -> dict[str, tuple[str, str]]:
+    """Every ETL_<SECTION>_<KEY> (or ETL_<KEY> for a top-level key) -> (section, key)."""
+    out = {}
     for f in dataclasses.fields(Config):
         if f.name in ("path", "sources"):
             continue
         sub = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
         if dataclasses.is_dataclass(sub):
             for g in dataclasses.fields(sub):
-                name = f"ETL_{f.name}_{g.name}".upper()
-                if name in env:
-                    out.append((f.name, g.name, env[name]))
+                out[f"ETL_{f.name}_{g.name}".upper()] = (f.name, g.name)
         else:
-            name = f"ETL_{f.name}".upper()
-            if name in env:
-                out.append(("", f.name, env[name]))
+            out[f"ETL_{f.name}".upper()] = ("", f.name)
+    return out
+
+
+def _env_overrides(env: typing.Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """ETL_<SECTION>_<KEY> (or ETL_<KEY> for top-level keys) -> (section, key, value)."""
+    return [(section, key, env[name]) for name, (section, key) in _env_names().items() if name in env]
+
+
+def unknown_env_variables(env: typing.Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """ETL_* variables that no config key reads (a misspelling would be ignored without a word), each with the
+    nearest key's variable when one is close."""
+    import difflib
+    import fnmatch
+
+    known = list(_env_names())
+    out = []
+    for name in sorted(env):
+        if not name.startswith("ETL_") or name in known or any(fnmatch.fnmatchcase(name, p) for p in NOT_CONFIG_KEYS):
+            continue
+        nearest = difflib.get_close_matches(name, known + [p for p in NOT_CONFIG_KEYS if "*" not in p], n=1,
+                                            cutoff=0.75)
+        out.append((name, nearest[0] if nearest else None))
     return out
 
 
@@ -297,7 +357,7 @@ def load_config(
             f"config file {file} not found",
             hint="pass --config FILE, set ETL_CONFIG, or copy pipeline.example.toml to pipeline.toml",
         )
-    where = str(file) if file.exists() else "<defaults>"
+    where = str(file) if file.exists() else NO_FILE
     cfg: Config = _build(Config, data, "", where)
     changes: dict[str, dict[str, tuple[Any, str]]] = {}
     for section, key, value in _env_overrides(env):
@@ -561,11 +621,56 @@ def _validate_load(cfg: Config, where: _Where) -> None:
         if value is not None and value < 1:
             raise _fail(key, where[key], value, "an integer >= 1" + (" (or unset: sized from the budget and the "
                                                                    "round trip)" if key == "load.concurrency" else ""))
+    _validate_bulk_put(ld, where)
     if ld.price_per_million_wcu < 0:
         raise _fail("load.price_per_million_wcu", where["load.price_per_million_wcu"], ld.price_per_million_wcu,
                     "a price >= 0 in USD per million write request units (us-east-1 on-demand: 0.625)")
+    _validate_verify(cfg, where)
     if not 1 <= cfg.local.port <= 65535:
         raise _fail("local.port", where["local.port"], cfg.local.port, "a TCP port 1-65535")
+
+
+def _validate_verify(cfg: Config, where: _Where) -> None:
+    v = cfg.verify
+    if v.method not in VERIFY_METHODS:
+        raise _fail("verify.method", where["verify.method"], v.method,
+                    "'read' (BatchGetItem of every loaded key) or 'export' (a PITR export of the table)")
+    for key, value in (("verify.bucket_rows", v.bucket_rows), ("verify.concurrency", v.concurrency)):
+        if value < 1:
+            raise _fail(key, where[key], value, "an integer >= 1")
+    for key, price in (("verify.export_price_per_gb", v.export_price_per_gb),
+                       ("verify.price_per_million_rcu", v.price_per_million_rcu)):
+        if price < 0:
+            raise _fail(key, where[key], price, "a price >= 0 in USD")
+
+
+LOAD_METHODS = ("batch-write", "bulk-put")
+VERIFY_METHODS = ("read", "export")
+BULK_PUT_TIERS = ("STANDARD", "ACCELERATED")
+BULK_PUT_COMPRESSIONS = ("ZSTD", "GZIP")
+BULK_PUT_MAX_OBJECT_MB = 5 * 1024  # the developer guide: each input object up to 5 GB
+
+
+def _validate_bulk_put(ld: LoadConfig, where: _Where) -> None:
+    if ld.method not in LOAD_METHODS:
+        raise _fail("load.method", where["load.method"], ld.method, " or ".join(LOAD_METHODS))
+    if ld.bulk_put_tier not in BULK_PUT_TIERS:
+        raise _fail("load.bulk_put_tier", where["load.bulk_put_tier"], ld.bulk_put_tier, " or ".join(BULK_PUT_TIERS))
+    if ld.bulk_put_compression not in BULK_PUT_COMPRESSIONS:
+        raise _fail("load.bulk_put_compression", where["load.bulk_put_compression"], ld.bulk_put_compression,
+                    " or ".join(BULK_PUT_COMPRESSIONS))
+    if not 0 < ld.bulk_put_object_mb <= BULK_PUT_MAX_OBJECT_MB:
+        raise _fail("load.bulk_put_object_mb", where["load.bulk_put_object_mb"], ld.bulk_put_object_mb,
+                    f"MB per input object, > 0 and <= {BULK_PUT_MAX_OBJECT_MB} (bulk put reads objects up to 5 GB)")
+    for key, value in (("load.bulk_put_operation_gb", ld.bulk_put_operation_gb),
+                       ("load.bulk_put_poll_seconds", ld.bulk_put_poll_seconds)):
+        _positive(key, value, where)
+    if ld.bulk_put_operation_gb * 1024 < ld.bulk_put_object_mb:
+        raise _fail("load.bulk_put_operation_gb", where["load.bulk_put_operation_gb"], ld.bulk_put_operation_gb,
+                    "at least one input object (load.bulk_put_object_mb)")
+    if ld.bulk_put_price_per_gb < 0:
+        raise _fail("load.bulk_put_price_per_gb", where["load.bulk_put_price_per_gb"], ld.bulk_put_price_per_gb,
+                    "a price >= 0 in USD per GB of input")
 
 
 def _fraction(key: str, value: float | None, where: _Where) -> None:
@@ -580,6 +685,8 @@ def _positive(key: str, value: float | None, where: _Where) -> None:
 
 
 def require_staging_root(cfg: Config) -> str:
+    if not cfg.staging.root and cfg.path == NO_FILE:
+        raise _no_file("staging.root is not set (nor $ETL_STAGING_ROOT)")
     if not cfg.staging.root:
         raise ConfigError(
             f"config: staging.root is not set (looked in {cfg.path} and $ETL_STAGING_ROOT)",

@@ -11,6 +11,7 @@ times; its outputs have deterministic names, so a retry overwrites what the fail
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -22,9 +23,12 @@ from etl.errors import Stopped, transient
 
 
 class Budget(Protocol):
-    """The narrow interface a task has to its table's capacity budget (a `ratelimit.TokenBucket`)."""
+    """The narrow interface a task has to its table's capacity budget, and all of it: every engine's
+    `shared_budget` gives one (`ratelimit.TokenBucket` in one process, `ray_engine.SharedBudget` on Ray), with
+    these methods and signatures (tests/test_budget.py checks them). Plain numbers and a dict of str -> float,
+    so a proxy in another process forwards them as they are."""
 
-    def acquire(self, n: float) -> float | None: ...  # the rate it lets through now, when it knows
+    def acquire(self, n: float) -> float: ...  # blocks until `n` units are taken; the rate it lets through now
     def settle(self, estimated: float, actual: float, per_index: dict[str, float] | None = None) -> None: ...
     def refund(self, n: float) -> None: ...
     def throttled(self) -> None: ...
@@ -43,6 +47,7 @@ class MonthPlan:
     total: float | None = None
     unit: str = "items"
     note: str = ""  # said before the tasks run, when not empty
+    started: float = field(default_factory=time.time)  # when the month's stage was planned (its duration's start)
 
 
 @dataclass
@@ -51,22 +56,28 @@ class TaskContext:
     stop: threading.Event = field(default_factory=threading.Event)  # set when another task of the month failed
     budget: Budget | None = None
     io: Executor | None = None  # for a task's concurrent requests
-    why: str = "stopped: another task of the month failed"  # what `check` says once `stop` is set
+    # what `check` says once `stop` is set; shared by the copies a retry makes of the context
+    reason: list[str] = field(default_factory=lambda: ["stopped: another task of the month failed"])
+    # a task of a stage that runs on the driver (a wait on AWS) also has the run's reporter and engine; these
+    # are never sent to an engine's workers
+    reporter: Any = None
+    engine: Any = None
 
     def halt(self, why: str) -> None:
         """Stop every task of this context at its next check, saying `why`."""
-        self.why = why
+        self.reason[0] = why
         self.stop.set()
 
     def check(self) -> None:
         if self.stop.is_set():
-            raise Stopped(self.why)
+            raise Stopped(self.reason[0])
 
 
 class Engine(Protocol):
     """What the pipeline needs from an engine. `run` returns every task's result in task order, or raises the
     first real failure once every task has ended; `shared_budget` turns a table's token bucket into one its
-    tasks can share wherever they run; `pool` is an executor for a task's concurrent requests."""
+    tasks can share wherever they run; `pool` is an executor for a task's concurrent requests; `notices` are
+    the lines a run has to tell besides its results (a lost node whose tasks ran again)."""
 
     task_retries: int
 
@@ -74,6 +85,7 @@ class Engine(Protocol):
     def shared_budget(self, bucket: Any) -> Budget: ...
     def run(self, pool: str, workers: int, run_task: Callable[..., dict[str, Any]], cfg: Any, tasks: list[Any],
             ctx: TaskContext) -> list[dict[str, Any]]: ...
+    def notices(self, ctx: TaskContext) -> list[str]: ...
     def close(self) -> None: ...
 
 
@@ -87,17 +99,33 @@ def make_engine(cfg: Any) -> Engine:
     return LocalEngine(task_retries=e.task_retries)
 
 
+class _Counted:
+    """A task attempt's progress, passed on and summed (to take back if the attempt fails and is retried)."""
+
+    def __init__(self, report: Callable[..., None]) -> None:
+        self.report, self.n = report, 0.0
+
+    def advance(self, n: float = 0, add: dict[str, float] | None = None, **fields: Any) -> None:
+        self.n += n
+        self.report(n, add=add, **fields)
+
+
 def run_attempts(run_task: Callable[..., dict[str, Any]], cfg: Any, task: Any, ctx: TaskContext, retries: int,
                  delay: float) -> dict[str, Any]:
-    """One task, run again after a transient failure (up to `retries` times) unless the month was stopped."""
+    """One task, run again after a transient failure (up to `retries` times) unless the month was stopped. What
+    a failed attempt counted as done is taken back before the next one, so a retried task never counts twice."""
     attempt = 0
+    report = ctx.progress
     while True:
         ctx.check()
+        counted = _Counted(report)
         try:
-            return run_task(cfg, task, ctx)
+            return run_task(cfg, task, dataclasses.replace(ctx, progress=counted.advance))
         except Exception as exc:
             if attempt >= retries or not transient(exc) or ctx.stop.is_set():
                 raise
+            if counted.n:
+                report(-counted.n)
             attempt += 1
             time.sleep(delay * attempt)
 
@@ -145,6 +173,10 @@ class LocalEngine:
         if errors:
             raise next((e for e in errors if not isinstance(e, Stopped)), errors[0])
         return [f.result() for f in futures]
+
+    def notices(self, ctx: TaskContext) -> list[str]:
+        """What the runs made with `ctx` have to tell besides their results: nothing, in one process."""
+        return []
 
     def close(self) -> None:
         with self._lock:

@@ -6,7 +6,10 @@ Each role gets only what its commands call, in the configured mode:
   catch-up     the source side: incremental exports (pitr) or the table's stream (stream)
   staging      the staging side: the staging prefix's objects, and the catalog's Glue tables
   loader       the destination side: DescribeTable and BatchWriteItem, nothing else
-  verify       the destination side: DescribeTable and BatchGetItem
+  bulk-put-loader  `etl load --method bulk-put`: the four bulk operations on the table, read on the input
+               objects (bulkput/), write on the reports (bulkput-reports/); the key when staging is SSE-KMS
+  verify       the destination side: DescribeTable and BatchGetItem (`[verify] method = "export"`: a PITR export
+               of the destination into the staging prefix's verify/export/ instead)
   ttl          a one-off admin action: UpdateTimeToLive
   live-service the checkout lookup and the forward writer: Query and PutItem
 
@@ -21,7 +24,12 @@ from typing import Any
 from etl import staging
 from etl.config import Config
 
-ROLES = ("export", "catch-up", "staging", "loader", "verify", "ttl", "live-service")
+ROLES = ("export", "catch-up", "staging", "loader", "bulk-put-loader", "verify", "ttl", "live-service")
+
+# What an AWS service does with a role's identity, never a request of this tool: DynamoDB writes an export's files
+# into the staging bucket as the caller of ExportTableToPointInTime (encrypting them with the staging key)
+_EXPORT_WRITES = frozenset({"s3:PutObject", "s3:AbortMultipartUpload", "kms:GenerateDataKey", "kms:Decrypt"})
+SERVICE_SIDE: dict[str, frozenset[str]] = {"export": _EXPORT_WRITES, "catch-up": _EXPORT_WRITES}
 
 
 def _table_arn(region: str, account: str, table: str) -> str:
@@ -81,7 +89,8 @@ def policies(cfg: Config, months: list[str] | None = None, account: str = "*", *
                                                     "dynamodb:GetRecords"], [t + "/stream/*" for t in tables]))
     else:
         catchup = _doc(
-            _allow("IncrementalExports", ["dynamodb:DescribeTable", "dynamodb:ExportTableToPointInTime"], tables),
+            _allow("IncrementalExports", ["dynamodb:DescribeTable", "dynamodb:DescribeContinuousBackups",
+                                          "dynamodb:ExportTableToPointInTime"], tables),
             _allow("FollowExports", ["dynamodb:DescribeExport"], [t + "/export/*" for t in tables]),
             _allow("FindAnExportStartedBefore", ["dynamodb:ListExports"], "*"), *export_writes)
     if arns:
@@ -95,24 +104,65 @@ def policies(cfg: Config, months: list[str] | None = None, account: str = "*", *
                    Condition={"StringLike": {"s3:prefix": [f"{prefix}/*" if prefix else "*"]}}),
             _allow("StagingBucketRegion", ["s3:GetBucketLocation"], [base]),
             *([_allow("StagingKey", ["kms:GenerateDataKey", "kms:Decrypt"], kms)] if kms else []),
+            # replacing a table drops the partitions an analyst may have added (MSCK REPAIR), never the table
             _allow("CatalogTables", ["glue:GetDatabase", "glue:CreateDatabase", "glue:GetTable", "glue:CreateTable",
-                                     "glue:UpdateTable", "glue:DeleteTable", "glue:GetPartitions",
-                                     "glue:BatchDeletePartition"],
+                                     "glue:UpdateTable", "glue:GetPartitions", "glue:BatchDeletePartition"],
                    [f"{glue}:catalog", f"{glue}:database/*", f"{glue}:table/*/*"]))
     else:
         stage = _doc()
     dest = _table_arn(cfg.destination.aws_region, account, cfg.destination_table())
+    if cfg.verify.method == "export":
+        verify_into = [f"{arns[1].rsplit('/*', 1)[0]}/verify/export/*"] if arns else []
+        verify = _doc(
+            _allow("ExportTheDestination", ["dynamodb:DescribeTable", "dynamodb:DescribeContinuousBackups",
+                                            "dynamodb:ExportTableToPointInTime"], [dest]),
+            _allow("FollowExports", ["dynamodb:DescribeExport"], [dest + "/export/*"]),
+            _allow("FindAnExportStartedBefore", ["dynamodb:ListExports"], "*"),
+            *([_allow("EnablePointInTimeRecovery", ["dynamodb:UpdateContinuousBackups"], [dest])]
+              if enable_pitr else []),
+            *([_allow("ExportWritesToStaging", ["s3:PutObject", "s3:AbortMultipartUpload"], verify_into)]
+              + ([_allow("ExportEncryptsWithTheStagingKey", ["kms:GenerateDataKey", "kms:Decrypt"], kms)]
+                 if kms else []) if arns else []))
+    else:
+        verify = _doc(_allow("ReadBack", ["dynamodb:DescribeTable", "dynamodb:BatchGetItem"], [dest]))
     return {
         "export": export,
         "catch-up": catchup,
         "staging": stage,
         # (sts:GetCallerIdentity, which names the account before writing, needs no permission)
         "loader": _doc(_allow("Load", ["dynamodb:DescribeTable", "dynamodb:BatchWriteItem"], [dest])),
-        "verify": _doc(_allow("ReadBack", ["dynamodb:DescribeTable", "dynamodb:BatchGetItem"], [dest])),
+        "bulk-put-loader": bulk_put_loader(cfg, dest, kms),
+        "verify": verify,
         "ttl": _doc(_allow("TimeToLive", ["dynamodb:DescribeTimeToLive", "dynamodb:UpdateTimeToLive"], [dest])),
         "live-service": _doc(_allow("CheckoutLookupAndForwardWriter", ["dynamodb:Query", "dynamodb:PutItem"],
                                     [dest])),
     }
+
+
+def bulk_put_loader(cfg: Config, table_arn: str, kms: list[str]) -> dict[str, Any]:
+    """`etl load --method bulk-put`: start, follow, find and cancel bulk put operations on the destination; DynamoDB
+    reads the input objects and writes its report with the caller's identity, so the role reads `bulkput/` and
+    writes `bulkput-reports/` (the staging role writes the input objects). With SSE-KMS staging, the key decrypts
+    the input and encrypts the report. The developer guide's permissions page for bulk put was not reachable when
+    this was written: the S3 and KMS actions follow what DynamoDB's import from S3 and export to S3 need."""
+    statements = [
+        _allow("BulkPutIntoTheDestination", ["dynamodb:DescribeTable", "dynamodb:StartBulkPutItems"], [table_arn]),
+        _allow("FollowBulkPutOperations", ["dynamodb:DescribeBulkOperation", "dynamodb:CancelBulkOperation"],
+               [table_arn, f"{table_arn}/bulk-operation/*"]),
+        _allow("FindABulkPutStartedBefore", ["dynamodb:ListBulkOperations"], "*")]
+    arns = _staging_arns(cfg)
+    if arns:
+        base, objects, prefix = arns
+        root = objects.rsplit("/*", 1)[0]
+        statements += [
+            _allow("ReadBulkPutInput", ["s3:GetObject"], [f"{root}/bulkput/*"]),
+            _allow("ListBulkPutInput", ["s3:ListBucket"], [base],
+                   Condition={"StringLike": {"s3:prefix": [f"{prefix}/bulkput/*" if prefix else "bulkput/*"]}}),
+            _allow("WriteBulkPutReports", ["s3:PutObject", "s3:AbortMultipartUpload"],
+                   [f"{root}/bulkput-reports/*"])]
+        if kms:
+            statements.append(_allow("BulkPutUsesTheStagingKey", ["kms:Decrypt", "kms:GenerateDataKey"], kms))
+    return _doc(*statements)
 
 
 def _kms(cfg: Config, account: str) -> list[str]:

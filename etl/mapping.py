@@ -2,7 +2,7 @@
 
 One decision per function, shared by the transform, the load, verify, ttl, the catalog and the live
 service's forward writer: the output and parse schemas, the key and TTL columns, the hook, the
-quarantine reasons.
+quarantine reasons, a catch-up part's operation column.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ REASONS = ("malformed_line", "type_mismatch", "missing_attribute", "bad_datetime
 EXPECTED = {"string": "S", "int": "N", "datetime": "S or N"}
 
 Hook = Callable[[pa.Table], pa.Table]
+
+# A catch-up's parts are the output columns plus this one: what to do with the row (the catch-up writes them, the
+# load applies them, verify checks them).
+OP, PUT, DELETE = "op", "put", "delete"
 
 
 def key_columns(cfg: Config) -> list[str]:
@@ -80,7 +84,8 @@ def order_column(cfg: Config) -> str | None:
 
 
 def collision_columns(cfg: Config) -> list[str]:
-    """What the collision check reads from each part: the key columns and the order column, each once."""
+    """What a collision's losers file records of each row: the key columns and the order column, each once (the
+    winner rule, `etl.winner`, compares these first, then the mapping's other columns)."""
     return list(dict.fromkeys([*key_columns(cfg), *([o] if (o := order_column(cfg)) else [])]))
 
 

@@ -1,65 +1,38 @@
-"""Runs stages over months: the skip rules of every stage, and how months overlap.
+"""The library's entry points: which stages a command runs, built and handed to the one Runner (`etl.runner`).
 
-Each month goes through its stages in order (export -> transform -> load -> verify, or the one stage a
-command names), on its own driver thread: a month's next stage starts as soon as its previous stage has
-committed, so one month loads while the next transforms and a third exports, and a run over many months
-takes about as long as its slowest stage. The stages' tasks run on the engine's pools, shared by every
-month; commits of one stage run one at a time (the transform's collision check is the memory peak).
-One month's failure stops only that month: it is recorded in the store with the command that reruns it,
-and reported with the others at the end.
+`run` takes a backfill's stages (export -> transform -> load -> verify, or the one a command names) over months;
+`run_catchup` takes catch-up. Both describe what the stages' skip rules need (the destination as it is now, the
+months' source tables), build the stages with the command's options and run them on the engine the config
+names (local threads or Ray).
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from etl import aws, export, lease, load, staging, verify
-from etl.config import Config
-from etl.engine import Engine, LocalEngine, TaskContext, make_engine
-from etl.errors import EtlError, Interrupted, PartlyDone
+import botocore.exceptions
+
+from etl import aws, freshness, staging
+from etl.catchup import stage as catchup
+from etl.config import LOAD_METHODS, VERIFY_METHODS, Config
+from etl.engine import make_engine
+from etl.errors import EtlError
+from etl.export.stage import ExportStage
+from etl.load import preflight as load_preflight
+from etl.load.bulkput import BulkPutStage
+from etl.load.stage import LoadStage
 from etl.progress import QUIET, Reporter
-from etl.transform import stage as transform
+from etl.runner import Options as RunnerOptions
+from etl.runner import Runner, Stage, months_needed
+from etl.transform.stage import TransformStage
+from etl.verify import VerifyStage
+from etl.verify_export import VerifyExportStage
 
-STAGES: dict[str, Any] = {"export": export, "transform": transform, "load": load, "verify": verify}
-ORDER = tuple(STAGES)
-
-
-def rerun_command(stage: str, month: str, extra: str = "") -> str:
-    return f"etl {stage} --month {month}{' ' + extra if extra else ''}"
-
-
-def skip_reason(cfg: Config, store: staging.Store, stage: str, month: str, force: bool = False,
-                destination: staging.Destination | None = None) -> str | None:
-    """Why a stage need not run again for a month (None: it must run). The one place for these rules:
-    a stage is skipped when its manifest is committed and was made from the previous stage's current
-    output, with what shapes its output unchanged. A load is done only into the very table it was made for
-    (`destination`: its ARN and creation time; a table dropped and created again is another table)."""
-    if force:
-        return None
-    done = staging.read_manifest(store, month, stage)
-    if done is None:
-        return None
-    if stage == "export":
-        return f"already committed ({done.get('mode')}), skipped; --force redoes it"
-    upstream = staging.read_manifest(store, month, ORDER[ORDER.index(stage) - 1])
-    if upstream is None or done.get("upstream_run") != upstream.get("run_id"):
-        return None
-    if stage == "transform" and done.get("config_hash") != cfg.hash_of("transform"):
-        return None
-    if stage == "load" and (done.get("table") != cfg.destination_table()
-                            or (destination is not None and not destination.holds(done))):
-        return None
-    if stage == "verify" and not done.get("ok"):
-        return None
-    what = {"load": f"already loaded into {done.get('table')}", "verify": "already verified"}.get(stage,
-                                                                                                "already committed")
-    return f"{what}, skipped; --force redoes it" if stage != "verify" else f"{what}, skipped"
+ORDER = freshness.ORDER
 
 
 @dataclass
@@ -67,6 +40,7 @@ class Options:
     force: bool = False
     mode: str | None = None  # export
     use_existing: str | None = None
+    adopt_other_table: bool = False
     enable_pitr: bool = False
     yes: bool = False  # load
     dry_run: bool = False
@@ -74,220 +48,76 @@ class Options:
     now: int | None = None
     confirm: Callable[[str], bool] | None = None
     break_lease: bool = False  # take over a lease another run left behind
+    method: str | None = None  # load: batch-write | bulk-put; verify: read | export (None: the config's)
+    verify_existing: str | None = None  # verify --method export: adopt this export of the destination
 
 
-@dataclass
-class _Failure:
-    stage: str
-    month: str
-    exc: BaseException
+def source_tables(cfg: Config, months: list[str]) -> dict[str, tuple[str, str]]:
+    """Each month's source table as it is now (ARN, creation time), for the export's freshness; one that cannot
+    be described (no such table, no network, no names configured) is left out: the export says why, if it runs."""
+    out: dict[str, tuple[str, str]] = {}
+    try:
+        ddb = aws.client(cfg.source, "dynamodb", retries={"mode": "standard", "max_attempts": 2}, connect_timeout=3)
+    except EtlError:
+        return out
+    for m in months:
+        with contextlib.suppress(EtlError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            d = staging.destination_of(ddb.describe_table(TableName=cfg.source_table(m))["Table"])
+            out[m] = (d.arn, d.created)
+    return out
 
 
-@dataclass
-class Runner:
-    cfg: Config
-    store: staging.Store
-    reporter: Reporter
-    opts: Options
-    engine: Engine = field(default_factory=LocalEngine)
-    load_setup: load.Setup | None = None
-    destination: staging.Destination | None = None  # the destination table as described at the start
-    read_budget: Any = None
-    _commit_locks: dict[str, threading.Lock] = field(default_factory=lambda: {s: threading.Lock() for s in ORDER})
-    _export_slots: threading.Semaphore | None = None
-    _contexts: list[TaskContext] = field(default_factory=list)
-    _interrupted: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
-        self.engine.task_retries = self.cfg.engine.task_retries
-        self._export_slots = threading.Semaphore(self.cfg.export.concurrency)
-
-    def _plan(self, stage: str, month: str) -> Any:
-        o = self.opts
-        if stage == "export":
-            return export.plan(self.cfg, self.store, month, mode=o.mode, use_existing=o.use_existing,
-                               force=o.force, enable_pitr=o.enable_pitr)
-        if stage == "load":
-            assert self.load_setup is not None
-            return load.plan(self.cfg, self.store, month, self.load_setup, o.force)
-        if stage == "verify":
-            return verify.plan(self.cfg, self.store, month, self.destination)
-        if stage == "transform":
-            return transform.plan(self.cfg, self.store, month, o.force)
-        return STAGES[stage].plan(self.cfg, self.store, month)
-
-    def _run_tasks(self, stage: str, plan: Any, ctx: TaskContext) -> list[dict[str, Any]]:
-        cfg = self.cfg
-        if stage == "export":  # a wait on DynamoDB: on this driver thread, a few months at a time
-            assert self._export_slots is not None
-            with self._export_slots:
-                return [export.run_task(cfg, t, ctx, self.reporter) for t in plan.tasks]
-        if stage == "transform":
-            return self.engine.run("transform", cfg.transform.concurrency, transform.run_task, cfg, plan.tasks, ctx)
-        if stage == "load":
-            assert self.load_setup is not None
-            # no ctx.io: the load's requests go out on the writer's event loop
-            ctx.budget = self.engine.shared_budget(self.load_setup.budget.bucket)
-            return self.engine.run("load", 2, load.run_task, cfg, plan.tasks, ctx)
-        ctx.budget = self.engine.shared_budget(self.read_budget.bucket)
-        return self.engine.run("verify", 2, verify.run_task, cfg, plan.tasks, ctx)
-
-    def stage_month(self, stage: str, month: str) -> dict[str, Any]:
-        """Run one stage for one month: skip it, or plan, run its tasks and commit."""
-        cfg, store = self.cfg, self.store
-        reason = skip_reason(cfg, store, stage, month, self.opts.force, self.destination)
-        if reason is not None:
-            self.reporter.info(f"{stage} {month}: {reason}")
-            return {**(staging.read_manifest(store, month, stage) or {}), "skipped": True}
-        dry = stage == "load" and self.opts.dry_run
-        with contextlib.ExitStack() as held:
-            if not dry:  # one run per month and stage at a time
-                held.enter_context(lease.acquire(store, staging.lease_key(month, stage), f"{stage} {month}",
-                                                 rerun_command(stage, month, self._extra(stage)),
-                                                 break_lease=self.opts.break_lease))
-            return self._stage_month(stage, month)
-
-    def _stage_month(self, stage: str, month: str) -> dict[str, Any]:
-        cfg, store = self.cfg, self.store
-        started = time.time()
-        plan = self._plan(stage, month)
-        if plan.note:
-            self.reporter.info(f"{stage} {month}: {plan.note}")
-        dry = stage == "load" and self.opts.dry_run
-        if not dry and store.exists(staging.manifest_key(month, stage)):  # while it runs again, it is not done
-            store.delete(staging.manifest_key(month, stage))
-        ctx = TaskContext()
-        self._contexts.append(ctx)
-        if self._interrupted.is_set():  # interrupted while this stage was starting
-            ctx.halt(INTERRUPTED)
-        if stage != "export":  # the export reports its own wait
-            task = self.reporter.task(f"{stage} {month}", plan.total, plan.unit)
-            ctx.progress = task.advance
-        try:
-            results = self._run_tasks(stage, plan, ctx)
-        finally:
-            if stage != "export":
-                task.finish()
-        with self._commit_locks[stage]:
-            extra = {"setup": self.load_setup} if stage == "load" else {}
-            return dict(STAGES[stage].commit(cfg, store, month, plan.tasks, results, started, **extra))
-
-    def month(self, month: str, stages: tuple[str, ...], out: dict[str, dict[str, Any]],
-              failures: list[_Failure]) -> None:
-        for stage in stages:
-            if self._interrupted.is_set():
-                return
-            try:
-                out[stage] = self.stage_month(stage, month)
-            except Exception as exc:  # recorded per month; the others go on
-                exc = aws.explain(exc, self.cfg) or exc
-                if self._interrupted.is_set():
-                    exc = Interrupted(INTERRUPTED)
-                failures.append(_Failure(stage, month, exc))
-                if not isinstance(exc, lease.LeaseHeld):  # the month is not failing: another run has it
-                    self._record(stage, month, exc)
-                return
-
-    def _record(self, stage: str, month: str, exc: BaseException) -> None:
-        try:
-            staging.record_failure(self.store, month, stage, _message(exc),
-                                   rerun_command(stage, month, self._extra(stage)))
-        except Exception as rec_exc:  # the store itself may be what failed
-            self.reporter.warn(f"could not record the failure of {stage} {month}: {_message(rec_exc)}")
-
-    def _extra(self, stage: str) -> str:
-        return "--mode scan" if stage == "export" and (self.opts.mode or self.cfg.export.mode) == "scan" else ""
-
-    def run(self, months: list[str], stages: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
-        results: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in months}
-        failures: list[_Failure] = []
-        months_pool = ThreadPoolExecutor(max(1, len(months)), thread_name_prefix="month")
-        futures = []
-        try:
-            futures = [months_pool.submit(self.month, m, stages, results[m], failures) for m in months]
-            for f in futures:
-                f.result()
-        except BaseException as exc:
-            # interrupted (Ctrl-C, SIGTERM) or failing: every task stops at its next check, saving its progress
-            self._interrupted.set()
-            for ctx in list(self._contexts):
-                ctx.halt(INTERRUPTED)
-            wait(futures)
-            if isinstance(exc, KeyboardInterrupt):
-                raise Interrupted(INTERRUPTED) from None
-            raise
-        finally:
-            months_pool.shutdown(wait=True)
-            self.engine.close()
-        if failures:
-            raise self._failed(failures, months)
-        return {s: [results[m][s] for m in months] for s in stages}
-
-    def _failed(self, failures: list[_Failure], months: list[str]) -> BaseException:
-        if len(failures) == 1 and len(months) == 1:
-            f = failures[0]
-            rerun = rerun_command(f.stage, f.month, self._extra(f.stage))
-            if isinstance(f.exc, EtlError):
-                if rerun not in (f.exc.hint or ""):
-                    resume = " (finished parts are skipped)" if f.stage == "load" else ""
-                    f.exc.hint = (f"{f.exc.hint}; then " if f.exc.hint else "") + f"`{rerun}` resumes{resume}"
-                return f.exc
-        failures.sort(key=lambda f: (f.month, ORDER.index(f.stage)))
-        stages = sorted({f.stage for f in failures}, key=ORDER.index)
-        listed = "; ".join(f"{f.month}: {_message(f.exc)}" for f in failures)
-        first = failures[0]
-        partly = len({f.month for f in failures}) < len(months)
-        return (PartlyDone if partly else EtlError)(
-            f"{'/'.join(stages)} failed for {len(failures)} of {len(months)} month(s): {listed}",
-            hint=f"fix the cause, then rerun e.g. `{rerun_command(first.stage, first.month, self._extra(first.stage))}`"
-                 " (committed months are skipped); `etl status` shows every month")
+def _stages(cfg: Config, store: staging.Store, names: tuple[str, ...], opts: Options, reporter: Reporter,
+            desc: dict[str, Any] | None, destination: staging.Destination | None) -> list[Stage]:
+    bulk = (opts.method if opts.method in LOAD_METHODS else cfg.load.method) == "bulk-put"
+    made: dict[str, Stage] = {
+        "export": ExportStage(cfg, store, mode=opts.mode, use_existing=opts.use_existing, force=opts.force,
+                              enable_pitr=opts.enable_pitr, adopt_other_table=opts.adopt_other_table),
+        "transform": TransformStage(cfg, store, force=opts.force),
+        "load": (BulkPutStage if bulk else LoadStage)(
+            cfg, store, reporter, force=opts.force, dry_run=opts.dry_run, yes=opts.yes,
+            include_expired=opts.include_expired, now=opts.now, confirm=opts.confirm, desc=desc),
+        "verify": (VerifyExportStage(cfg, store, reporter, force=opts.force, destination=destination, desc=desc,
+                                     use_existing=opts.verify_existing, enable_pitr=opts.enable_pitr)
+                   if (opts.method if opts.method in VERIFY_METHODS else cfg.verify.method) == "export" else
+                   VerifyStage(cfg, store, force=opts.force, destination=destination)),
+    }
+    return [made[n] for n in names]
 
 
-INTERRUPTED = "interrupted (SIGINT or SIGTERM): what was acknowledged is kept"
+def skip_reason(cfg: Config, store: staging.Store, stage: str, month: str, force: bool = False,
+                destination: staging.Destination | None = None) -> str | None:
+    """Why a stage need not run again for a month (None: it must run): `etl.freshness`'s rule, as the Runner
+    asks it."""
+    if force:
+        return None
+    [s] = _stages(cfg, store, (stage,), Options(), QUIET, None, destination)
+    return s.skip(month, freshness.verdict(store, month, stage, freshness.Current.of(cfg, destination)))
 
 
-def _message(exc: BaseException) -> str:
-    return exc.message if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
-
-
-def _months_needed(months: list[str], what: str) -> None:
-    if not months:
-        raise EtlError(f"no month given to {what}", hint="pass --month YYYYMM or --months FIRST-LAST")
+def _open(cfg: Config) -> staging.Store:
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    store.check()
+    return store
 
 
 def run(cfg: Config, months: list[str], stages: tuple[str, ...] = ORDER, *, reporter: Reporter = QUIET,
         **options: Any) -> dict[str, list[dict[str, Any]]]:
     """The stages for the months, each month on as soon as its previous stage committed; returns every
     stage's manifests (skipped ones marked), in month order."""
-    _months_needed(months, "/".join(stages))
+    months_needed(months, "/".join(stages))
     opts = Options(**options)
     if opts.use_existing and len(months) != 1:
         raise EtlError("--use-existing adopts one export: give exactly one --month")
-    store = staging.open_store(cfg.staging.root, cfg.staging)
-    store.check()
-    runner = Runner(cfg, store, reporter, opts, engine=make_engine(cfg))
-    desc = None
+    store = _open(cfg)
+    desc = destination = None
     if "load" in stages or "verify" in stages:  # which table: a month loaded into another one is not loaded here
-        desc = load.describe_destination(cfg)
-        runner.destination = staging.destination_of(desc)
-    with contextlib.ExitStack() as held:
-        if "load" in stages:  # the destination, the budget and the confirmation before anything runs
-            todo = [m for m in months if skip_reason(cfg, store, "load", m, opts.force, runner.destination) is None]
-            if todo:
-                runner.load_setup = load.preflight(cfg, store, todo, include_expired=opts.include_expired,
-                                                   now=opts.now, dry_run=opts.dry_run, yes=opts.yes,
-                                                   force=opts.force, confirm=opts.confirm, reporter=reporter,
-                                                   desc=desc)
-                held.callback(runner.load_setup.close)
-                if not opts.dry_run:  # one budget per destination: one loading run at a time
-                    table = runner.load_setup.table
-                    held.enter_context(lease.acquire(store, staging.destination_lease_key(table), f"loading {table}",
-                                                     "etl load " + " ".join(f"--month {m}" for m in todo),
-                                                     break_lease=opts.break_lease))
-                runner.load_setup.watch()
-        if "verify" in stages and any(skip_reason(cfg, store, "verify", m, opts.force) is None for m in months):
-            runner.read_budget = verify.preflight(cfg)
-        return runner.run(months, stages)
+        desc = load_preflight.describe_destination(cfg)
+        destination = staging.destination_of(desc)
+    sources = source_tables(cfg, months) if "export" in stages and not opts.use_existing else {}
+    runner = Runner(cfg, store, reporter, RunnerOptions(opts.force, opts.break_lease, opts.dry_run),
+                    make_engine(cfg), freshness.Current.of(cfg, destination, sources))
+    return runner.run(months, _stages(cfg, store, stages, opts, reporter, desc, destination))
 
 
 def run_export(cfg: Config, months: list[str], *, reporter: Reporter = QUIET, **options: Any) -> list[dict[str, Any]]:
@@ -303,7 +133,39 @@ def run_load(cfg: Config, months: list[str], *, reporter: Reporter = QUIET, **op
     return run(cfg, months, ("load",), reporter=reporter, **options)["load"]
 
 
-def run_verify(cfg: Config, months: list[str], *, reporter: Reporter = QUIET,
-               break_lease: bool = False) -> list[dict[str, Any]]:
-    """Asked for alone, verify always reads the table again (the table may have changed since)."""
-    return run(cfg, months, ("verify",), reporter=reporter, force=True, break_lease=break_lease)["verify"]
+def run_verify(cfg: Config, months: list[str], *, reporter: Reporter = QUIET, break_lease: bool = False,
+               method: str | None = None, use_existing: str | None = None,
+               enable_pitr: bool = False) -> list[dict[str, Any]]:
+    """Asked for alone, verify always checks the table again (the table may have changed since): `method` read
+    (BatchGetItem of every loaded key) or export (a PITR export of the table, or `use_existing`, compared)."""
+    if use_existing and (method or cfg.verify.method) != "export":
+        raise EtlError("--use-existing adopts an export of the destination: it needs --method export")
+    return run(cfg, months, ("verify",), reporter=reporter, force=True, break_lease=break_lease, method=method,
+               verify_existing=use_existing, enable_pitr=enable_pitr)["verify"]
+
+
+def run_catchup(cfg: Config, months: list[str], *, reporter: Reporter = QUIET, mode: str = "pitr",
+                to: datetime | None = None, use_existing: str | None = None, adopt_other_table: bool = False,
+                yes: bool = False,
+                include_expired: bool | None = None, now: int | None = None,
+                confirm: Callable[[str], bool] | None = None, break_lease: bool = False,
+                method: str | None = None) -> list[dict[str, Any]]:
+    """Catch up every month (each on its own driver thread, all within the destination's one budget, under its
+    writing lease: a catch-up and a load never write one destination at once). Always with BatchWriteItem: its
+    windows delete as well as put, and bulk put only puts."""
+    if method == "bulk-put":
+        raise EtlError("catch-up cannot use bulk put: its windows delete keys as well as put them, and bulk put "
+                       "only puts", hint="drop --method bulk-put: catch-up writes with batch-write (BatchWriteItem)")
+    months_needed(months, "catch-up")
+    if cfg.load.method == "bulk-put":
+        reporter.info("catch-up writes with batch-write (puts and deletes); [load] method = bulk-put is the load's")
+    if use_existing and len(months) != 1:
+        raise EtlError("--use-existing adopts one incremental export: give exactly one --month")
+    store = _open(cfg)
+    desc = load_preflight.describe_destination(cfg)
+    destination = staging.destination_of(desc)
+    opts = catchup.Options(mode=mode, to=to, use_existing=use_existing, adopt_other_table=adopt_other_table, yes=yes,
+                           include_expired=include_expired, now=now, confirm=confirm)
+    runner = Runner(cfg, store, reporter, RunnerOptions(break_lease=break_lease), make_engine(cfg),
+                    freshness.Current.of(cfg, destination))
+    return runner.run(months, [catchup.CatchupStage(cfg, store, reporter, opts, desc)])[catchup.NAME]

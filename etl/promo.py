@@ -2,7 +2,8 @@
 
 Windows are calendar months in the configured zone: "N months before `at`" is the same wall-clock
 time N months earlier, the day clamped to the end of a shorter month (31 May - 3 months = 28/29 Feb;
-29 Feb 2016 - 24 months = 28 Feb 2014). An order at exactly the window's start counts.
+29 Feb 2016 - 24 months = 28 Feb 2014). An order at exactly the window's start counts; an order after `at`
+does not (asked "as of" a past instant, the lookup answers what checkout would have answered then).
 
 Rollout, step 0: deploy `record_order` in the live service before exporting, so orders written after
 the export time reach the index too; set `[export] forward_writes_since` and `etl export` warns when
@@ -12,12 +13,13 @@ an export time is earlier.
 from __future__ import annotations
 
 import calendar
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from etl import items, mapping
+from etl import expiry, items, mapping
 from etl.config import Config
 from etl.transform.rows import convert_chunk
 
@@ -63,7 +65,7 @@ def _as_zone(at: datetime | None, zone: str) -> datetime:
 
 
 def discount_for(customer_id: str, at: datetime | None, cfg: Config, ddb: Any) -> Decision:
-    """Exactly one Query: this customer's newest orders since the anniversary window's start."""
+    """Exactly one Query: this customer's newest orders from the anniversary window's start up to `at`."""
     p = cfg.promo
     now = _as_zone(at, p.zone)
     loyalty_since = months_before(now, p.loyalty_months)
@@ -74,10 +76,11 @@ def discount_for(customer_id: str, at: datetime | None, cfg: Config, ddb: Any) -
     names = {f"#a{i}": n for i, n in enumerate(projection)}
     r = ddb.query(
         TableName=cfg.destination_table(),
-        KeyConditionExpression="#pk = :c AND #sk >= :since",
+        KeyConditionExpression="#pk = :c AND #sk BETWEEN :since AND :until",
         ExpressionAttributeNames={"#pk": pk, "#sk": sk, **names},
         ExpressionAttributeValues={":c": {"S": customer_id},
-                                   ":since": {"N": str(int(anniversary_since.timestamp()))}},
+                                   ":since": {"N": str(math.ceil(anniversary_since.timestamp()))},
+                                   ":until": {"N": str(math.floor(now.timestamp()))}},
         ProjectionExpression=", ".join(names),
         ScanIndexForward=False,
         Limit=QUERY_LIMIT,
@@ -87,7 +90,7 @@ def discount_for(customer_id: str, at: datetime | None, cfg: Config, ddb: Any) -
     for item in r.get("Items", []):
         plain = items.decode_item(item)
         expires = plain.get(ttl_col) if ttl_col else None
-        if expires is not None and expires <= now_s:
+        if expiry.is_expired(expires, now_s):
             continue  # expired: DynamoDB deletes it up to about two days late
         evidence = {sk: plain[sk], "OrderID": plain.get("OrderID"), ttl_col or "ttl": expires}
         break

@@ -7,22 +7,32 @@ gets is the config, the task and a few handles; never credentials: a worker take
 own environment (instance profile, `AWS_ENDPOINT_URL`, ...), and `run` refuses to ship anything that
 holds this process's secret key. On the worker, the task's `TaskContext` is rebuilt from the handles:
 
-- budget: one `BudgetActor` per destination (a `ratelimit.TokenBucket` inside), shared by every task of
-  every month. A worker process leases tokens in chunks of about LEASE_SECONDS of the rate and sends its
-  other calls (settle, refund, succeeded, ... with whatever arguments they take) in batches, so the actor
-  answers a few calls per second per worker, not one per request.
-- stop and progress: one `Hub` actor per engine. A worker reports its progress every FLUSH_SECONDS and
-  learns in the answer whether its month was stopped (another task failed, or the run was interrupted).
+- budget: one `BudgetActor` per destination (a `ratelimit.TokenBucket` inside, made from the driver's
+  bucket's limits), shared by every task of every month. A worker process leases tokens in chunks of about
+  LEASE_SECONDS of the rate and sends its other calls (settle, refund, succeeded, ... with whatever
+  arguments they take) in batches, so the actor answers a few calls per second per worker.
+- stop and progress: one `Hub` actor per engine. A worker reports its task's progress every FLUSH_SECONDS
+  as totals of its current attempt, and learns in the answer whether its month was stopped.
 - io: a thread pool of the worker process.
+
+The actors live on the driver's node (a hard node affinity): losing that node loses the driver anyway,
+and losing any other node loses only tasks, which Ray runs again. An actor whose process dies is restarted
+by Ray (`max_restarts`) and its callers' calls are retried (`max_task_retries`); its state comes back from
+what the driver knows (the budget's limits and rates, pushed every second) and from the workers' next
+reports (progress totals, not increments). The actors are anonymous and made by each engine, so a rerun
+never meets a dead one.
 
 Failures: a transient error is retried inside the task, as locally (`engine.run_attempts`); a worker
 process or node that dies is Ray's to retry (`max_retries` = `[engine] worker_retries`). Outputs have
 deterministic names, so a retry overwrites what the dead try left; a load part's checkpoint is written
-only once all its items are acknowledged.
+only once all its items are acknowledged. A task's progress is that of its latest attempt, so a retried
+task never counts twice; a node lost during a run is said in one line (`lost_nodes` of the context's
+progress), and Ray's own logs of it stay in its log files unless the `etl` logger is at DEBUG (`--debug`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -33,14 +43,16 @@ import traceback
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from etl import __version__
 from etl.engine import Budget, TaskContext, run_attempts
 from etl.errors import EtlError, Stopped
+from etl.ratelimit import Limit, TokenBucket
 
 LEASE_SECONDS = 0.1  # a worker's lease of the budget: this much of the table's rate
 FLUSH_SECONDS = 0.25  # how often a worker reports progress and polls for a stop; the driver polls as often
@@ -55,7 +67,9 @@ _pools: dict[tuple[str, int], ThreadPoolExecutor] = {}  # this process's request
 
 
 class BudgetActor:
-    """A destination's token bucket, for every task of the run wherever it runs."""
+    """A destination's token bucket, for every task of the run wherever it runs. Restarted by Ray after its
+    process died: the constructor makes the bucket again from the driver's recipe, and the driver pushes the
+    current rates every second."""
 
     def __init__(self, make_bucket: Callable[[], Any]) -> None:
         self.make_bucket = make_bucket
@@ -71,13 +85,14 @@ class BudgetActor:
             self._bucket = self.make_bucket()
         return self._bucket
 
-    def lease(self, n: float, ops: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> tuple[float, float]:
-        """Apply a worker's queued calls, then block until `n` tokens are taken; returns them and the size
-        of the next lease."""
+    def lease(self, n: float, ops: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> tuple[float, float, float]:
+        """Apply a worker's queued calls, then block until `n` tokens are taken; returns them, the size of the
+        next lease and the rate the bucket lets through now."""
         self.apply(ops)
-        self.bucket.acquire(n)
+        rate = self.bucket.acquire(n)
         self.leases += 1
-        return n, max(1.0, float(getattr(self.bucket, "rate", 10.0)) * LEASE_SECONDS)
+        now = float(rate) if isinstance(rate, int | float) else float(getattr(self.bucket, "rate", 10.0))
+        return n, max(1.0, now * LEASE_SECONDS), now
 
     def apply(self, ops: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> None:
         for name, args, kwargs in ops:
@@ -88,36 +103,48 @@ class BudgetActor:
         self.calls += 1
         return getattr(self.bucket, name)(*args, **kwargs)
 
+    def node(self) -> str:
+        return str(ray.get_runtime_context().get_node_id())
+
     def stats(self) -> dict[str, Any]:
         return {"leases": self.leases, "calls": self.calls, "consumed": getattr(self.bucket, "consumed", None),
                 "rate": getattr(self.bucket, "rate", None), "throttles": getattr(self.bucket, "throttles", None)}
 
 
+Totals = tuple[str, str, float, dict[str, float]]  # an attempt's id, its node, its count and its sums
+
+
 class Hub:
-    """Stop flags and progress of the engine's running months (one `run` call each)."""
+    """Stop flags and progress of the engine's running months (one `run` call each). A task reports the
+    totals of its current attempt, so an attempt that Ray ran again replaces the dead one's count instead of
+    adding to it, and a restarted hub is whole again at the workers' next reports; the driver sends its stop
+    flags again while they hold."""
 
     def __init__(self) -> None:
         self.stopped: set[str] = set()
-        self.progress: dict[str, list[Any]] = {}
+        self.tasks: dict[str, dict[int, Totals]] = {}
+        self.fields: dict[str, dict[str, Any]] = {}
 
     def stop(self, run: str) -> None:
         self.stopped.add(run)
 
-    def report(self, run: str, n: float, add: dict[str, float], fields: dict[str, Any]) -> bool:
-        """A worker's progress since its last report; True when its month is stopped."""
-        p = self.progress.setdefault(run, [0.0, {}, {}])
-        p[0] += n
-        for k, v in add.items():
-            p[1][k] = p[1].get(k, 0.0) + v
-        p[2].update(fields)
+    def report(self, run: str, index: int, totals: Totals, fields: dict[str, Any]) -> bool:
+        """A task's totals now; True when its month is stopped."""
+        self.tasks.setdefault(run, {})[index] = totals
+        self.fields.setdefault(run, {}).update(fields)
         return run in self.stopped
 
-    def take(self, run: str) -> list[Any] | None:
-        return self.progress.pop(run, None)
+    def take(self, run: str) -> tuple[dict[int, Totals], dict[str, Any]]:
+        """The totals reported since the last take, and the latest fields."""
+        return self.tasks.pop(run, {}), self.fields.pop(run, {})
 
     def forget(self, run: str) -> None:
         self.stopped.discard(run)
-        self.progress.pop(run, None)
+        self.tasks.pop(run, None)
+        self.fields.pop(run, None)
+
+    def node(self) -> str:
+        return str(ray.get_runtime_context().get_node_id())
 
 
 # --------------------------------------------------------------------------- what crosses to a worker
@@ -132,22 +159,22 @@ class _Lease:
         self.ops_lock = threading.Lock()
         self.tokens = 0.0
         self.chunk = 1.0
+        self.rate = 0.0  # what the bucket let through at the last lease
         self.ops: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self.sent = time.monotonic()
 
-    def acquire(self, n: float, *args: Any, **kwargs: Any) -> Any:
-        if args or kwargs:  # a form the lease does not know: the bucket answers it
-            self.flush(wait=True)
-            return ray.get(self.actor.call.remote("acquire", (n, *args), kwargs))
+    def acquire(self, n: float) -> float:
+        """Take `n` tokens from what this process holds, leasing more when it runs short; returns the rate
+        the bucket let through at the last lease, as `TokenBucket.acquire` does."""
         with self.lock:
             if self.tokens >= n:
                 self.tokens -= n
-                return None
+                return self.rate
             with self.ops_lock:
                 ops, self.ops, self.sent = self.ops, [], time.monotonic()
-            granted, self.chunk = ray.get(self.actor.lease.remote(max(n - self.tokens, self.chunk), ops))
+            granted, self.chunk, self.rate = ray.get(self.actor.lease.remote(max(n - self.tokens, self.chunk), ops))
             self.tokens += granted - n
-        return None
+            return self.rate
 
     def queue(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if name == "throttled":  # the table pushed back: give back what this process holds, tell the bucket now
@@ -200,8 +227,8 @@ class SharedBudget:
                 _leases[key] = _Lease(self.actor)
             return _leases[key]
 
-    def acquire(self, n: float, *args: Any, **kwargs: Any) -> Any:
-        return self._lease.acquire(n, *args, **kwargs)
+    def acquire(self, n: float) -> float:
+        return self._lease.acquire(n)
 
     def settle(self, *args: Any, **kwargs: Any) -> None:
         self._lease.queue("settle", args, kwargs)
@@ -254,10 +281,14 @@ class WorkerPool(Executor):
 
 
 class _Progress:
-    """A task's progress, sent to the hub in batches; the answer says whether the month was stopped."""
+    """A task attempt's progress, sent to the hub as totals; the answer says whether the month was stopped.
+    A try of the task that starts again (a transient failure) starts its count again, as the stages count a
+    part from its start (a resumed part reports its low-water mark first)."""
 
-    def __init__(self, hub: Any, run: str, stop: threading.Event) -> None:
-        self.hub, self.run, self.stop = hub, run, stop
+    def __init__(self, hub: Any, run: str, index: int, stop: threading.Event) -> None:
+        self.hub, self.run, self.index, self.stop = hub, run, index, stop
+        self.attempt = uuid.uuid4().hex
+        self.node = str(ray.get_runtime_context().get_node_id())
         self.lock = threading.Lock()
         self.n = 0.0
         self.add: dict[str, float] = {}
@@ -274,23 +305,32 @@ class _Progress:
                 self.add[k] = self.add.get(k, 0.0) + v
             self.fields.update(fields)
 
+    def restart(self) -> None:
+        with self.lock:
+            self.n, self.add = 0.0, {k: 0.0 for k in self.add}
+
+    def totals(self) -> Totals:
+        with self.lock:
+            return self.attempt, self.node, self.n, dict(self.add)
+
     def send(self) -> None:
         with self.lock:
-            n, add, fields, self.n, self.add, self.fields = self.n, self.add, self.fields, 0.0, {}, {}
-        if ray.get(self.hub.report.remote(self.run, n, add, fields)):
+            fields, self.fields = self.fields, {}
+        if ray.get(self.hub.report.remote(self.run, self.index, self.totals(), fields)):
             self.stop.set()
 
     def loop(self) -> None:
         while not self.closed.wait(FLUSH_SECONDS):
             try:
                 self.send()
-            except Exception:  # the driver is gone: Ray ends this worker's task soon
+            except ray.exceptions.RayError:  # the driver is gone: Ray ends this worker's task soon
                 return
 
     def close(self) -> None:
         self.closed.set()
         self.thread.join()
-        self.send()
+        with contextlib.suppress(ray.exceptions.RayError):  # the result carries the totals
+            self.send()
 
 
 @dataclass(frozen=True)
@@ -315,17 +355,24 @@ def _portable(exc: BaseException) -> BaseException:
         return EtlError(f"{type(exc).__name__}: {exc}")
 
 
-def _remote_run(run_task: Callable[..., dict[str, Any]], cfg: Any, task: Any, spec: _Spec) -> tuple[Any, ...]:
-    """A task on a worker: ("ok", result) or ("error", exception, traceback); never raises, so Ray's own
-    retries are left for a worker that died."""
+def _remote_run(run_task: Callable[..., dict[str, Any]], cfg: Any, task: Any, spec: _Spec,
+                index: int) -> tuple[Any, ...]:
+    """A task on a worker: ("ok", result, progress totals) or ("error", exception, traceback); never raises,
+    so Ray's own retries are left for a worker that died."""
     if spec.version != __version__:
         return ("error", EtlError(f"the Ray worker runs etl {__version__}, the driver {spec.version}",
                                   hint="install the same etl-anniversary version on every node"), "")
     stop = threading.Event()
-    progress = _Progress(spec.hub, spec.run, stop)
+    progress = _Progress(spec.hub, spec.run, index, stop)
     ctx = TaskContext(progress=progress.advance, stop=stop, budget=spec.budget, io=spec.io)
+
+    def one_try(cfg: Any, task: Any, ctx: TaskContext) -> dict[str, Any]:
+        progress.restart()
+        return run_task(cfg, task, ctx)
+
     try:
-        return ("ok", run_attempts(run_task, cfg, task, ctx, spec.retries, spec.retry_delay))
+        result = run_attempts(one_try, cfg, task, ctx, spec.retries, spec.retry_delay)
+        return ("ok", result, progress.totals())
     except Exception as exc:
         return ("error", _portable(exc), traceback.format_exc())
     finally:
@@ -350,6 +397,45 @@ def check_no_credentials(*shipped: Any) -> None:
 # --------------------------------------------------------------------------- the engine
 
 
+@dataclass
+class _Tally:
+    """What the driver knows of one `run`: every task's latest totals, the attempts each task had, what was
+    forwarded to the caller's progress, and the nodes alive when it started."""
+
+    totals: dict[int, Totals] = field(default_factory=dict)
+    attempts: dict[int, dict[str, str]] = field(default_factory=dict)  # task -> attempt -> node
+    done: float = 0.0  # forwarded count: never above what the latest attempts counted at their highest
+    sums: dict[str, float] = field(default_factory=dict)  # forwarded sums
+
+    def update(self, index: int, totals: Totals) -> None:
+        self.totals[index] = totals
+        self.attempts.setdefault(index, {})[totals[0]] = totals[1]
+
+    def forward(self, ctx: TaskContext, fields: dict[str, Any]) -> None:
+        """The change since the last forward: a count replaced by a rerun's smaller one is held, not taken
+        back, so progress never goes backwards nor past what the tasks did; sums (rates, MB) follow as are."""
+        count = sum(t[2] for t in self.totals.values())
+        sums: dict[str, float] = {}
+        for t in self.totals.values():
+            for k, v in t[3].items():
+                sums[k] = sums.get(k, 0.0) + v
+        n = max(0.0, count - self.done)
+        add = {k: v - self.sums.get(k, 0.0) for k, v in sums.items() if v != self.sums.get(k, 0.0)}
+        self.done, self.sums = max(self.done, count), sums
+        if n or add or fields:
+            ctx.progress(n, add=add or None, **fields)
+
+    def reruns(self) -> dict[str, int]:
+        """Tasks run more than once, by the node of their earlier attempts."""
+        out: dict[str, int] = {}
+        for index, attempts in self.attempts.items():
+            if len(attempts) > 1:
+                final = self.totals[index][0]
+                for node in {n for a, n in attempts.items() if a != final}:
+                    out[node] = out.get(node, 0) + 1
+        return out
+
+
 class RayEngine:
     """Runs tasks on the Ray cluster at `address` (see `config.EngineConfig.address`); joins the Ray instance
     this process already has, if any, and leaves it running."""
@@ -364,8 +450,10 @@ class RayEngine:
         self._started = False  # this engine started Ray (and shuts it down)
         self._hub: Any = None
         self._remote: Any = None
-        self._budgets: dict[int, tuple[Any, SharedBudget, list[float]]] = {}
+        self._actor_options: dict[str, Any] = {}
+        self._budgets: dict[int, tuple[Any, SharedBudget]] = {}
         self._cfg_refs: dict[int, tuple[Any, Any]] = {}
+        self._notices: dict[int, list[str]] = {}
         self._closed = threading.Event()
         self._sync: threading.Thread | None = None
 
@@ -374,41 +462,59 @@ class RayEngine:
             if self._hub is not None:
                 return
             if not ray.is_initialized():
+                # the workers' and raylets' logs (a lost node's stack traces among them) stay in Ray's log
+                # files, unless the etl logger is at DEBUG (--debug); a task's own failure comes back as its result
+                verbose = logging.getLogger("etl").isEnabledFor(logging.DEBUG)
                 try:
-                    ray.init(address=self.address or None, logging_level=logging.WARNING)
+                    ray.init(address=self.address or None, logging_level=logging.DEBUG if verbose else logging.ERROR,
+                             log_to_driver=verbose)
                 except Exception as exc:
                     raise EtlError(f"could not reach the Ray cluster at {self.address or 'this machine'}: {exc}",
                                    hint="check [engine] address (or --engine local)") from None
                 self._started = True
-            self._hub = ray.remote(Hub).options(num_cpus=0).remote()
+            # the driver's node: losing it loses the driver too; never a node that may go while the run goes on
+            here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+            self._actor_options = {"num_cpus": 0, "scheduling_strategy": here, "max_restarts": -1,
+                                   "max_task_retries": -1}
+            self._hub = ray.remote(Hub).options(**self._actor_options).remote()
             self._remote = ray.remote(max_retries=self.worker_retries, retry_exceptions=False)(_remote_run)
 
     def pool(self, name: str, workers: int) -> Executor:
         return WorkerPool(name, workers)
 
     def shared_budget(self, bucket: Any) -> Budget:
-        """One actor per bucket (the run has one per destination), made from the bucket's class and rate; the
-        driver's later changes of the rate (a re-read provisioned capacity) follow it."""
+        """One actor per bucket (the run has one per destination), made from the bucket's limits; the driver's
+        later changes of the rates (a re-read provisioned capacity) follow it, and come back to it after a
+        restart."""
         self._ready()
         with self._lock:
             if id(bucket) not in self._budgets:
-                cls: Callable[..., Any] = type(bucket)
-                make = functools.partial(cls, bucket.target)
-                actor = ray.remote(BudgetActor).options(num_cpus=0, max_concurrency=256).remote(make)
-                self._budgets[id(bucket)] = (bucket, SharedBudget(actor), [bucket.target])
+                actor = ray.remote(BudgetActor).options(max_concurrency=256, **self._actor_options).remote(
+                    _recipe(bucket))
+                self._budgets[id(bucket)] = (bucket, SharedBudget(actor))
                 if self._sync is None:
                     self._sync = threading.Thread(target=self._follow_targets, daemon=True, name="budget-sync")
                     self._sync.start()
             return self._budgets[id(bucket)][1]
 
     def _follow_targets(self) -> None:
+        """Every second, each bucket's current rates to its actor: a change, or an actor made again."""
         while not self._closed.wait(1.0):
             with self._lock:
                 budgets = list(self._budgets.values())
-            for bucket, shared, last in budgets:
-                if bucket.target != last[0]:
-                    last[0] = bucket.target
+            for bucket, shared in budgets:
+                limits = getattr(bucket, "limits", None)
+                if isinstance(limits, dict):
+                    shared.actor.call.remote("set_targets", ({k: lim.rate for k, lim in limits.items()},), {})
+                else:
                     shared.actor.call.remote("set_target", (bucket.target,), {})
+
+    def actor_nodes(self) -> dict[str, str]:
+        """Where the engine's actors run now (name -> node id), for a look at their placement."""
+        self._ready()
+        with self._lock:
+            actors = {"hub": self._hub, **{f"budget-{i}": s.actor for i, (_, s) in enumerate(self._budgets.values())}}
+        return {name: ray.get(a.node.remote()) for name, a in actors.items()}
 
     def _cfg_ref(self, cfg: Any) -> Any:
         """The config in the object store once, not once per task."""
@@ -425,36 +531,40 @@ class RayEngine:
             return []
         self._ready()
         check_no_credentials(cfg, tasks)
+        check_reachable(cfg)
         run = uuid.uuid4().hex
+        alive = _alive_nodes()
         spec = _Spec(self._hub, run, ctx.budget, ctx.io, self.task_retries, self.retry_delay, __version__)
         cfg_ref = self._cfg_ref(cfg)
-        refs = [self._remote.options(name=f"etl.{pool}").remote(run_task, cfg_ref, t, spec) for t in tasks]
+        refs = [self._remote.options(name=f"etl.{pool}").remote(run_task, cfg_ref, t, spec, i)
+                for i, t in enumerate(tasks)]
         where = {ref: i for i, ref in enumerate(refs)}
         results: list[Any] = [None] * len(refs)
         errors: list[BaseException] = []
-        pending, told = list(refs), False
+        tally = _Tally()
+        pending = list(refs)
         try:
             while pending:
                 done, pending = ray.wait(pending, num_returns=len(pending), timeout=FLUSH_SECONDS)
                 for ref in done:
                     i = where[ref]
                     try:
-                        results[i] = self._outcome(ref, pool, tasks[i])
+                        results[i] = self._outcome(ref, pool, tasks[i], i, tally)
                     except Exception as exc:
                         errors.append(exc)
                         ctx.stop.set()
-                if ctx.stop.is_set() and not told:
+                if ctx.stop.is_set():  # again while it holds: a restarted hub has forgotten it
                     self._hub.stop.remote(run)
-                    told = True
-                self._forward(run, ctx)
+                self._forward(run, ctx, tally)
         finally:
-            self._forward(run, ctx)
+            self._forward(run, ctx, tally)
             self._hub.forget.remote(run)
+            self._tell(ctx, pool, tally, alive)
         if errors:
             raise next((e for e in errors if not isinstance(e, Stopped)), errors[0])
         return results
 
-    def _outcome(self, ref: Any, pool: str, task: Any) -> dict[str, Any]:
+    def _outcome(self, ref: Any, pool: str, task: Any, index: int, tally: _Tally) -> dict[str, Any]:
         try:
             out = ray.get(ref)
         except ray.exceptions.RayError as exc:  # the worker or node died more often than worker_retries
@@ -462,17 +572,42 @@ class RayEngine:
                            f"{str(exc).splitlines()[0] if str(exc) else ''}",
                            hint="rerun the same command: finished work is kept") from None
         if out[0] == "ok":
+            tally.update(index, out[2])  # the attempt that finished, whatever the hub heard last
             return dict(out[1])
         error: BaseException = out[1]
         if out[2]:
             error.add_note(f"on the Ray worker:\n{out[2]}")
         raise error
 
-    def _forward(self, run: str, ctx: TaskContext) -> None:
-        got = ray.get(self._hub.take.remote(run))
-        if got:
-            n, add, fields = got
-            ctx.progress(n, add=add or None, **fields)
+    def _forward(self, run: str, ctx: TaskContext, tally: _Tally) -> None:
+        reported, fields = ray.get(self._hub.take.remote(run))
+        for index, totals in reported.items():
+            if index not in tally.totals or tally.totals[index][0] != totals[0] or totals[2] >= tally.totals[index][2]:
+                tally.update(index, totals)
+        tally.forward(ctx, fields)
+
+    def _tell(self, ctx: TaskContext, pool: str, tally: _Tally, alive: dict[str, str]) -> None:
+        """One line per node lost during the run, and one for tasks whose worker process died."""
+        try:
+            now = _alive_nodes()
+        except ray.exceptions.RayError:  # the cluster itself is gone: the run's error says so
+            return
+        lost = {i: addr for i, addr in alive.items() if i not in now}
+        notes = self._notices.setdefault(id(ctx), [])
+        others = 0
+        for node, n in sorted(tally.reruns().items()):
+            if node in lost:
+                notes.append(f"lost Ray node {lost.pop(node)} ({node[:8]}): {n} {pool} task(s) run again")
+            else:
+                others += n
+        notes.extend(f"lost Ray node {addr} ({node[:8]}) during the run" for node, addr in sorted(lost.items()))
+        if others:
+            notes.append(f"{others} {pool} task(s) run again after their Ray worker process died")
+
+    def notices(self, ctx: TaskContext) -> list[str]:
+        """What the runs made with `ctx` have to tell (one line each): nodes lost, tasks run again."""
+        with self._lock:
+            return self._notices.pop(id(ctx), [])
 
     def close(self) -> None:
         self._closed.set()
@@ -484,13 +619,45 @@ class RayEngine:
             self._sync.join()
             self._sync = None
         if ray.is_initialized():
-            for _, shared, _ in budgets:
-                ray.kill(shared.actor)
+            for _, shared in budgets:
+                ray.kill(shared.actor, no_restart=True)
             if hub is not None:
-                ray.kill(hub)
+                ray.kill(hub, no_restart=True)
             with _lock:
-                for key in [k for k in _leases if k in {s.actor._actor_id.hex() for _, s, _ in budgets}]:
+                for key in [k for k in _leases if k in {s.actor._actor_id.hex() for _, s in budgets}]:
                     del _leases[key]
             if self._started:
                 ray.shutdown()
                 self._started = False
+
+
+def _recipe(bucket: Any) -> Callable[[], Any]:
+    """How a budget actor makes its bucket (again, after a restart): a `TokenBucket` with the driver's
+    bucket's limits, burst and ramp; another kind of bucket from its class and target rate."""
+    cls: Callable[..., Any] = type(bucket)
+    if type(bucket).__init__ is TokenBucket.__init__:
+        limits = [Limit(lim.name, lim.rate, lim.ramp_from, lim.ratio) for lim in bucket.limits.values()]
+        return functools.partial(cls, limits=limits, burst_seconds=bucket.burst_seconds,
+                                 ramp_doubling_s=bucket.ramp_doubling_s)
+    return functools.partial(cls, bucket.target)
+
+
+def _alive_nodes() -> dict[str, str]:
+    """Node id -> address of every node alive now."""
+    return {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+
+
+def check_reachable(cfg: Any) -> None:
+    """Refuse a staging root on this machine's disk when a node of the cluster is another machine (another
+    host name): its workers could not read it."""
+    root = str(getattr(getattr(cfg, "staging", None), "root", "") or "")
+    if not root or root.startswith("s3://"):  # no staging root (a bare task), or one every node reaches
+        return
+    here = ray.get_runtime_context().get_node_id()
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    host = next((n["NodeManagerHostname"] for n in nodes if n["NodeID"] == here), None)
+    others = sorted({n["NodeManagerHostname"] for n in nodes} - {host})
+    if others:
+        raise EtlError(f"staging.root {root} is a directory of this machine, but the Ray cluster has nodes on "
+                       f"{', '.join(others[:3])}{' ...' if len(others) > 3 else ''}, whose workers cannot read it",
+                       hint="use an s3:// staging root with a cluster, or --engine local")

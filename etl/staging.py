@@ -23,6 +23,10 @@ Layout under the staging root (S3 `s3://bucket/prefix` or a local directory):
     _state/month=YYYYMM/catchup/rows-NNNNN.parquet     every key a window touched, with all its rows after it
     _state/month=YYYYMM/catchup/load-NNNNN.done        a window's load checkpoint
     _state/month=YYYYMM/catchup/final.parquet          every touched key's final winner or delete (for verify)
+    verify/month=YYYYMM/part-BBBBB.parquet             differences `etl verify --method export` found, per bucket
+    verify/export/<time>/AWSDynamoDB/...               the destination's PITR export it compares
+    verify/buckets/<run>/bucket=BBBBB/*.parquet        both sides split by key hash while it compares (then removed)
+    _state/verify/export.json                          that export while it is taken and compared (a rerun waits on it)
 
 Every key is built here, and only here; a store hides whether it is a directory or an S3 prefix.
 """
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -52,6 +57,7 @@ import pyarrow.parquet as pq
 from etl import __version__
 from etl.config import AwsSide
 from etl.errors import EtlError
+from etl.times import iso_seconds as utcnow_iso
 
 STAGES = ("export", "transform", "load", "verify")
 CHUNK = 8 * 1024 * 1024
@@ -127,10 +133,42 @@ class Store:
 
     def create(self, key: str, data: bytes) -> bool:
         """Write only if the key does not exist yet (atomically); False when it does."""
-        raise NotImplementedError
+        return self.create_if_absent(key, data) is not None
 
     def create_json(self, key: str, body: Any) -> bool:
-        return self.create(key, (json.dumps(body, indent=2, default=str) + "\n").encode())
+        return self.create(key, _json_bytes(body))
+
+    # Conditional writes on an object's version (S3's ETag; a local file's MD5, which is what S3's ETag is
+    # for a single-part put): what a lease is made of. Two writers racing on one version: exactly one wins.
+    # A refused condition is an answer (None or False), not an exception; a store that cannot be reached
+    # still raises.
+
+    def create_if_absent(self, key: str, data: bytes) -> str | None:
+        """Write `data` only if `key` does not exist: its new version, or None when the key exists."""
+        raise NotImplementedError
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and the version they are, read at once; None when it does not exist."""
+        raise NotImplementedError
+
+    def replace_if_match(self, key: str, data: bytes, version: str) -> str | None:
+        """Replace the object only if it still is `version`: the new version, or None when it was changed
+        or deleted since."""
+        raise NotImplementedError
+
+    def delete_if_match(self, key: str, version: str) -> bool:
+        """Delete the object only if it still is `version`; False when it was changed or deleted since."""
+        raise NotImplementedError
+
+    def create_json_if_absent(self, key: str, body: Any) -> str | None:
+        return self.create_if_absent(key, _json_bytes(body))
+
+    def read_json_versioned(self, key: str) -> tuple[Any, str] | None:
+        got = self.read_versioned(key)
+        return None if got is None else (json.loads(got[0]), got[1])
+
+    def replace_json_if_match(self, key: str, body: Any, version: str) -> str | None:
+        return self.replace_if_match(key, _json_bytes(body), version)
 
     def sub(self, prefix: str) -> Store:
         raise NotImplementedError
@@ -219,15 +257,70 @@ class LocalStore(Store):
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
 
-    def create(self, key: str, data: bytes) -> bool:
-        path = self._path(key)
+    @contextlib.contextmanager
+    def _locked(self, path: Path) -> Iterator[None]:
+        """An exclusive lock on the key's folder (flock on the directory itself: no lock file to list or
+        leave behind), held by every conditional write in it, so a compare and the write after it are one
+        step for every process of this machine."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _staged(self, path: Path, data: bytes) -> str:
+        """A hidden temporary file next to `path` holding `data` (listings skip `.tmp` names)."""
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        return tmp
+
+    def _current(self, path: Path) -> str | None:
+        try:
+            return _md5(path.read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def create_if_absent(self, key: str, data: bytes) -> str | None:
+        path = self._path(key)
+        with self._locked(path):
+            tmp = self._staged(path, data)
+            try:
+                os.link(tmp, path)  # fails if the key exists; a reader never sees a half-written object
+            except FileExistsError:
+                return None
+            finally:
+                os.unlink(tmp)
+        return _md5(data)
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data = self._path(key).read_bytes()  # writes replace the file whole: one read is one version
+        except FileNotFoundError:
+            return None
+        return data, _md5(data)
+
+    def replace_if_match(self, key: str, data: bytes, version: str) -> str | None:
+        path = self._path(key)
+        with self._locked(path):
+            if self._current(path) != version:
+                return None
+            tmp = self._staged(path, data)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+        return _md5(data)
+
+    def delete_if_match(self, key: str, version: str) -> bool:
+        path = self._path(key)
+        with self._locked(path):
+            if self._current(path) != version:
+                return False
+            path.unlink()
         return True
 
     def sub(self, prefix: str) -> Store:
@@ -303,18 +396,51 @@ class S3Store(Store):
     def delete(self, key: str) -> None:
         self.s3.delete_object(Bucket=self.bucket, Key=self.bucket_key(key))
 
-    def create(self, key: str, data: bytes) -> bool:
+    def create_if_absent(self, key: str, data: bytes) -> str | None:
+        return self._put_if(key, data, IfNoneMatch="*")
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        for cuts in range(_ResumingBody.RESUMES + 1):
+            try:
+                r = self.s3.get_object(Bucket=self.bucket, Key=self.bucket_key(key))
+                break
+            except self.s3.exceptions.NoSuchKey:
+                return None
+            except Exception as exc:  # an answer cut off in its head or in a 404's body: botocore does not retry
+                if not _cut(exc) or cuts == _ResumingBody.RESUMES:
+                    raise
+                time.sleep(0.05 * 2**cuts)
+        body = _ResumingBody(self.s3, self.bucket, self.bucket_key(key), r)  # a cut answer is read on
+        try:
+            return body.read(), str(r["ETag"])
+        finally:
+            body.close()
+
+    def replace_if_match(self, key: str, data: bytes, version: str) -> str | None:
+        return self._put_if(key, data, IfMatch=version)
+
+    def delete_if_match(self, key: str, version: str) -> bool:
         import botocore.exceptions
 
         try:
-            self.s3.put_object(Bucket=self.bucket, Key=self.bucket_key(key), Body=data, IfNoneMatch="*",
-                               **self.encryption)
+            self.s3.delete_object(Bucket=self.bucket, Key=self.bucket_key(key), IfMatch=version)
         except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict",
-                                                             "412"):
+            if _refused(exc):
                 return False
             raise
         return True
+
+    def _put_if(self, key: str, data: bytes, **condition: str) -> str | None:
+        import botocore.exceptions
+
+        try:
+            r = self.s3.put_object(Bucket=self.bucket, Key=self.bucket_key(key), Body=data, **condition,
+                                   **self.encryption)
+        except botocore.exceptions.ClientError as exc:
+            if _refused(exc):
+                return None
+            raise
+        return str(r["ETag"])
 
     def sub(self, prefix: str) -> Store:
         return S3Store(self.bucket, self.bucket_key(prefix), self.s3, self.encryption)
@@ -336,6 +462,21 @@ class S3Store(Store):
                 raise EtlError(f"staging bucket {self.bucket} does not exist",
                                hint="create it in the staging region, or fix [staging] root") from None
             raise
+
+
+def _refused(exc: Any) -> bool:
+    """Was a conditional request refused: the condition failed (412), another conditional write to the key
+    was under way (409), or the object it names is gone (404)? Each means "not this version any more"."""
+    return exc.response.get("Error", {}).get("Code") in (
+        "PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404", "NotFound")
+
+
+def _json_bytes(body: Any) -> bytes:
+    return (json.dumps(body, indent=2, default=str) + "\n").encode()
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 def _cut(exc: BaseException) -> bool:
@@ -501,7 +642,7 @@ def checkpoints_prefix(month: str) -> str:
     return state_key(month, "load/")
 
 
-def checkpoint_key(month: str, part: int) -> str:
+def load_part_checkpoint_key(month: str, part: int) -> str:
     return f"{checkpoints_prefix(month)}part-{part:05d}.done"
 
 
@@ -524,10 +665,35 @@ def progress_prefix(month: str) -> str:
     return state_key(month, "load-progress/")
 
 
-def progress_key(month: str, part: int) -> str:
+def load_progress_key(month: str, part: int) -> str:
     """A part's progress while it loads: its low-water mark (every row below it acknowledged) and the counts
     below it; deleted once the part's checkpoint is written."""
     return f"{progress_prefix(month)}part-{part:05d}.json"
+
+
+def bulkput_input_prefix(month: str, run: str, operation: int) -> str:
+    """One bulk put operation's input objects (its S3KeyPrefix): DynamoDB JSON lines of a load run's items."""
+    return f"bulkput/{month_dir(month)}/{run}/op-{operation:03d}/"
+
+
+def bulkput_object_key(month: str, run: str, operation: int, part: int, obj: int, compression: str) -> str:
+    ext = {"ZSTD": "zst", "GZIP": "gz"}[compression]
+    return f"{bulkput_input_prefix(month, run, operation)}part-{part:05d}-{obj:04d}.json.{ext}"
+
+
+def bulkput_report_prefix(month: str, run: str, operation: int) -> str:
+    """Where DynamoDB writes an operation's report of the items it could not write (outside the input prefix)."""
+    return f"bulkput-reports/{month_dir(month)}/{run}/op-{operation:03d}/"
+
+
+def bulkput_state_key(month: str) -> str:
+    """A month's bulk put: its input run and each operation (ARN, counts), recorded before polling starts."""
+    return state_key(month, "bulkput.json")
+
+
+def bulkput_part_key(month: str, part: int) -> str:
+    """What one part's input task wrote (objects, items, bytes, counts), once its objects are written."""
+    return state_key(month, f"bulkput/part-{part:05d}.json")
 
 
 def lease_key(month: str, stage: str) -> str:
@@ -590,6 +756,33 @@ def catchup_progress_key(month: str, window: int) -> str:
 
 def catchup_final_key(month: str) -> str:
     return f"{catchup_prefix(month)}final.parquet"
+
+
+def verify_diffs_prefix(month: str) -> str:
+    return f"verify/{month_dir(month)}/"
+
+
+def verify_diffs_key(month: str, bucket: int) -> str:
+    """The differences `etl verify --method export` found in one key-hash bucket of a month (Hive-partitioned)."""
+    return f"{verify_diffs_prefix(month)}part-{bucket:05d}.parquet"
+
+
+def verify_export_prefix(stamp: str) -> str:
+    """Where the destination's PITR export for a verify goes (AWS writes `AWSDynamoDB/` under it)."""
+    return f"verify/export/{stamp}"
+
+
+def verify_buckets_prefix(run: str) -> str:
+    return f"verify/buckets/{run}/"
+
+
+def verify_bucket_key(run: str, bucket: int, name: str) -> str:
+    """One input's rows of one key-hash bucket (`name`: which side and which input)."""
+    return f"{verify_buckets_prefix(run)}bucket={bucket:05d}/{name}.parquet"
+
+
+def verify_export_state_key() -> str:
+    return "_state/verify/export.json"
 
 
 # --------------------------------------------------------------------------- the collisions file
@@ -677,10 +870,6 @@ def elsewhere(record: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- manifests
 
 
-def utcnow_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 def read_manifest(store: Store, month: str, stage: str) -> dict[str, Any] | None:
     key = manifest_key(month, stage)
     if not store.exists(key):
@@ -700,14 +889,32 @@ def commit_manifest(store: Store, month: str, stage: str, body: dict[str, Any]) 
         **body,
     }
     store.write_json(manifest_key(month, stage), manifest)
-    store.delete(failed_key(month, stage))
+    for cleared in _failures_cleared_by(stage):
+        store.delete(failed_key(month, cleared))
     return manifest
 
 
-def record_failure(store: Store, month: str, stage: str, error: str, command: str) -> None:
+def _failures_cleared_by(stage: str) -> tuple[str, ...]:
+    """The failure records a commit of `stage` makes obsolete: its own, and those of every stage after it,
+    whose inputs it has just replaced (a load refused for "no committed transform" is no longer failing once
+    the transform commits: it is simply next)."""
+    if stage not in STAGES:
+        return (stage,)
+    after = STAGES[STAGES.index(stage):]
+    return (*after, "catchup") if "load" in after else after
+
+
+FAILURE_KINDS = ("failed", "interrupted")
+
+
+def record_failure(store: Store, month: str, stage: str, error: str, command: str, kind: str = "failed") -> None:
+    """The stage's failure, shown by `etl status` until the stage (or one before it) commits. `kind`:
+    "failed", or "interrupted" for a run stopped by Ctrl-C or SIGTERM (`errors.Interrupted`)."""
+    if kind not in FAILURE_KINDS:
+        raise ValueError(f"kind {kind!r}: expected one of {FAILURE_KINDS}")
     store.write_json(
         failed_key(month, stage),
-        {"stage": stage, "month": month, "status": "failed", "error": error, "rerun": command,
+        {"stage": stage, "month": month, "status": "failed", "kind": kind, "error": error, "rerun": command,
          "failed_at": utcnow_iso(), "tool_version": __version__},
     )
 

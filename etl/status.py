@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from etl import staging
+from etl import freshness, staging
+from etl.commands import render
 from etl.lease import gone
+from etl.state import bulk_put_progress
 
-NEXT = {"export": "etl export", "transform": "etl transform", "load": "etl load", "verify": "etl verify"}
+FAILURE_STATES = staging.FAILURE_KINDS  # a failure record's kind, shown as the stage's state
 
 
 def _summary(stage: str, m: dict[str, Any]) -> str:
@@ -21,48 +23,40 @@ def _summary(stage: str, m: dict[str, Any]) -> str:
     if stage == "transform":
         return f"{m.get('written', 0):,} rows, {m.get('rejected', 0):,} rejected"
     if stage == "load":
-        return f"{m.get('written', 0):,} written, {m.get('skipped_expired', 0):,} expired"
+        failed = f", {m['failed']:,} failed (report {', '.join(m.get('reports', []))})" if m.get("failed") else ""
+        return f"{m.get('written', 0):,} written, {m.get('skipped_expired', 0):,} expired{failed}"
     if stage == "verify":
         return "ok" if m.get("ok") else f"{m.get('missing', 0):,} missing, {m.get('different', 0):,} different"
     return ""
 
 
-def _loaded_elsewhere(load: dict[str, Any], destination: staging.Destination | None, table: str | None) -> str:
-    """Why a committed load is not a load of the destination ("" when it is), by the rule the load uses."""
-    if destination is not None and not destination.holds(load):
-        return f"loaded into {staging.elsewhere(load)}, not into {destination.describe()}"
-    if destination is None and table and load.get("table") != table:
-        return f"loaded into {load.get('table')}, not into {table}"
-    return ""
-
-
 def month_status(store: staging.Store, month: str, stages: tuple[str, ...] = staging.STAGES,
-                 destination: staging.Destination | None = None, table: str | None = None) -> dict[str, Any]:
-    """`destination`: the table as described now (else `table`, its name, when known)."""
+                 destination: staging.Destination | None = None, table: str | None = None,
+                 now: freshness.Current | None = None) -> dict[str, Any]:
+    """`now`: what outputs must be made for (the config's hashes, the destination and source tables as
+    described now); without it, `destination` (else `table`, its name, when known). Done and stale are
+    `etl.freshness`'s verdicts, the rule `etl run` skips by; a stage after one that is not current is not
+    current either (the run redoes it after)."""
+    now = now or freshness.Current(table=table, destination=destination)
     row: dict[str, Any] = {"month": month, "stages": {}}
-    previous: dict[str, Any] | None = None
-    elsewhere = ""
+    before = ""  # the first stage before this one that is not current
     for stage in stages:
-        manifest = staging.read_manifest(store, month, stage)
-        failed_key = staging.failed_key(month, stage)
-        failure = store.read_json(failed_key) if store.exists(failed_key) else None
+        v = freshness.verdict(store, month, stage, now)
+        manifest = v.manifest
+        failure = _failure(store, month, stage, manifest)
         cell: dict[str, Any]
-        if failure and (not manifest or failure.get("failed_at", "") >= manifest.get("committed_at", "")):
-            cell = {"state": "failed", "error": failure.get("error"), "rerun": failure.get("rerun"),
-                    "at": failure.get("failed_at")}
-        elif manifest and stage == "verify" and not manifest.get("ok"):
-            cell = {"state": "failed", "error": _summary(stage, manifest), "at": manifest.get("committed_at"),
-                    "rerun": f"etl load --month {month} --force"}
-        elif manifest and stage in ("load", "verify") and (
-                elsewhere := elsewhere or (_loaded_elsewhere(manifest, destination, table) if stage == "load" else "")):
-            cell = {"state": "stale", "summary": elsewhere if stage == "load" else "verified another table",
-                    "at": manifest.get("committed_at")}
-        elif manifest:
+        if failure:
+            cell = _failure_cell(failure)
+        elif v.state == "failed":
+            cell = {"state": "failed", "error": _summary(stage, manifest or {}),
+                    "at": (manifest or {}).get("committed_at"), "rerun": render("load", "--month", month, "--force")}
+        elif v.state == "stale" or (v.state == "done" and before):
+            why = v.why if v.state == "stale" else f"the {before} runs again first"
+            cell = {"state": "stale", "summary": f"{_summary(stage, manifest or {})} ({why})",
+                    "at": (manifest or {}).get("committed_at")}
+        elif v.state == "done" and manifest is not None:
             cell = {"state": "done", "summary": _summary(stage, manifest), "at": manifest.get("committed_at"),
                     "duration_s": manifest.get("duration_s")}
-            if previous is not None and manifest.get("upstream_run") != previous.get("run_id"):
-                cell["state"] = "stale"
-                cell["summary"] += " (made from an older run of the previous stage)"
         elif stage == "export" and store.exists(staging.pending_export_key(month)):
             pending = store.read_json(staging.pending_export_key(month))
             cell = {"state": "running", "summary": f"export {pending.get('export_arn', 'starting')}",
@@ -70,11 +64,43 @@ def month_status(store: staging.Store, month: str, stages: tuple[str, ...] = sta
         else:
             cell = {"state": "-"}
         cell = _with_lease(store, month, stage, cell)
-        previous = manifest
+        if stage == "load" and cell["state"] != "done" and (bulk := bulk_put_progress(store, month)):
+            cell["summary"] = f"{cell.get('summary') or ''}\n{bulk}".strip()
+        if cell["state"] != "done" and not before:
+            before = stage
         row["stages"][stage] = cell
     row["next"] = next_command(row, stages)
     row["catchup"] = catchup_status(store, month, staging.read_manifest(store, month, "load"))
     return row
+
+
+def _failure(store: staging.Store, month: str, stage: str, manifest: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The stage's failure record when it is newer than the stage's manifest (a commit deletes it; one left
+    beside a manifest was written after it)."""
+    key = staging.failed_key(month, stage)
+    failure = store.read_json(key) if store.exists(key) else None
+    if failure and (not manifest or failure.get("failed_at", "") >= manifest.get("committed_at", "")):
+        return dict(failure)
+    return None
+
+
+def _failure_cell(failure: dict[str, Any]) -> dict[str, Any]:
+    kind = failure.get("kind")
+    return {"state": kind if kind in FAILURE_STATES else "failed", "error": failure.get("error"),
+            "rerun": failure.get("rerun"), "at": failure.get("failed_at")}
+
+
+def forget(store: staging.Store, month: str) -> list[str]:
+    """Delete the month's failure records (every stage and the catch-up): what `etl status --forget-month`
+    does for a month typed wrong, whose failure would otherwise be listed for good. Manifests, checkpoints and
+    staged data are kept, so a month with committed stages still shows them. Returns the stages cleared."""
+    cleared = []
+    for stage in (*staging.STAGES, "catchup"):
+        key = staging.failed_key(month, stage)
+        if store.exists(key):
+            store.delete(key)
+            cleared.append(stage)
+    return cleared
 
 
 def _with_lease(store: staging.Store, month: str, stage: str, cell: dict[str, Any]) -> dict[str, Any]:
@@ -90,19 +116,17 @@ def _with_lease(store: staging.Store, month: str, stage: str, cell: dict[str, An
     if gone(holder):
         if cell["state"] in ("done", "stale"):
             return cell
-        return {"state": "failed", "error": f"interrupted: the run ({who}) is gone before it committed",
-                "rerun": holder.get("command") or f"etl {stage} --month {month}", "at": holder.get("since")}
+        return {"state": "interrupted", "error": f"interrupted: the run ({who}) is gone before it committed",
+                "rerun": holder.get("command") or _next(stage, month), "at": holder.get("since")}
     return {"state": "running", "summary": f"by {who}", "at": holder.get("since")}
 
 
 def catchup_status(store: staging.Store, month: str, load: dict[str, Any] | None) -> dict[str, Any]:
     """The time up to which the month's index is in sync, and its catch-up runs (windows)."""
     m = staging.read_manifest(store, month, "catchup")
-    key = staging.failed_key(month, "catchup")
-    failure = store.read_json(key) if store.exists(key) else None
-    if failure and (not m or failure.get("failed_at", "") >= m.get("committed_at", "")):
-        return {"state": "failed", "error": failure.get("error"), "rerun": failure.get("rerun"),
-                "at": failure.get("failed_at"), "synced_to": m.get("synced_to") if m else None}
+    failure = _failure(store, month, "catchup", m)
+    if failure:
+        return {**_failure_cell(failure), "synced_to": m.get("synced_to") if m else None}
     if not m:
         return {"state": "-"}
     windows = m.get("windows", [])
@@ -113,24 +137,28 @@ def catchup_status(store: staging.Store, month: str, load: dict[str, Any] | None
             "summary": f"in sync to {m.get('synced_to')}\n{len(windows)} window(s): {m.get('puts', 0):,} puts, "
                        f"{m.get('deletes', 0):,} deletes"}
     if load is not None and load.get("run_id") != m.get("load_run"):
-        cell.update(state="stale", rerun=f"etl catch-up --month {month}",
+        cell.update(state="stale", rerun=render("catch-up", "--month", month),
                     summary=cell["summary"] + " (loaded again since: `etl catch-up` applies the windows again)")
     return cell
 
 
+def _next(stage: str, month: str) -> str:
+    return render(stage, "--month", month)
+
+
 def next_command(row: dict[str, Any], stages: tuple[str, ...]) -> str | None:
+    """The first stage not done: its recorded rerun command when it failed or was interrupted, else its command."""
     month = row["month"]
     for stage in stages:
         cell = row["stages"][stage]
-        if cell["state"] == "failed":
-            return str(cell.get("rerun") or f"{NEXT[stage]} --month {month}")
-        if cell["state"] == "stale":
-            return f"{NEXT[stage]} --month {month}"
-        if cell["state"] in ("-", "running"):
-            return f"{NEXT[stage]} --month {month}"
+        if cell["state"] in FAILURE_STATES:
+            return str(cell.get("rerun") or _next(stage, month))
+        if cell["state"] in ("-", "running", "stale"):
+            return _next(stage, month)
     return None
 
 
 def collect(store: staging.Store, months: list[str] | None = None, stages: tuple[str, ...] = staging.STAGES,
-            destination: staging.Destination | None = None, table: str | None = None) -> list[dict[str, Any]]:
-    return [month_status(store, m, stages, destination, table) for m in (months or staging.known_months(store))]
+            destination: staging.Destination | None = None, table: str | None = None,
+            now: freshness.Current | None = None) -> list[dict[str, Any]]:
+    return [month_status(store, m, stages, destination, table, now) for m in (months or staging.known_months(store))]

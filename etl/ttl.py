@@ -6,10 +6,9 @@ from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from etl import aws, staging
+from etl import aws, expiry, staging
 from etl.config import Config
 from etl.errors import EtlError
 from etl.mapping import require_ttl_column as ttl_attribute
@@ -51,7 +50,7 @@ def preview(cfg: Config, at: datetime) -> list[dict[str, Any]]:
             with store.open_read(part["output"]) as f:
                 col = pq.read_table(pa.BufferReader(f.read()), columns=[attr])[attr]
             total += len(col)
-            expiring += int(pc.sum(pc.less_equal(col, cutoff)).as_py() or 0)
+            expiring += int(expiry.expired(col, cutoff).sum())
         out.append({"month": month, "rows": total, "expired_by": expiring, "remaining": total - expiring})
     return out
 

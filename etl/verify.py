@@ -15,33 +15,32 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
-from etl import aws, capacity, items, mapping, staging
+from etl import aws, capacity, expected, items, mapping, staging
 from etl.config import Config
 from etl.engine import MonthPlan, TaskContext
 from etl.errors import StageNotReady
+from etl.freshness import Verdict
+from etl.runner import StageBase
 
 NAME = "verify"
 EXAMPLES = 5
 
 
-def read_budget(cfg: Config, desc: dict[str, Any]) -> capacity.Budget:
+def read_budget(cfg: Config, desc: dict[str, Any]) -> capacity.BudgetPlan:
     return capacity.budget_for(desc, unit="RCU", fraction=cfg.load.read_capacity_fraction or 0.5,
                                absolute=cfg.load.max_rcu, fraction_key="[load] read_capacity_fraction",
                                absolute_key="[load] max_rcu")
 
 
-def preflight(cfg: Config) -> capacity.Budget:
+def preflight(cfg: Config) -> capacity.BudgetPlan:
     ddb = aws.client(cfg.destination, "dynamodb")
     return read_budget(cfg, ddb.describe_table(TableName=cfg.destination_table())["Table"])
 
 
-@dataclass(frozen=True)
-class PartTask:
+@dataclass(frozen=True, kw_only=True)
+class VerifyPartTask:
+    """The rows one Parquet part of the month's load meant to write: read back and compared."""
+
     month: str
     part: int
     key: str
@@ -52,10 +51,20 @@ class PartTask:
     catchup: str = ""  # the catch-up's final state of its touched keys, when windows were applied after the load
 
 
-def _catchup_final(store: staging.Store, month: str, load: dict[str, Any]) -> str:
-    c = staging.read_manifest(store, month, "catchup")
-    key = staging.catchup_final_key(month)
-    return key if c and c.get("load_run") == load.get("run_id") and store.exists(key) else ""
+@dataclass(frozen=True, kw_only=True)
+class VerifyCatchupFinalTask:
+    """The keys the month's catch-up windows touched, in their final state: winners read back and compared,
+    deleted keys checked absent."""
+
+    month: str
+    key: str  # the catch-up's final.parquet
+    table: str
+    include_expired: bool
+    expired_before: int
+    upstream_run: str
+
+
+Task = VerifyPartTask | VerifyCatchupFinalTask
 
 
 def plan(cfg: Config, store: staging.Store, month: str, destination: staging.Destination | None = None) -> MonthPlan:
@@ -68,55 +77,42 @@ def plan(cfg: Config, store: staging.Store, month: str, destination: staging.Des
         raise StageNotReady(f"month {month} is not loaded into {destination.describe()}: its load went to "
                             f"{staging.elsewhere(load)}", hint=f"run `etl load --month {month}` first")
     t = staging.read_manifest(store, month, "transform") or {}
-    final = _catchup_final(store, month, load)
-    parts = [*t.get("parts", []), *([{"part": -1, "output": final, "rows": 0}] if final else [])]
-    tasks = [PartTask(month, p["part"], p["output"], cfg.destination_table(), bool(load.get("include_expired")),
-                      int(load.get("expired_before", 0)), str(load.get("run_id", "")), final) for p in parts]
+    final = expected.catchup_final(store, month, load)
+    common: dict[str, Any] = {"month": month, "table": cfg.destination_table(),
+                              "include_expired": bool(load.get("include_expired")),
+                              "expired_before": int(load.get("expired_before", 0)),
+                              "upstream_run": str(load.get("run_id", ""))}
+    parts = t.get("parts", [])
+    tasks: list[Task] = [VerifyPartTask(part=p["part"], key=p["output"], catchup=final, **common) for p in parts]
+    if final:
+        tasks.append(VerifyCatchupFinalTask(key=final, **common))
     return MonthPlan(tasks, sum(p["rows"] for p in parts), "items")
 
 
-def _key_texts(table: pa.Table, keys: list[str]) -> pa.Array:
-    cols = [pc.cast(table[k], pa.string()) for k in keys]
-    return pc.binary_join_element_wise(*cols, "\x1f") if len(cols) > 1 else cols[0]
+def _source(task: Task) -> expected.Source:
+    part = task.part if isinstance(task, VerifyPartTask) else None
+    return expected.Source(month=task.month, key=task.key, part=part,
+                           catchup=task.catchup if isinstance(task, VerifyPartTask) else "",
+                           include_expired=task.include_expired, expired_before=task.expired_before)
 
 
-def expected_rows(cfg: Config, store: staging.Store, task: PartTask) -> tuple[list[dict[str, Any]], int]:
-    """The rows the load (and the catch-up after it) meant to write from the part, and how many rows it has."""
-    table = pq.read_table(pa.BufferReader(store.read(task.key)))
-    keep = np.ones(table.num_rows, dtype=bool)
-    if task.part < 0:  # the catch-up's final state: its winners (its deletes are `expected_absent`)
-        keep &= np.asarray(pc.equal(table["op"], "put").to_numpy(zero_copy_only=False), dtype=bool)
-        table = table.drop_columns(["op"])
-    elif task.catchup:  # keys a catch-up window touched hold their final state, checked by its own task
-        final = pq.read_table(pa.BufferReader(store.read(task.catchup)))
-        keys = mapping.key_columns(cfg)
-        touched = pc.is_in(_key_texts(table, keys), value_set=_key_texts(final, keys))
-        keep &= ~np.asarray(pc.fill_null(touched, False).to_numpy(zero_copy_only=False), dtype=bool)
-        losers = staging.read_losers(store, task.month).get(task.part)
-        if losers is not None:
-            keep[losers] = False
-    else:
-        losers = staging.read_losers(store, task.month).get(task.part)
-        if losers is not None:
-            keep[losers] = False
-    ttl_col = mapping.ttl_column(cfg)
-    if ttl_col and not task.include_expired:
-        ttl = np.asarray(pc.fill_null(table[ttl_col], np.iinfo(np.int64).max).to_numpy(zero_copy_only=False))
-        keep &= ttl > task.expired_before
-    return table.filter(pa.array(keep)).to_pylist(), table.num_rows
+def expected_rows(cfg: Config, store: staging.Store, task: Task) -> tuple[list[dict[str, Any]], int]:
+    """The rows the load (and the catch-up after it) meant to write from the part, and how many rows it has
+    (`etl.expected`'s rule)."""
+    rows, _, total = expected.expected(cfg, store, _source(task))
+    return rows.to_pylist(), total
 
 
-def expected_absent(cfg: Config, store: staging.Store, task: PartTask) -> list[tuple[Any, ...]]:
+def expected_absent(cfg: Config, store: staging.Store, task: Task) -> list[tuple[Any, ...]]:
     """The keys a catch-up deleted (its final state's deletes): they must not be in the table."""
-    if task.part >= 0:
+    if not isinstance(task, VerifyCatchupFinalTask):
         return []
+    _, gone, _ = expected.expected(cfg, store, _source(task))
     keys = mapping.key_columns(cfg)
-    table = pq.read_table(pa.BufferReader(store.read(task.key)))
-    gone = table.filter(pc.equal(table["op"], "delete"))
     return list(zip(*(gone[k].to_pylist() for k in keys), strict=True)) if gone.num_rows else []
 
 
-def _read_back(ddb: Any, task: PartTask, ctx: TaskContext, keys: list[str],
+def _read_back(ddb: Any, task: Task, ctx: TaskContext, keys: list[str],
                wanted: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
     """BatchGetItem of up to 100 keys, UnprocessedKeys retried; the items found, by key."""
     assert ctx.budget is not None
@@ -146,7 +142,7 @@ def compare(expected: dict[str, Any], actual: dict[str, Any] | None) -> list[str
     return sorted(c for c, v in expected.items() if v is not None and actual.get(c) != v)
 
 
-def run_task(cfg: Config, task: PartTask, ctx: TaskContext) -> dict[str, Any]:
+def run_task(cfg: Config, task: Task, ctx: TaskContext) -> dict[str, Any]:
     store = staging.open_store(cfg.staging.root, cfg.staging)
     ddb = aws.client(cfg.destination, "dynamodb")
     keys = mapping.key_columns(cfg)
@@ -161,8 +157,8 @@ def run_task(cfg: Config, task: PartTask, ctx: TaskContext) -> dict[str, Any]:
         chunk = rows[i : i + 100]
         want = {tuple(r[k] for k in keys): r for r in chunk}
         got = _read_back(ddb, task, ctx, keys, list(want))
-        for key, expected in want.items():
-            diff = compare(expected, got.get(key))
+        for key, row in want.items():
+            diff = compare(row, got.get(key))
             if diff is None:
                 n_missing += 1
                 if len(missing) < EXAMPLES:
@@ -178,12 +174,13 @@ def run_task(cfg: Config, task: PartTask, ctx: TaskContext) -> dict[str, Any]:
         ctx.check()
         found = _read_back(ddb, task, ctx, keys, absent[i : i + 100])
         undeleted += [dict(zip(keys, key, strict=True)) for key in found]
-    return {"part": task.part, "checked": len(rows) + len(absent), "missing": n_missing, "different": n_different,
+    part = task.part if isinstance(task, VerifyPartTask) else "catch-up final state"
+    return {"part": part, "checked": len(rows) + len(absent), "missing": n_missing, "different": n_different,
             "undeleted": len(undeleted), "missing_examples": missing, "different_examples": different,
             "undeleted_examples": undeleted[:EXAMPLES]}
 
 
-def commit(cfg: Config, store: staging.Store, month: str, tasks: list[PartTask], results: list[dict[str, Any]],
+def commit(cfg: Config, store: staging.Store, month: str, tasks: list[Task], results: list[dict[str, Any]],
            started: float) -> dict[str, Any]:
     load = staging.read_manifest(store, month, "load") or {}
     sums = {k: sum(r.get(k, 0) for r in results) for k in ("checked", "missing", "different", "undeleted")}
@@ -194,3 +191,34 @@ def commit(cfg: Config, store: staging.Store, month: str, tasks: list[PartTask],
         "table": cfg.destination_table(), "upstream_run": load.get("run_id"),
         "duration_s": round(time.time() - started, 3),
     })
+
+
+class VerifyStage(StageBase):
+    """The read-back verify on the Runner: a task per part (and one for the catch-up's final state), within a
+    read budget. Asked for alone it always reads the table again (the table may have changed since)."""
+
+    name = NAME
+    pool = "verify"
+    workers = 2
+    run_task = staticmethod(run_task)
+
+    def __init__(self, cfg: Config, store: staging.Store, *, force: bool = False,
+                 destination: staging.Destination | None = None) -> None:
+        super().__init__(cfg, store, force=force)
+        self.destination = destination
+        self._budget: capacity.BudgetPlan | None = None
+
+    def skip(self, month: str, verdict: Verdict) -> str | None:
+        return "already verified, skipped" if verdict.current else None
+
+    def preflight(self, months: list[str]) -> None:
+        self._budget = preflight(self.cfg)
+
+    def plan(self, month: str) -> MonthPlan:
+        return plan(self.cfg, self.store, month, self.destination)
+
+    def commit(self, month: str, plan: MonthPlan, results: list[dict[str, Any]]) -> dict[str, Any]:
+        return commit(self.cfg, self.store, month, plan.tasks, results, plan.started)
+
+    def budget(self) -> Any:
+        return self._budget.bucket if self._budget is not None else None

@@ -43,7 +43,8 @@ BUCKET = "analysts-stage"
 TTL = 31_536_000
 TABLES = {"create_export_table.sql": "anniversary_promo_export",
           "create_transformed_table.sql": "anniversary_promo_staged",
-          "create_rejected_table.sql": "anniversary_promo_rejected"}
+          "create_rejected_table.sql": "anniversary_promo_rejected",
+          "create_verify_table.sql": "anniversary_promo_verify"}  # its data: tests/test_verify_export.py
 QUESTIONS = ["rows_per_stage", "rejected_by_reason", "collisions", "discount_tiers", "expiry_timeline"]
 
 
@@ -308,10 +309,11 @@ def test_changes_per_window(staged: Staged) -> None:
 def test_every_sql_file_is_athena_sql_that_runs_in_duckdb(staged: Staged) -> None:
     files = sorted(p.name for p in SQL.glob("*.sql"))
     assert set(files) == {*TABLES, *(f"{q}.sql" for q in QUESTIONS), "transform_ctas.sql", "duckdb_local.sql",
-                          "create_changes_table.sql", "changes_per_window.sql", "duckdb_local_changes.sql"}
+                          "create_changes_table.sql", "changes_per_window.sql", "duckdb_local_changes.sql",
+                          "duckdb_local_verify.sql"}
     con = athena_like(staged.local)
     for name in files:
-        if name in ("duckdb_local.sql", "duckdb_local_changes.sql"):
+        if name in ("duckdb_local.sql", "duckdb_local_changes.sql", "duckdb_local_verify.sql"):
             continue
         for e in athena_statements(SQL / name):
             if isinstance(e, exp.Create) and e.args.get("kind") == "TABLE" and e.expression is None:
@@ -484,10 +486,11 @@ def test_register_suggests_queries_that_run(staged: Staged) -> None:
 
     con = athena_like(staged.local)
     con.execute(f"CREATE SCHEMA {DATABASE}")
-    for table in TABLES.values():
+    registered = {"export": "anniversary_promo_export", "transformed": "anniversary_promo_staged",
+                  "rejected": "anniversary_promo_rejected"}
+    for table in registered.values():
         con.execute(f"CREATE VIEW {DATABASE}.{table} AS SELECT * FROM main.{table}")
-    suggested = queries(DATABASE, {"export": "anniversary_promo_export", "transformed": "anniversary_promo_staged",
-                                   "rejected": "anniversary_promo_rejected"})
+    suggested = queries(DATABASE, registered)
     answers = {q["title"]: con.execute(to_duckdb(sqlglot.parse_one(q["sql"], read="athena"))).fetchall()
                for q in suggested}
     assert [m for m, *_ in answers["orders per month"]] == [A, B]

@@ -32,7 +32,7 @@ def test_json_and_text_results(make_config: Callable[..., Config], tmp_path: Pat
     assert r.output.strip() == ("transform 201604: 10 items -> 9 rows written, 0 filtered, 1 rejected "
                                 "(bad_datetime 1), 0 colliding keys")
     r = CliRunner().invoke(cli, [*base, "--json", "status"])
-    assert json.loads(r.output)[0]["stages"]["transform"]["state"] == "done"
+    assert json.loads(r.output)["months"][0]["stages"]["transform"]["state"] == "done"
 
 
 def test_every_command_that_prints_says_json_under_the_global_flag(tmp_path: Path) -> None:

@@ -176,3 +176,41 @@ def test_a_config_holds_no_credentials() -> None:
                for g in dataclasses.fields(getattr(cfg, name))]
     assert "destination.role_arn" in fields and "engine.address" in fields
     assert not [n for n in fields if re.search(r"secret|password|token|access_key|session|credential", n)]
+
+
+def test_a_retried_task_does_not_count_its_progress_twice() -> None:
+    """What a failed attempt reported as done is taken back before the retry counts again (a resumed load part
+    reports its rows below the mark again, for instance)."""
+    engine = LocalEngine(task_retries=2, retry_delay=0)
+    done: list[float] = []
+    tries: list[int] = []
+
+    def run(cfg: Any, task: int, ctx: TaskContext) -> dict[str, Any]:
+        tries.append(task)
+        ctx.progress(7)
+        if len(tries) == 1:
+            raise TransientError("blip")
+        ctx.progress(3)
+        return {"task": task}
+
+    try:
+        engine.run("t", 1, run, None, [0], TaskContext(progress=lambda n=0, add=None, **f: done.append(n)))
+    finally:
+        engine.close()
+    assert len(tries) == 2 and sum(done) == 10 and done == [7, -7, 7, 3]
+
+
+def test_a_stop_says_why_in_a_retried_tasks_context() -> None:
+    engine = LocalEngine(task_retries=2, retry_delay=0)
+    ctx = TaskContext()
+
+    def run(cfg: Any, task: int, c: TaskContext) -> dict[str, Any]:
+        ctx.halt("interrupted: the lease was taken over")
+        c.check()
+        return {}
+
+    try:
+        with pytest.raises(Stopped, match="the lease was taken over"):
+            engine.run("t", 1, run, None, [0], ctx)
+    finally:
+        engine.close()

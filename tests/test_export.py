@@ -310,3 +310,75 @@ def test_encryption_settings_are_checked(make_config: Callable[..., Config]) -> 
         make_config(ETL_STAGING_KMS_KEY_ID="k")
     with pytest.raises(ConfigError, match=r"staging.account = '12' .* 12-digit"):
         make_config(ETL_STAGING_ACCOUNT="12")
+
+
+# --------------------------------------------------------------------------- the adopted export's table
+
+OWN = "arn:aws:dynamodb:us-east-1:123456789012:table/CustomerTracker_shop_eu_201604"
+
+
+@pytest.mark.parametrize("arn,differs", [
+    ("arn:aws:dynamodb:us-east-1:123456789012:table/CustomerTracker_shop_eu_201605", "table name differs"),
+    ("arn:aws:dynamodb:eu-west-1:123456789012:table/CustomerTracker_shop_eu_201604", "region differs"),
+])
+def test_an_export_of_another_table_is_refused_before_anything_is_written(
+        make_config: Callable[..., Config], tmp_path: Path, arn: str, differs: str) -> None:
+    cfg = make_config()
+    folder = write_real_export(tmp_path / "ext", [[item(i) for i in range(5)]], table_arn=arn)
+    with pytest.raises(ValidationFailed) as e:
+        run_export(cfg, [MONTH], use_existing=str(folder))
+    assert "\n" not in e.value.message and arn in e.value.message and differs in e.value.message
+    assert "CustomerTracker_shop_eu_201604 (us-east-1)" in e.value.message and "--adopt-other-table" in e.value.hint
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    assert staging.read_manifest(store, MONTH, "export") is None
+    assert [o.key for o in store.list("export/")] == []
+    [m] = run_export(cfg, [MONTH], use_existing=str(folder), adopt_other_table=True)  # on purpose: recorded
+    assert m["status"] == "done" and m["item_count"] == 5
+    recorded = staging.read_manifest(store, MONTH, "export")
+    assert recorded["adopted_other_table"] == {"export_table": arn, "month_table": "CustomerTracker_shop_eu_201604",
+                                               "month_region": "us-east-1", "month_account": None}
+    assert recorded["table_arn"] == arn and "adopted anyway" in recorded["table_check"]
+
+
+def test_the_account_is_compared_when_the_config_names_it(make_config: Callable[..., Config], tmp_path: Path) -> None:
+    """A table name resolves in the account of the role that reads it: an export from another account is another
+    table with the same name."""
+    role = {"ETL_SOURCE_ROLE_ARN": "arn:aws:iam::210987654321:role/reader"}
+    folder = write_real_export(tmp_path / "ext", [[item(i) for i in range(5)]], table_arn=OWN)
+    with pytest.raises(ValidationFailed, match=r"account 210987654321\) \(account differs\)"):
+        run_export(make_config(**role), [MONTH], use_existing=str(folder))
+    [m] = run_export(make_config(), [MONTH], use_existing=str(folder))  # no account named: name and region
+    assert m["table_check"] == f"tableArn {OWN} is the month's source table CustomerTracker_shop_eu_201604 (us-east-1)"
+    assert "adopted_other_table" not in m
+
+
+def test_an_export_whose_table_is_unknown_is_adopted_and_says_it_was_not_checked(
+        make_config: Callable[..., Config], tmp_path: Path) -> None:
+    folder = write_real_export(tmp_path / "ext", [[item(i) for i in range(3)]])  # a summary without tableArn
+    [m] = run_export(make_config(), [MONTH], use_existing=str(folder))
+    assert m["table_check"].startswith("not checked: ") and "tableArn" in m["table_check"]
+    for name in ("manifest-summary.json", "manifest-summary.md5", "manifest-files.json", "manifest-files.md5"):
+        (folder / name).unlink()  # moto's layout: data files only
+    [m] = run_export(make_config(), [MONTH], use_existing=str(folder), force=True)
+    assert "not checked: " in m["table_check"] and "an emulator's export?" in m["table_check"]
+    assert "CustomerTracker_shop_eu_201604" in m["table_check"]
+
+
+def test_the_cli_refuses_another_tables_export_in_one_line_and_adopts_it_with_the_flag(
+        make_config: Callable[..., Config], tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from etl.cli import cli
+
+    cfg = make_config()
+    other = "arn:aws:dynamodb:us-east-1:123456789012:table/CustomerTracker_shop_eu_201605"
+    folder = write_real_export(tmp_path / "ext", [[item(i) for i in range(4)]], table_arn=other)
+    base = ["--config", cfg.path, "--progress", "quiet", "export", "--month", MONTH, "--use-existing", str(folder)]
+    r = CliRunner().invoke(cli, base)
+    assert r.exit_code == 1
+    [line, *_] = r.output.strip().splitlines()
+    assert other in line and "CustomerTracker_shop_eu_201604" in line and "Traceback" not in r.output
+    r = CliRunner().invoke(cli, [*base, "--adopt-other-table"])
+    assert r.exit_code == 0, r.output
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+    assert staging.read_manifest(store, MONTH, "export")["adopted_other_table"]["export_table"] == other

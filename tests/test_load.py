@@ -16,8 +16,8 @@ import pytest
 from etl import staging
 from etl.config import Config
 from etl.errors import EtlError
+from etl.load.writer import BatchWriter, proxy_for
 from etl.pipeline import run_export, run_load, run_transform, run_verify
-from etl.writer import BatchWriter, proxy_for
 from tests.conftest import ddb_client
 from tests.faultproxy import FaultProxy
 from tests.helpers import write_real_export
@@ -97,7 +97,7 @@ def test_expired_items_are_skipped_and_counted_unless_included(ddb_local: str, d
     [m] = run_load(cfg, [M])  # now: 2016 + one year is long past
     assert (m["written"], m["skipped_expired"]) == (0, 50)
     assert table_items(ddb_local, table) == {}
-    from etl.load import reset_checkpoints
+    from etl.load.stage import reset_checkpoints
 
     reset_checkpoints(cfg, [M])
     [m] = run_load(cfg, [M], include_expired=True)
@@ -169,7 +169,7 @@ def test_resume_skips_finished_parts(ddb_local: str, dest_table: Callable[..., s
     store = staging.open_store(cfg.staging.root, cfg.staging)
     here = staging.destination_of(ddb_client(ddb_local).describe_table(TableName=table)["Table"]).record()
     for part in (0, 2, 3):  # parts finished in an earlier run: 0 and 2 into this table, 3 with no table recorded
-        store.write_json(staging.checkpoint_key(M, part), {"part": part, "rows": 100, "written": 100,
+        store.write_json(staging.load_part_checkpoint_key(M, part), {"part": part, "rows": 100, "written": 100,
                          "skipped_expired": 0, "deduplicated": 0, "quarantined": 0, "wcu": 100.0,
                          "requests": 4, "retries": 0, "throttles": 0, "transform_run": t["run_id"],
                          **(here if part != 3 else {})})

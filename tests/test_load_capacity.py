@@ -50,7 +50,9 @@ def gsi_table(ddb_local: str) -> Iterator[Callable[..., str]]:
 
 
 def plan_of(buf: io.StringIO) -> str:
-    return "\n".join(e["message"] for e in map(json.loads, buf.getvalue().splitlines()) if e["event"] == "info")
+    events = list(map(json.loads, buf.getvalue().splitlines()))
+    return "\n".join([line for e in events if e["event"] == "plan" for line in e["lines"]]
+                     + [e["message"] for e in events if e["event"] == "info"])
 
 
 def test_a_fraction_holds_each_index_to_its_own_capacity(ddb_local: str, gsi_table: Callable[..., str],
@@ -126,7 +128,7 @@ def test_the_writer_reports_each_indexs_share(ddb_local: str, gsi_table: Callabl
                                               make_config: Callable[..., Config]) -> None:
     import orjson
 
-    from etl.writer import BatchWriter
+    from etl.load.writer import BatchWriter
 
     table = gsi_table()
     cfg = make_config(dest_endpoint=ddb_local, dest_table=table)

@@ -134,13 +134,14 @@ def test_a_refusal_about_the_table_fails_clearly_and_quarantines_nothing(
         run_load(cfg, [M], now=NOW)
     assert "etl load --month 201604" in (e.value.hint or "")
     assert store.read_json(staging.failed_key(M, "load"))["rerun"] == "etl load --month 201604"
-    assert not store.exists(staging.load_rejected_key(M, 0)) and not store.exists(staging.checkpoint_key(M, 0))
+    assert not store.exists(staging.load_rejected_key(M, 0))
+    assert not store.exists(staging.load_part_checkpoint_key(M, 0))
     p2 = proxy({"invalid": 1.0}, invalid_message="Number overflow. Attempting to store a number with magnitude "
                                                   "larger than supported range")
     cfg = make_config(dest_endpoint=p2.url, dest_table=table, extra=FAST)
     with pytest.raises(EtlError, match="refused each of the first 25 items of part 0 as invalid and wrote none"):
         run_load(cfg, [M], now=NOW)
-    assert table_items(ddb_local, table) == {} and not store.exists(staging.checkpoint_key(M, 0))
+    assert table_items(ddb_local, table) == {} and not store.exists(staging.load_part_checkpoint_key(M, 0))
 
 
 def test_a_key_column_of_another_type_than_the_tables_fails_the_part(

@@ -7,8 +7,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from etl.load import HEADROOM, Window
-from etl.writer import Signer
+from etl.load.window import HEADROOM, Window
+from etl.load.writer import Signer
 
 
 def settled(w: Window, rtt: float, answers: int = 2000) -> Window:

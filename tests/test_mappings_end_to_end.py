@@ -45,7 +45,7 @@ def test_a_string_sort_key_that_is_also_a_mapped_column(ddb_local: str, dest_tab
     table = dest_table(key=("CustomerID", "S", "OrderID", "S"))
     cfg = make_config(dest_endpoint=ddb_local, dest_table=table, extra=FAST, ETL_DESTINATION_SORT_KEY="OrderID")
     t, m, v = run_all(cfg, tmp_path)
-    # (C1, O1) twice and (C2, O1) twice: two keys collide, each keeps its first row in file order
+    # (C1, O1) twice and (C2, O1) twice: two keys collide, each keeps its smallest row (its earlier time)
     assert (t["collisions"]["keys"], t["collisions"]["losers"]) == (2, 2)
     assert (m["written"], m["deduplicated"]) == (4, 2) and v["ok"] and v["checked"] == 4
     got = {(i["CustomerID"]["S"], i["OrderID"]["S"]): int(i["CreationDateTime"]["N"]) for i in scan(ddb_local, table)}
@@ -62,7 +62,7 @@ def test_a_table_without_a_sort_key(ddb_local: str, make_config: Callable[..., C
     try:
         cfg = make_config(dest_endpoint=ddb_local, dest_table=table, extra=FAST, ETL_DESTINATION_SORT_KEY="")
         t, m, v = run_all(cfg, tmp_path)
-        # one item per customer: the greatest OrderID wins, then the first in file order
+        # one item per customer: the greatest OrderID wins, then the smallest row (the earlier time)
         assert (t["collisions"]["keys"], t["collisions"]["losers"]) == (2, 3)
         assert (m["written"], m["deduplicated"]) == (3, 3) and v["ok"] and v["checked"] == 3
         got = {i["CustomerID"]["S"]: (i["OrderID"]["S"], int(i["CreationDateTime"]["N"]))

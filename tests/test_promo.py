@@ -81,6 +81,33 @@ def test_window_boundaries(promo_cfg: Config) -> None:
     assert len(calls) == 5  # one Query per question
 
 
+def test_an_order_after_at_does_not_count(promo_cfg: Config) -> None:
+    at = int(AT.timestamp())
+    put(promo_cfg, "later", at + 1, "O-after")  # the customer's only order comes a second after `at`
+    put(promo_cfg, "both", at - 86400 * 400, "O-old")  # anniversary by itself ...
+    put(promo_cfg, "both", at + 86400 * 30, "O-next-month")  # ... and a later order that would make it loyalty
+    put(promo_cfg, "edge", at, "O-at")  # an order at exactly `at` counts
+    client, calls = counting(promo_cfg)
+    got = {c: discount_for(c, AT, promo_cfg, client) for c in ("later", "both", "edge")}
+    assert (got["later"].kind, got["later"].percent, got["later"].evidence) == ("none", 0, None)
+    assert (got["both"].kind, got["both"].evidence and got["both"].evidence["OrderID"]) == ("anniversary", "O-old")
+    assert (got["edge"].kind, got["edge"].evidence and got["edge"].evidence["OrderID"]) == ("loyalty", "O-at")
+    assert len(calls) == 3  # still one Query per question
+
+
+def test_lookup_at_before_a_customers_orders_answers_none(promo_cfg: Config) -> None:
+    from click.testing import CliRunner
+
+    from etl.cli import cli
+
+    put(promo_cfg, "c9", int(AT.timestamp()) + 86400 * 180, "O-later")
+    args = ["--config", promo_cfg.path, "--progress", "quiet", "lookup", "c9"]
+    before = CliRunner().invoke(cli, [*args, "--at", AT.isoformat()])
+    assert before.exit_code == 0 and before.output.startswith("c9: none: 0% (no unexpired order"), before.output
+    after = CliRunner().invoke(cli, [*args, "--at", (AT + timedelta(days=200)).isoformat()])
+    assert after.exit_code == 0 and "loyalty: 10% (order O-later" in after.output, after.output
+
+
 def test_expired_but_not_yet_deleted_is_ignored(promo_cfg: Config) -> None:
     t = int((AT - timedelta(days=10)).timestamp())
     put(promo_cfg, "c", t, "O-expired", expires=int(AT.timestamp()) - 1)

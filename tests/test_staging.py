@@ -26,8 +26,8 @@ def test_every_key_of_a_month() -> None:
     assert staging.manifest_key(M, "load") == "_state/month=201604/load.json"
     assert staging.failed_key(M, "load") == "_state/month=201604/load.failed.json"
     assert staging.pending_export_key(M) == "_state/month=201604/export.pending.json"
-    assert staging.checkpoint_key(M, 12) == "_state/month=201604/load/part-00012.done"
-    assert staging.checkpoint_key(M, 12).startswith(staging.checkpoints_prefix(M))
+    assert staging.load_part_checkpoint_key(M, 12) == "_state/month=201604/load/part-00012.done"
+    assert staging.load_part_checkpoint_key(M, 12).startswith(staging.checkpoints_prefix(M))
     assert staging.collisions_key(M) == "_state/month=201604/transform-collisions.parquet"
     assert staging.transformed_part_key(M, 3) == "_state/month=201604/transform/part-00003.done"
     assert staging.key_fingerprints_key(M, 3, "fp1") == "_state/month=201604/transform/part-00003.keys-fp1.npy"

@@ -9,9 +9,9 @@ For every index key the window touches, its rows before the window are the stage
 (`transformed/month=M/*.parquet`, each as often as it occurs: two items may give the same row) or, once an
 earlier window touched it, that window's rows file (a row as often as it is held). The changes are applied in
 write-time order: the OldImage's row leaves its key, the NewImage's row joins its key. The key's winner is
-chosen by the full transform's rule (greatest OrderID; a tie is broken by the smallest row,
-deterministically). A put is emitted when the winner changed or appeared, a delete when the key has no row
-left (the item was deleted, or its OrderID removed or emptied).
+chosen by the full transform's rule (`etl.winner`: the greatest OrderID, then the smallest row). A put is
+emitted when the winner changed or appeared, a delete when the key has no row left (the item was deleted, or
+its OrderID removed or emptied).
 
 NEW_IMAGE view: the old row is not in the line. The item's key is its NewImage's (or, for a delete or a
 filtered image, its Keys converted with the key columns alone); the change applies when that key holds at
@@ -27,8 +27,9 @@ import base64
 import dataclasses
 import gzip
 import io
+import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,9 +43,10 @@ from etl import mapping, staging
 from etl.config import Config
 from etl.engine import TaskContext
 from etl.errors import EtlError
+from etl.mapping import DELETE, OP, PUT
 from etl.transform.rows import convert_chunk
+from etl.winner import winners
 
-OP = "op"  # put | delete (etl.load reads the same column)
 NONE = "_none"  # in a rows file: the key has no row left
 AMBIGUOUS = "ambiguous_new_image"
 Row = tuple[Any, ...]
@@ -121,11 +123,54 @@ def parse_line(raw: bytes, view: str) -> tuple[int, dict[str, Any], dict[str, An
             raise ValueError(f"{name} is not an object")
     if old is None and new is None and view != "NEW_IMAGE":
         raise ValueError("neither OldImage nor NewImage")
+    _check_keys(keys, old, new)
+    return _write_time(obj.get("Metadata")), keys, old, new
+
+
+_MICROS = re.compile(r"^[0-9]{1,19}$")
+_NUMBER = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+
+
+def _write_time(metadata: Any) -> int:
+    """`Metadata.WriteTimestampMicros` as DynamoDB writes it (`{"N": "<digits>"}`): the order changes apply in, so
+    anything else (a bare number, a fraction, a boolean) is not guessed at."""
+    if not isinstance(metadata, dict):
+        raise ValueError("Metadata is not an object" if metadata is not None else "no Metadata object")
+    if "WriteTimestampMicros" not in metadata:
+        raise ValueError("no Metadata.WriteTimestampMicros")
+    value = metadata["WriteTimestampMicros"]
+    n = value.get("N") if isinstance(value, dict) and len(value) == 1 else None
+    if not isinstance(n, str) or not _MICROS.match(n):
+        raise ValueError("Metadata.WriteTimestampMicros is not a whole number of microseconds as DynamoDB JSON "
+                         '({"N": "<digits>"})')
+    return int(n)
+
+
+def _check_keys(keys: dict[str, Any], old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+    """Each key attribute a DynamoDB JSON value of a key type (S, N or B, not empty), of the type the item's images
+    hold it as: a key of another type is another item (NEW_IMAGE deletes find their index key by it)."""
+    for name, value in keys.items():
+        kind, v = next(iter(value.items())) if isinstance(value, dict) and len(value) == 1 else (None, None)
+        if kind not in ("S", "N", "B"):
+            raise ValueError(f"Keys.{name} is not a key attribute value in DynamoDB JSON ({{\"S\"|\"N\"|\"B\": ...}})")
+        if not isinstance(v, str) or not v:
+            raise ValueError(f"Keys.{name} is not a non-empty {kind} value")
+        if kind == "N" and not _NUMBER.match(v):
+            raise ValueError(f"Keys.{name} is not a number")
+        if kind == "B" and not _is_base64(v):
+            raise ValueError(f"Keys.{name} is not base64")
+        for side, image in (("OldImage", old), ("NewImage", new)):
+            held = image.get(name) if image is not None else None
+            if isinstance(held, dict) and kind not in held:
+                raise ValueError(f"Keys.{name} is of type {kind}, but the {side} holds it as {'/'.join(held) or '{}'}")
+
+
+def _is_base64(text: str) -> bool:
     try:
-        ts = int(obj["Metadata"]["WriteTimestampMicros"]["N"])
-    except (KeyError, TypeError, ValueError):
-        raise ValueError("no Metadata.WriteTimestampMicros number") from None
-    return ts, keys, old, new
+        base64.b64decode(text, validate=True)
+    except ValueError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- converting images
@@ -246,20 +291,6 @@ def state_before(cfg: Config, store: staging.Store, task: ChangesTask,
     return state
 
 
-def winner(rows: Iterable[Row], order: int | None) -> Row | None:
-    """The full transform's rule: the greatest OrderID (none counts least); then the smallest row."""
-    rows = list(rows)
-    if not rows:
-        return None
-
-    def rank(r: Row) -> tuple[Any, ...]:
-        return (1, r[order]) if order is not None and r[order] is not None else (0,)
-
-    best = max(rank(r) for r in rows)
-    return min((r for r in rows if rank(r) == best),
-               key=lambda r: tuple((v is None, "" if v is None else v) for v in r))
-
-
 # --------------------------------------------------------------------------- the task
 
 
@@ -349,7 +380,7 @@ def run_task(cfg: Config, task: ChangesTask, ctx: TaskContext) -> dict[str, Any]
         if c.key is not None:
             touched.add(c.key)
     state = state_before(cfg, store, task, touched)
-    before = {k: winner(+rows, order) for k, rows in state.items()}
+    before = winners({k: +rows for k, rows in state.items()}, order)
     ctx.check()
     for c in changes:
         old_row = c.old_out[1] if c.old_out is not None and c.old_out[0] == "row" else None
@@ -391,15 +422,16 @@ def run_task(cfg: Config, task: ChangesTask, ctx: TaskContext) -> dict[str, Any]
             counts.filter(str(decided[1]) if decided is not None and decided[0] == "filtered" else "no_row")
     ops: list[tuple[Row, str]] = []
     unchanged = 0
+    after = winners({k: +rows for k, rows in state.items()}, order)
     for key in sorted(state, key=_key_text):
-        after = winner(+state[key], order)
-        if after is not None and after != before[key]:
-            ops.append((after, "put"))
-        elif after is None and before[key] is not None:
-            ops.append((before[key], "delete"))  # type: ignore[arg-type]
+        now, was = after[key], before[key]
+        if now is not None and now != was:
+            ops.append((now, PUT))
+        elif now is None and was is not None:
+            ops.append((was, DELETE))
         else:
             unchanged += 1
-    puts = sum(1 for _, op in ops if op == "put")
+    puts = sum(1 for _, op in ops if op == PUT)
     result = {"window": task.window, **dataclasses.asdict(counts), "keys_touched": len(state), "puts": puts,
               "deletes": len(ops) - puts, "unchanged": unchanged, "output": task.output, "rows": len(ops),
               "rows_file": task.rows, "rejected_key": task.rejected if quarantine else None}

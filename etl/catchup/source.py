@@ -6,8 +6,9 @@ transform reads them all:
             `AWSDynamoDB/data/*.json.gz` there); a window of 15 minutes to 24 hours
   adopt     an incremental export that already exists, validated where it is (md5s, counts)
   stream    the table's stream (NEW_AND_OLD_IMAGES or NEW_IMAGE): every shard read from the stored position
-            (TRIM_HORIZON the first time) to its end, written as change lines in the same layout. A stream keeps
-            24 hours of records: a catch-up must run at least that often.
+            (TRIM_HORIZON the first time), a closed one to its end, an open one until an empty page, written as
+            change lines in the same layout; in sync only up to what was read. A stream keeps 24 hours of
+            records: a catch-up must run at least that often.
 """
 
 from __future__ import annotations
@@ -16,27 +17,23 @@ import base64
 import gzip
 import hashlib
 import json
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from etl import aws, export, staging
+from etl import aws, staging
 from etl.config import Config
 from etl.errors import EtlError
+from etl.export import pitr
+from etl.export.inspect import check_source_table, inspect_export
 from etl.progress import Reporter
+from etl.times import iso_ms as iso
+from etl.times import parse as parse_time
 
 MIN_WINDOW = timedelta(minutes=15)
 MAX_WINDOW = timedelta(hours=24)
 STREAM_RETENTION = timedelta(hours=24)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def parse_time(text: str) -> datetime:
-    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
-def iso(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
 def micros(t: datetime) -> int:
@@ -64,17 +61,27 @@ def _files(checked: dict[str, Any]) -> list[dict[str, Any]]:
             for f in checked["files"]]
 
 
-def adopt(cfg: Config, uri: str) -> dict[str, Any]:
-    """An existing incremental export, validated like a full one (files, md5s, counts)."""
+def adopt(cfg: Config, month: str, uri: str, synced: datetime, *, adopt_other_table: bool = False) -> dict[str, Any]:
+    """An existing incremental export as the month's next window: validated like a full one (files, md5s, counts)
+    and checked to be of the month's source table, both before anything is applied. A window that starts after
+    `synced` (the time the index is in sync up to) is refused: the changes between would be lost. One that ends at
+    or before it is returned with `already_applied` (the stage skips it and says so)."""
     folder = staging.open_store(uri.rstrip("/"), cfg.staging)
-    checked = export.inspect_export(folder)
+    checked = inspect_export(folder)
     if checked.get("export_type") != "INCREMENTAL_EXPORT":
         raise EtlError(f"{folder.uri} is a full export, not an incremental one (its manifest has no exportType "
                        "INCREMENTAL_EXPORT)", hint="adopt a full export with `etl export --use-existing`")
+    table_check = check_source_table(cfg, month, checked, folder.uri, adopt_other_table)
+    start, end = parse_time(checked["export_from_time"]), parse_time(checked["export_to_time"])
+    if start > synced:
+        raise EtlError(f"catch-up {month}: the incremental export starts at {iso(start)}, after the time the index "
+                       f"is in sync up to ({iso(synced)}): the changes between would be lost",
+                       hint="adopt (or export) the window that starts at or before that time first")
     return {"mode": "adopted", "source": folder.uri, "export_arn": checked.get("export_arn"),
-            "from": iso(parse_time(checked["export_from_time"])), "to": iso(parse_time(checked["export_to_time"])),
+            "from": iso(start), "to": iso(end), "already_applied": end <= synced,
             "view": checked.get("output_view") or "NEW_AND_OLD_IMAGES", "verified": checked["verified"],
-            "verification": checked["verification"], "item_count": checked["item_count"], "files": _files(checked)}
+            "verification": checked["verification"], "item_count": checked["item_count"], "files": _files(checked),
+            "table_arn": checked.get("table_arn"), **table_check}
 
 
 def _window_folder(store: staging.Store, prefix: str) -> staging.Store | None:
@@ -92,15 +99,15 @@ def export_window(cfg: Config, store: staging.Store, month: str, window: int, st
     prefix = staging.changes_source_prefix(month, window)
     arn = record.get("export_arn")
     if not arn:
-        arn, token = export.start_incremental_export(cfg, store, month, prefix, start, end)
+        arn, token = pitr.start_incremental_export(cfg, store, month, prefix, start, end)
         save({**record, "export_arn": arn, "client_token": token})
         reporter.info(f"catch-up {month}: window {window} ({iso(start)} to {iso(end)}): started {arn}")
-    d = export.wait_export(cfg, month, arn, reporter)
+    d = pitr.wait_export(cfg, month, arn, reporter)
     folder = _window_folder(store, prefix)
     base = {"mode": "pitr", "export_arn": arn, "from": iso(start), "to": iso(end), "view": "NEW_AND_OLD_IMAGES",
             "describe_item_count": d.get("ItemCount")}
     if folder is not None:
-        checked = export.inspect_export(folder)
+        checked = inspect_export(folder)
         return {**base, "verified": checked["verified"], "verification": checked["verification"],
                 "item_count": checked["item_count"], "files": _files(checked)}
     data = [o for o in store.list(f"{prefix}/AWSDynamoDB/") if o.key.endswith((".gz", ".json"))]
@@ -178,8 +185,15 @@ def read_stream(cfg: Config, store: staging.Store, month: str, window: int, sinc
                 previous: dict[str, Any] | None, reporter: Reporter) -> dict[str, Any]:
     """Every stream record after the stored positions (all of them the first time) -> change lines, one data
     file per shard (in shard order, so the transform keeps each shard's order). The new positions are
-    returned for the window's record; they become the month's only when the window commits."""
-    now = datetime.now(UTC)
+    returned for the window's record; they become the month's only when the window commits.
+
+    The window's `to` (the time the index is in sync up to once it is applied) is only what was read: an open
+    shard can answer an empty page while records are still to come (GetRecords: "it might take multiple calls to
+    get to a portion of the shard that contains stream records"), so each open shard holds it back to its last
+    record's ApproximateCreationDateTime (`since` when none was read on it); a shard read to its end (closed, no
+    NextShardIterator) holds nothing back. Never later than the listing of the shards (a shard that closes while
+    it is read has children not listed, whose records come after it closed) nor earlier than `since`."""
+    listed_at = datetime.now(UTC)
     table, arn, view = _stream_of(cfg, month)
     previous = previous or {}
     positions: dict[str, dict[str, Any]] = dict(previous.get("positions") or {})
@@ -187,7 +201,7 @@ def read_stream(cfg: Config, store: staging.Store, month: str, window: int, sinc
         raise EtlError(f"the stream of {table} is not the one the last catch-up read ({previous.get('stream_arn')})"
                        ": changes between the two streams are not in either",
                        hint=f"export the month again (`etl export --month {month} --force`), then run every stage")
-    if not positions and now - since > STREAM_RETENTION:
+    if not positions and listed_at - since > STREAM_RETENTION:
         raise EtlError(f"the month's index was last in sync at {iso(since)}, more than the stream's 24-hour "
                        "retention ago: changes may have been trimmed",
                        hint="use --mode pitr, or export the month again")
@@ -203,48 +217,75 @@ def read_stream(cfg: Config, store: staging.Store, month: str, window: int, sinc
     task = reporter.task(f"stream {month}", None, "records")
     written: list[tuple[str, bytes, int]] = []
     whole_minutes = True  # every record time a whole minute: the emulator's rounding (DynamoDB Local)
+    synced = listed_at
     for n, shard in enumerate(shards):
         sid = shard["ShardId"]
-        pos = positions.get(sid, {})
-        if pos.get("closed"):
+        if positions.get(sid, {}).get("closed"):
             continue
-        kwargs: dict[str, Any] = {"StreamArn": arn, "ShardId": sid}
-        if pos.get("sequence"):
-            kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", SequenceNumber=pos["sequence"])
-        else:
-            kwargs["ShardIteratorType"] = "TRIM_HORIZON"
-        iterator = streams.get_shard_iterator(**kwargs)["ShardIterator"]
-        lines: list[bytes] = []
-        empty = 0
-        while iterator:
-            page = streams.get_records(ShardIterator=iterator, Limit=1000)
-            records = page.get("Records", [])
-            lines += [_line(r) for r in records]
-            whole_minutes &= all(_when(r).second == 0 and _when(r).microsecond == 0 for r in records)
-            if records:
-                pos = {"sequence": records[-1]["dynamodb"]["SequenceNumber"]}
-                task.advance(len(records))
-                empty = 0
-            iterator = page.get("NextShardIterator")
-            if iterator is None:
-                pos = {**pos, "closed": True}
-            elif not records:
-                empty += 1
-                if lines or empty >= 3:  # caught up with an open shard
-                    break
-        positions[sid] = pos
-        if lines:
-            data = gzip.compress(b"\n".join(lines) + b"\n", mtime=0)
-            written.append((f"shard-{n:05d}-{hashlib.md5(sid.encode()).hexdigest()[:12]}.json.gz", data, len(lines)))
+        read = _read_shard(streams, arn, shard, positions.get(sid, {}), task)
+        positions[sid] = read.position
+        whole_minutes &= read.whole_minutes
+        if not read.position.get("closed"):
+            synced = min(synced, read.last or since)
+        if read.lines:
+            data = gzip.compress(b"\n".join(read.lines) + b"\n", mtime=0)
+            written.append((f"shard-{n:05d}-{hashlib.md5(sid.encode()).hexdigest()[:12]}.json.gz", data,
+                            len(read.lines)))
     task.finish()
-    folder = write_layout(store, prefix, f"{micros(now) // 1000:014d}-stream{window:05d}", written,
+    synced = max(synced, since)
+    folder = write_layout(store, prefix, f"{micros(listed_at) // 1000:014d}-stream{window:05d}", written,
                           {"tableArn": arn.split("/stream/")[0], "exportFromTime": iso(since),
-                           "exportToTime": iso(now), "outputView": view})
-    checked = export.inspect_export(folder)
-    return {"mode": "stream", "stream_arn": arn, "from": iso(since), "to": iso(now), "view": view,
-            "positions": positions, "times_in_minutes": bool(written) and whole_minutes,
+                           "exportToTime": iso(synced), "outputView": view})
+    checked = inspect_export(folder)
+    return {"mode": "stream", "stream_arn": arn, "from": iso(since), "to": iso(synced), "read_at": iso(listed_at),
+            "view": view, "positions": positions, "times_in_minutes": bool(written) and whole_minutes,
             "verified": checked["verified"], "verification": checked["verification"],
             "item_count": checked["item_count"], "files": _files(checked)}
+
+
+@dataclass
+class _ShardRead:
+    lines: list[bytes] = field(default_factory=list)
+    position: dict[str, Any] = field(default_factory=dict)  # the last sequence read; closed: read to its end
+    last: datetime | None = None  # the last record's ApproximateCreationDateTime
+    whole_minutes: bool = True
+
+
+EMPTY_PAGES = 3  # an open shard: empty pages in a row, nothing read, before this catch-up leaves it (the next
+# one goes on from the same position)
+
+
+def _read_shard(streams: Any, arn: str, shard: dict[str, Any], position: dict[str, Any], task: Any) -> _ShardRead:
+    """One shard from its stored position. A closed shard (DescribeStream gives its EndingSequenceNumber) is read
+    to its end, through empty pages. An open one until an empty page after records, or EMPTY_PAGES empty pages:
+    the rest is read by the next catch-up, and the shard's last record bounds the in-sync time meanwhile."""
+    kwargs: dict[str, Any] = {"StreamArn": arn, "ShardId": shard["ShardId"]}
+    if position.get("sequence"):
+        kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", SequenceNumber=position["sequence"])
+    else:
+        kwargs["ShardIteratorType"] = "TRIM_HORIZON"
+    closed = "EndingSequenceNumber" in shard.get("SequenceNumberRange", {})
+    out = _ShardRead(position=dict(position))
+    iterator = streams.get_shard_iterator(**kwargs)["ShardIterator"]
+    empty = 0
+    while iterator:
+        page = streams.get_records(ShardIterator=iterator, Limit=1000)
+        records = page.get("Records", [])
+        out.lines += [_line(r) for r in records]
+        out.whole_minutes &= all(_when(r).second == 0 and _when(r).microsecond == 0 for r in records)
+        if records:
+            out.position = {"sequence": records[-1]["dynamodb"]["SequenceNumber"]}
+            out.last = _when(records[-1])
+            task.advance(len(records))
+            empty = 0
+        iterator = page.get("NextShardIterator")
+        if iterator is None:
+            out.position = {**out.position, "closed": True}
+        elif not records and not closed:
+            empty += 1
+            if out.lines or empty >= EMPTY_PAGES:
+                break
+    return out
 
 
 def write_layout(store: staging.Store, prefix: str, export_id: str, files: list[tuple[str, bytes, int]],

@@ -5,11 +5,12 @@ plan:     the month's windows, in order: windows to apply again (the month was l
           failed run left, then the new ones (`--mode pitr`: chained incremental exports of 15 minutes to
           24 hours from the last synced time to `--to`; `--mode stream`: one window, the stream from its stored
           position; `--use-existing`: the adopted export's own window).
-run:      per window, three tasks, each recorded in `_state/month=M/catchup/window-NNNNN.json` as it ends, so a
-          rerun continues where it stopped: `capture` (the source: a wait, on the driver, like the export),
-          `changes.run_task` (the transform of the changes) and the load's own `run_task` on the window's part
-          (puts and deletes in the same batches, within the destination's shared budget, checkpointed in
-          `_state/month=M/catchup/load-NNNNN.done`).
+run:      per window (a task on the Runner, the windows in order), three steps, each recorded in
+          `_state/month=M/catchup/window-NNNNN.json` as it ends, so a rerun continues where it stopped: `capture`
+          (the source: a wait, on the driver, like the export), `changes.run_task` (the transform of the changes,
+          on the engine) and the writing task the load uses (`etl.load.pump.run_task`, on the engine) on the
+          window's part (puts and deletes in the same batches, within the destination's shared budget and under
+          its writing lease, checkpointed in `_state/month=M/catchup/load-NNNNN.done`).
 commit:   after every window, the month's `_state/month=M/catchup.json` (windows, in sync up to, counts, the
           stream's positions) and `final.parquet` (every touched key's final winner or delete, for verify).
 """
@@ -18,20 +19,25 @@ from __future__ import annotations
 
 import io
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl import aws, load, mapping, staging
+from etl import aws, mapping, staging, times, winner
 from etl.catchup import changes, source
 from etl.config import Config
-from etl.engine import LocalEngine, MonthPlan, TaskContext
+from etl.engine import MonthPlan, TaskContext
 from etl.errors import EtlError, StageNotReady
+from etl.freshness import Verdict
+from etl.load import preflight as load_preflight
+from etl.load import pump
+from etl.load.rows import LoadPartTask
 from etl.progress import QUIET, Reporter
+from etl.runner import StageBase
+from etl.state import CatchupWindow
 
 NAME = "catchup"
 SUMS = ("changes_in", "before_sync", "applied", "filtered", "rejected", "keys_touched", "puts", "deletes",
@@ -47,6 +53,7 @@ class WindowTask:
     start: str = ""  # pitr: the window
     end: str = ""
     use_existing: str | None = None
+    adopt_other_table: bool = False
 
 
 @dataclass
@@ -54,6 +61,7 @@ class Options:
     mode: str = "pitr"
     to: datetime | None = None
     use_existing: str | None = None
+    adopt_other_table: bool = False
     yes: bool = False
     include_expired: bool | None = None
     now: int | None = None
@@ -79,7 +87,7 @@ def synced_since(e: dict[str, Any], month: str) -> str:
     if not e.get("export_time"):
         raise EtlError(f"month {month}: the export's manifest records no export time, so the time the index is in "
                        "sync from is unknown", hint="export the month with a manifest that has exportTime")
-    return source.iso(source.parse_time(str(e["export_time"])))
+    return times.iso_ms(times.parse(str(e["export_time"])))
 
 
 def prepare(store: staging.Store, month: str, reporter: Reporter = QUIET) -> dict[str, Any]:
@@ -125,16 +133,17 @@ def plan(cfg: Config, store: staging.Store, month: str, body: dict[str, Any], op
         tasks.append(WindowTask(month, nxt, "recorded"))
         return MonthPlan(tasks, None, "windows", note=f"finishing window {nxt}, which a run left unfinished; "
                                                        "run again for newer changes")
-    synced = source.parse_time(body["synced_to"])
+    synced = times.parse(body["synced_to"])
     if opts.use_existing:
-        tasks.append(WindowTask(month, nxt, "adopt", use_existing=opts.use_existing))
+        tasks.append(WindowTask(month, nxt, "adopt", use_existing=opts.use_existing,
+                                adopt_other_table=opts.adopt_other_table))
     elif opts.mode == "stream":
         tasks.append(WindowTask(month, nxt, "stream"))
     else:
         to = opts.to or datetime.now(UTC)
         for i, (a, b) in enumerate(source.pitr_windows(synced, to)):
-            tasks.append(WindowTask(month, nxt + i, "pitr", source.iso(a), source.iso(b)))
-    until = source.iso(opts.to or datetime.now(UTC))
+            tasks.append(WindowTask(month, nxt + i, "pitr", times.iso_ms(a), times.iso_ms(b)))
+    until = times.iso_ms(opts.to or datetime.now(UTC))
     note = "" if tasks else (f"in sync up to {body['synced_to']}; less than 15 minutes to {until}: an incremental "
                              "export needs a window of 15 minutes to 24 hours")
     return MonthPlan(tasks, None, "windows", note=note)
@@ -147,48 +156,45 @@ def capture(cfg: Config, store: staging.Store, task: WindowTask, body: dict[str,
             reporter: Reporter) -> dict[str, Any] | None:
     """The window's source, recorded (`phase: captured`); None: an adopted window that is already applied."""
     key = staging.catchup_window_key(task.month, task.window)
-    record: dict[str, Any] = store.read_json(key) if store.exists(key) else {}
-    if record.get("phase") in ("captured", "transformed", "loaded"):
-        return record
+    saved = CatchupWindow.read(store, key)
+    if saved is not None and saved.valid_for("captured"):
+        return saved.body
+    record: dict[str, Any] = saved.body if saved is not None else {}
 
     def save(r: dict[str, Any]) -> None:
         store.write_json(key, r)
 
-    synced = source.parse_time(body["synced_to"])
-    first = not body["windows"] and not body["reapply"]
+    synced = times.parse(body["synced_to"])
     mode = record.get("mode", task.mode)
     if mode == "adopt":
-        got = source.adopt(cfg, str(task.use_existing))
-        start, end = source.parse_time(got["from"]), source.parse_time(got["to"])
-        if start > synced:
-            raise EtlError(f"catch-up {task.month}: the incremental export starts at {got['from']}, after the time "
-                           f"the index is in sync up to ({body['synced_to']}): the changes between would be lost",
-                           hint="adopt (or export) the window that starts at or before that time first")
-        if end <= synced:
+        got = source.adopt(cfg, task.month, str(task.use_existing), synced, adopt_other_table=task.adopt_other_table)
+        if got["already_applied"]:
             reporter.info(f"catch-up {task.month}: {got['source']} ({got['from']} to {got['to']}) is already applied "
                           f"(in sync up to {body['synced_to']}), skipped")
             return None
         since = source.micros(synced)
     elif mode == "stream":
         got = source.read_stream(cfg, store, task.month, task.window, synced, body.get("stream"), reporter)
-        # the first window skips what the full export already holds: a record's ApproximateCreationDateTime is
-        # rounded down (to the second by DynamoDB, to the minute by DynamoDB Local), so from the export's second
-        # (minute); replaying an item's changes from before the snapshot ends in the same rows. Later windows
-        # start at the stored positions.
-        floor = synced.replace(second=0, microsecond=0) if got["times_in_minutes"] else synced.replace(microsecond=0)
-        since = source.micros(floor) if first else 0
+        # every window skips what the full export already holds (a shard is read from its start until a record of
+        # it was read, in whichever window): a record's ApproximateCreationDateTime is rounded down (to the second
+        # by DynamoDB, to the minute by DynamoDB Local), so from the export's second (minute); replaying an item's
+        # changes from before the snapshot ends in the same rows.
+        exported = times.parse(body["synced_from"])
+        floor = exported.replace(microsecond=0)
+        floor = floor.replace(second=0) if got["times_in_minutes"] else floor
+        since = source.micros(floor)
         # a record stamped at or before the export's time may already be in the snapshot: applied idempotently
-        replay = source.micros(synced) + 1 if first else 0
+        replay = source.micros(exported) + 1
     else:
-        start, end = source.parse_time(record.get("from", task.start)), source.parse_time(record.get("to", task.end))
-        record = {**record, "window": task.window, "mode": "pitr", "from": source.iso(start), "to": source.iso(end),
+        start, end = times.parse(record.get("from", task.start)), times.parse(record.get("to", task.end))
+        record = {**record, "window": task.window, "mode": "pitr", "from": times.iso_ms(start), "to": times.iso_ms(end),
                   "phase": "exporting"}
         save(record)
         got = source.export_window(cfg, store, task.month, task.window, start, end, record, save, reporter)
         since = source.micros(start)
     record = {**record, **got, "window": task.window, "since_micros": since,
               "replay_until_micros": replay if mode == "stream" else 0, "phase": "captured",
-              "captured_at": staging.utcnow_iso()}
+              "captured_at": times.iso_seconds()}
     save(record)
     return record
 
@@ -204,80 +210,12 @@ def changes_task(cfg: Config, store: staging.Store, month: str, record: dict[str
         int(record.get("replay_until_micros", 0)))
 
 
-def load_task(cfg: Config, month: str, w: int, rows: int, setup: load.Setup) -> load.PartTask:
-    d = setup.destination
-    return load.PartTask(month, w, staging.changes_key(month, w), rows, f"catchup-{w:05d}", setup.table, setup.now,
-                         setup.include_expired, False, setup.deadline,
-                         checkpoint=staging.catchup_checkpoint_key(month, w),
-                         rejected=staging.catchup_load_rejected_key(month, w), destination=(d.arn, d.created),
-                         key_types=setup.key_types, run=(setup.run_id, setup.started),
-                         progress=staging.catchup_progress_key(month, w))
-
-
-@dataclass
-class Driver:
-    """Runs a month's windows in order on an engine, within the destination's shared budget."""
-
-    cfg: Config
-    store: staging.Store
-    setup: load.Setup
-    engine: LocalEngine
-    reporter: Reporter = QUIET
-    contexts: list[TaskContext] = field(default_factory=list)
-
-    def _ctx(self) -> TaskContext:
-        ctx = TaskContext()
-        self.contexts.append(ctx)
-        return ctx
-
-    def window(self, task: WindowTask, body: dict[str, Any]) -> dict[str, Any] | None:
-        store, cfg, month, w = self.store, self.cfg, task.month, task.window
-        record = capture(cfg, store, task, body, self.reporter)
-        if record is None:
-            return None
-        key = staging.catchup_window_key(month, w)
-        if record["phase"] == "captured":
-            [result] = self.engine.run("catchup", 1, changes.run_task, cfg, [changes_task(cfg, store, month, record)],
-                                       self._ctx())
-            record = {**record, "changes": result, "phase": "transformed"}
-            store.write_json(key, record)
-        if record["phase"] == "transformed":
-            rows = int(record["changes"]["rows"])
-            cp = staging.catchup_checkpoint_key(month, w)
-            if rows and store.exists(cp):
-                result = store.read_json(cp)
-            elif rows:
-                ctx = self._ctx()
-                ctx.budget = self.setup.budget.bucket
-                task_ = self.reporter.task(f"catch-up {month} window {w}", rows, "items")
-                ctx.progress = task_.advance
-                try:
-                    [result] = self.engine.run("load", 1, load.run_task, cfg, [load_task(cfg, month, w, rows,
-                                                                                          self.setup)], ctx)
-                finally:
-                    task_.finish()
-            else:
-                result = {"rows": 0, "written": 0, "deletes": 0, "skipped_expired": 0, "quarantined": 0, "wcu": 0.0}
-            record = {**record, "load": result, "phase": "loaded"}
-            store.write_json(key, record)
-        return record
-
-    def month(self, month: str, opts: Options) -> dict[str, Any]:
-        started = time.time()
-        body = prepare(self.store, month, self.reporter)
-        p = plan(self.cfg, self.store, month, body, opts)
-        if p.note:
-            self.reporter.info(f"catch-up {month}: {p.note}")
-        manifest = staging.read_manifest(self.store, month, NAME) or {}
-        for task in p.tasks:
-            record = self.window(task, body)
-            if record is None:
-                continue
-            if task.window in body["reapply"]:
-                body["reapply"].remove(task.window)
-            manifest = commit(self.cfg, self.store, month, body, record, started, self.setup)
-            body = {**manifest, "reapply": body["reapply"]}
-        return {**manifest, "windows_this_run": len(p.tasks), "month": month}
+def load_task(cfg: Config, month: str, w: int, rows: int, setup: load_preflight.Setup) -> LoadPartTask:
+    return LoadPartTask(month=month, part=w, key=staging.changes_key(month, w), rows=rows,
+                        transform_run=f"catchup-{w:05d}", target=setup.target(),
+                        checkpoint=staging.catchup_checkpoint_key(month, w),
+                        progress=staging.catchup_progress_key(month, w),
+                        rejected=staging.catchup_load_rejected_key(month, w), apply_losers=False)
 
 
 # --------------------------------------------------------------------------- commit
@@ -288,7 +226,8 @@ def window_summary(record: dict[str, Any]) -> dict[str, Any]:
     return {"window": record["window"], "mode": record["mode"], "from": record["from"], "to": record["to"],
             "view": record.get("view"), "files": len(record["files"]), "verified": record.get("verified"),
             **{k: c[k] for k in SUMS}, "filtered_by": c["filtered_by"], "rejected_by": c["rejected_by"],
-            **{k: ld.get(k, 0) for k in LOAD_SUMS}, "wcu": ld.get("wcu", 0.0)}
+            **{k: ld.get(k, 0) for k in LOAD_SUMS}, "wcu": ld.get("wcu", 0.0),
+            **{k: record[k] for k in ("table_check", "adopted_other_table") if k in record}}
 
 
 def write_final(cfg: Config, store: staging.Store, month: str, windows: int) -> str:
@@ -308,11 +247,10 @@ def write_final(cfg: Config, store: staging.Store, month: str, windows: int) -> 
                 got.add(row)
         final.update(seen)
     records = []
-    for key, rows_ in final.items():
-        win = changes.winner(rows_, order)
+    for key, win in winner.winners(final, order).items():
         records.append({**(dict(zip(names, win, strict=True)) if win is not None
                            else {names[p]: v for p, v in zip(key_pos, key, strict=True)}),
-                        changes.OP: "put" if win is not None else "delete"})
+                        mapping.OP: mapping.PUT if win is not None else mapping.DELETE})
     out = staging.catchup_final_key(month)
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(records, changes.changes_schema(cfg)), buf, compression="zstd")
@@ -321,7 +259,7 @@ def write_final(cfg: Config, store: staging.Store, month: str, windows: int) -> 
 
 
 def commit(cfg: Config, store: staging.Store, month: str, body: dict[str, Any], record: dict[str, Any],
-           started: float, setup: load.Setup) -> dict[str, Any]:
+           started: float, setup: load_preflight.Setup) -> dict[str, Any]:
     """One more window applied: the month's manifest, written last (what makes the window count)."""
     ld = record["load"]
     if record["changes"]["rows"] != ld.get("written", 0) + ld.get("skipped_expired", 0) + ld.get("quarantined", 0):
@@ -332,7 +270,7 @@ def commit(cfg: Config, store: staging.Store, month: str, body: dict[str, Any], 
     totals = {k: sum(w[k] for w in windows) for k in (*SUMS, *LOAD_SUMS)}
     stream = ({"stream_arn": record["stream_arn"], "positions": record["positions"]} if record["mode"] == "stream"
               else body.get("stream"))
-    synced_to = max(body.get("synced_to", record["to"]), record["to"], key=lambda s: source.parse_time(s))
+    synced_to = max(body.get("synced_to", record["to"]), record["to"], key=times.parse)
     return staging.commit_manifest(store, month, NAME, {
         "mode": record["mode"], "synced_from": body.get("synced_from"), "synced_to": synced_to,
         "windows": windows, **totals,
@@ -345,58 +283,114 @@ def commit(cfg: Config, store: staging.Store, month: str, body: dict[str, Any], 
     })
 
 
-# --------------------------------------------------------------------------- the months
+# --------------------------------------------------------------------------- on the Runner
 
 
-def run(cfg: Config, months: list[str], *, reporter: Reporter = QUIET, **options: Any) -> list[dict[str, Any]]:
-    """Catch up every month (each on its own driver thread, all within the destination's one budget)."""
-    if not months:
-        raise EtlError("no month given to catch-up", hint="pass --month YYYYMM or --months FIRST-LAST")
-    opts = Options(**options)
-    if opts.use_existing and len(months) != 1:
-        raise EtlError("--use-existing adopts one incremental export: give exactly one --month")
-    store = staging.open_store(cfg.staging.root, cfg.staging)
-    for m in months:
-        upstream(store, m)
-    ddb = aws.client(cfg.destination, "dynamodb")
-    desc = load.check_destination(cfg, ddb)
-    setup = load.Setup(desc["TableName"], cfg.destination.aws_region, aws.account_of(cfg.destination),
-                       load.write_budget(cfg, desc, ddb), int(opts.now if opts.now is not None else time.time()),
-                       cfg.load.include_expired if opts.include_expired is None else opts.include_expired, False,
-                       time.time() + cfg.load.deadline_seconds if cfg.load.deadline_seconds else None,
-                       destination=staging.destination_of(desc), key_types=load.key_types(desc))
-    if cfg.destination.production and not opts.yes and (opts.confirm is None or not opts.confirm(
-            f"apply the changes of months {', '.join(months)} to {setup.table}?")):
-        raise EtlError("not confirmed: nothing was written", hint="pass --yes to write without asking")
-    driver = Driver(cfg, store, setup, LocalEngine(cfg.engine.task_retries), reporter)
-    setup.watch()
-    failures: list[tuple[str, BaseException]] = []
+class CatchupStage(StageBase):
+    """Catch-up on the Runner: a month's windows are its tasks, run in order and each committed before the next.
+    A window's capture is a wait on AWS (on the driver, like the export); its changes and its load run on the
+    engine (local threads or Ray), the load within the destination's shared budget and under its writing lease,
+    as the load's are."""
 
-    def one(month: str) -> dict[str, Any] | None:
+    name = NAME
+    verb = "catch-up"
+    pool = "catchup"
+    on_driver = True
+    ordered = True
+    cumulative = True
+    writes_destination = True
+
+    def __init__(self, cfg: Config, store: staging.Store, reporter: Reporter, opts: Options,
+                 desc: dict[str, Any] | None = None) -> None:
+        super().__init__(cfg, store)
+        self.reporter, self.opts, self.desc = reporter, opts, desc
+        self.setup: load_preflight.Setup | None = None
+        self._bodies: dict[str, dict[str, Any]] = {}
+
+    def skip(self, month: str, verdict: Verdict) -> str | None:
+        return None  # there may always be newer changes: the plan says when there are none
+
+    def preflight(self, months: list[str]) -> None:
+        for m in months:
+            upstream(self.store, m)
+        cfg, opts = self.cfg, self.opts
+        ddb = aws.client(cfg.destination, "dynamodb")
+        desc = self.desc or load_preflight.check_destination(cfg, ddb)
+        setup = load_preflight.Setup(
+            desc["TableName"], cfg.destination.aws_region, aws.account_of(cfg.destination),
+            load_preflight.write_budget(cfg, desc, ddb), int(opts.now if opts.now is not None else time.time()),
+            cfg.load.include_expired if opts.include_expired is None else opts.include_expired, False,
+            time.time() + cfg.load.deadline_seconds if cfg.load.deadline_seconds else None,
+            destination=staging.destination_of(desc), key_types=load_preflight.key_types(desc))
+        if cfg.destination.production and not opts.yes and (opts.confirm is None or not opts.confirm(
+                f"apply the changes of months {', '.join(months)} to {setup.table}?")):
+            raise EtlError("not confirmed: nothing was written", hint="pass --yes to write without asking")
+        self.setup = setup
+        setup.watch()
+
+    def _setup(self) -> load_preflight.Setup:
+        if self.setup is None:
+            raise EtlError("catch-up: planned before its preflight")
+        return self.setup
+
+    def plan(self, month: str) -> MonthPlan:
+        body = prepare(self.store, month, self.reporter)
+        self._bodies[month] = body
+        return plan(self.cfg, self.store, month, body, self.opts)
+
+    def run_task(self, cfg: Config, task: WindowTask, ctx: TaskContext) -> dict[str, Any]:
+        """One window: captured (on this driver thread), its changes transformed and loaded (on the engine)."""
+        store, month, w = self.store, task.month, task.window
+        reporter: Reporter = ctx.reporter or QUIET
+        record = capture(cfg, store, task, self._bodies[month], reporter)
+        if record is None:
+            return {"window": w, "skipped": "the adopted export is already applied"}
+        key = staging.catchup_window_key(month, w)
+        if not CatchupWindow(record).valid_for("transformed"):
+            [result] = ctx.engine.run("catchup", 1, changes.run_task, cfg, [changes_task(cfg, store, month, record)],
+                                      ctx)
+            record = {**record, "changes": result, "phase": "transformed"}
+            store.write_json(key, record)
+        if not CatchupWindow(record).valid_for("loaded"):
+            record = {**record, "load": self._load(cfg, month, record, ctx, reporter), "phase": "loaded"}
+            store.write_json(key, record)
+        return record
+
+    def _load(self, cfg: Config, month: str, record: dict[str, Any], ctx: TaskContext,
+              reporter: Reporter) -> dict[str, Any]:
+        w = int(record["window"])
+        rows = int(record["changes"]["rows"])
+        cp = staging.catchup_checkpoint_key(month, w)
+        if not rows:
+            return {"rows": 0, "written": 0, "deletes": 0, "skipped_expired": 0, "quarantined": 0, "wcu": 0.0}
+        if self.store.exists(cp):
+            return dict(self.store.read_json(cp))
+        progress = reporter.task(f"catch-up {month} window {w}", rows, "items")
+        ctx.progress = progress.advance
         try:
-            return driver.month(month, opts)
-        except Exception as exc:
-            failures.append((month, exc))
-            msg = exc.message if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
-            staging.record_failure(store, month, NAME, msg, f"etl catch-up --month {month}")
-            return None
+            [result] = ctx.engine.run("load", 1, pump.run_task, cfg, [load_task(cfg, month, w, rows, self._setup())],
+                                      ctx)
+        finally:
+            progress.finish()
+        return dict(result)
 
-    try:
-        with ThreadPoolExecutor(max(1, len(months)), thread_name_prefix="catchup") as pool:
-            results = list(pool.map(one, months))
-    except BaseException:
-        for ctx in driver.contexts:
-            ctx.stop.set()
-        raise
-    finally:
-        setup.close()
-        driver.engine.close()
-    if failures:
-        month, exc = failures[0]
-        if len(failures) == 1 and len(months) == 1 and isinstance(exc, EtlError):
-            exc.hint = exc.hint or f"fix the cause, then `etl catch-up --month {month}` continues"
-            raise exc
-        listed = "; ".join(f"{m}: {e}" for m, e in failures)
-        raise EtlError(f"catch-up failed for {len(failures)} of {len(months)} month(s): {listed}",
-                       hint=f"fix the cause, then rerun e.g. `etl catch-up --month {month}`")
-    return [r for r in results if r is not None]
+    def commit(self, month: str, plan: MonthPlan, results: list[dict[str, Any]]) -> dict[str, Any]:
+        """After each window: the month's manifest with it (what makes the window count)."""
+        body = self._bodies[month]
+        if results and not results[-1].get("skipped"):
+            record = results[-1]
+            if record["window"] in body["reapply"]:
+                body["reapply"].remove(record["window"])
+            manifest = commit(self.cfg, self.store, month, body, record, plan.started, self._setup())
+            self._bodies[month] = {**manifest, "reapply": body["reapply"]}
+        manifest = staging.read_manifest(self.store, month, NAME) or {}
+        skipped = [r["skipped"] for r in results if r.get("skipped")]
+        return {**manifest, "windows_this_run": len(results) - len(skipped), "windows_skipped": skipped,
+                "month": month}
+
+    def budget(self) -> Any:
+        return self._setup().budget.bucket
+
+    def close(self) -> None:
+        if self.setup is not None:
+            self.setup.close()

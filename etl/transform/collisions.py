@@ -1,15 +1,16 @@
 """Key collisions: rows of a month that land on one destination key.
 
 They all stay in the Parquet; the losers are listed in the month's collisions file (`staging`), which the
-load skips. The winner is the row with the greatest OrderID (when the mapping has one), then the first in
-file order. Keys may be strings or numbers, and the table may have no sort key.
+load skips. The winner is chosen by `etl.winner`'s rule (the greatest OrderID, then the smallest row), the
+catch-up's too; of rows equal in every column, the first in file order. Keys may be strings or numbers, and
+the table may have no sort key.
 
 Two steps, so the common case costs little:
 - a task writes a fingerprint of each row's key beside its part (`fingerprints`: equal keys, equal
   fingerprints) while the rows are still in memory;
 - the commit finds the fingerprints that repeat in the month, in buckets of about `collision_bucket_rows`
-  rows (memory stays bounded), then reads the key columns (and OrderID) of only those rows, from only the
-  row groups that hold them, and compares the keys themselves: unequal keys that share a fingerprint (40 bits:
+  rows (memory stays bounded), then reads the columns the winner rule compares of only those rows, from only
+  the row groups that hold them, and compares the keys themselves: unequal keys that share a fingerprint (40 bits:
   a pair in about a trillion) are never taken for one key.
 A part without a fingerprint file (or with one of another length) has its fingerprints made from its key
 columns.
@@ -29,9 +30,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from numpy.lib.stride_tricks import as_strided
 
-from etl import staging
+from etl import staging, winner
 from etl.config import Config
-from etl.mapping import collision_columns, key_columns, order_column
+from etl.mapping import collision_columns, key_columns, order_column, output_schema
 
 SCHEME = "fp1"  # names how `fingerprints` makes a print: a change to it takes a new name
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -225,16 +226,9 @@ def _rows_of(store: staging.Store, part: dict[str, Any], rows: np.ndarray, colum
                      "_row": pa.array(rows, pa.int64())})
 
 
-def _summary(cfg: Config, rows: pa.Table) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Sorted colliding rows -> where each key's group starts (its winner), and a few example groups."""
+def _examples(cfg: Config, rows: pa.Table, first: np.ndarray) -> list[dict[str, Any]]:
+    """A few example groups of the colliding rows, sorted by key with `first` marking where each group starts."""
     keys, order = key_columns(cfg), order_column(cfg)
-    first = np.ones(rows.num_rows, dtype=bool)
-    if rows.num_rows > 1:
-        same = np.ones(rows.num_rows - 1, dtype=bool)
-        for k in keys:
-            col = rows[k].chunk(0)
-            same &= np.asarray(pc.fill_null(pc.equal(col[1:], col[:-1]), False).to_numpy(zero_copy_only=False))
-        first[1:] = ~same
     starts = np.flatnonzero(first)
     ends = [*starts[1:6].tolist(), rows.num_rows]
     examples = []
@@ -242,7 +236,7 @@ def _summary(cfg: Config, rows: pa.Table) -> tuple[np.ndarray, list[dict[str, An
         group = rows.slice(lo, hi - lo)
         examples.append({**{k: group[k][0].as_py() for k in keys},
                          "orders": group[order].to_pylist() if order else None})
-    return first, examples
+    return examples
 
 
 def find_collisions(cfg: Config, store: staging.Store, month: str, parts: list[dict[str, Any]],
@@ -252,6 +246,7 @@ def find_collisions(cfg: Config, store: staging.Store, month: str, parts: list[d
     run: Callable[..., Iterator[Any]] = pool.map if pool is not None else map
     keys, order = key_columns(cfg), order_column(cfg)
     columns = collision_columns(cfg)
+    ranked = columns + [n for n in output_schema(cfg).names if n not in columns]  # what the winner rule compares
     total = sum(p["rows"] for p in parts)
     k = math.ceil(total / cfg.transform.collision_bucket_rows)  # buckets; none for a month without rows
     shared: dict[int, list[np.ndarray]] = {}  # index in `parts` -> rows whose fingerprint repeats in the month
@@ -264,7 +259,7 @@ def find_collisions(cfg: Config, store: staging.Store, month: str, parts: list[d
         for i in np.unique(owner[rep]).tolist():
             shared.setdefault(i, []).append(rows[rep[owner[rep] == i]])
         del got, prints, owner, rows
-    found = list(run(lambda i: _rows_of(store, parts[i], np.sort(np.concatenate(shared[i])), columns),
+    found = list(run(lambda i: _rows_of(store, parts[i], np.sort(np.concatenate(shared[i])), ranked),
                      sorted(shared)))
     if found:
         cand = pa.concat_tables(found)
@@ -273,15 +268,8 @@ def find_collisions(cfg: Config, store: staging.Store, month: str, parts: list[d
     if not found:
         staging.write_collisions(store, month, pa.table({"_part": pa.array([], pa.int32())}))
         return {"rows": 0, "keys": 0, "losers": 0, "examples": []}
-    rows = pa.concat_tables(found)
-    sort = [(c, "ascending") for c in keys]
-    if order and order not in keys:
-        sort.append((order, "descending"))
-    sort += [("_part", "ascending"), ("_row", "ascending")]
-    rows = rows.sort_by(sort).combine_chunks()
-    first_of_group, examples = _summary(cfg, rows)
-    losers = rows.filter(pa.array(~first_of_group))
-    rule = ("greatest OrderID, then first in file order" if order and order not in keys else "first in file order")
+    rows, first_of_group = winner.first_of_each_key(pa.concat_tables(found), keys, order, then=("_part", "_row"))
+    losers = rows.filter(pa.array(~first_of_group)).select([*columns, "_part", "_row"])
     return {"rows": rows.num_rows, "keys": int(first_of_group.sum()), "losers": losers.num_rows,
             "losers_file": staging.write_collisions(store, month, losers),
-            "winner_rule": rule, "examples": examples}
+            "winner_rule": winner.describe(cfg), "examples": _examples(cfg, rows, first_of_group)}

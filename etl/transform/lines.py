@@ -4,6 +4,7 @@ mapping's parse schema, and every line that is not one row said why.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,25 @@ _CONTROL = re.compile(rb"[\x00-\x1f]")  # raw control bytes: legal in JSON only 
 # wrongly (it ORs in the 0x10000 instead of adding it: "\ud840\udc00" reads as U+10000, not U+20000), so such
 # lines are re-encoded with orjson (exact, raw UTF-8) before the decoder sees them
 _ASTRAL = re.compile(rb"\\u[dD](?:8[4-9a-fA-F]|9[0-9a-fA-F]|[abAB][0-9a-fA-F])")
+# DynamoDB JSON's type tags besides S and N, each as the decoder reads it: L's elements and M's attributes are
+# objects, read as structs of no field (their contents are skipped)
+OTHER_TAGS = (("B", pa.string()), ("BOOL", pa.bool_()), ("NULL", pa.bool_()), ("SS", pa.list_(pa.string())),
+              ("NS", pa.list_(pa.string())), ("BS", pa.list_(pa.string())), ("L", pa.list_(pa.struct([]))),
+              ("M", pa.struct([])))
+
+
+@functools.cache
+def with_every_tag(schema: pa.Schema) -> pa.Schema:
+    """The parse schema with every DynamoDB type tag declared on each attribute, beside its S and N.
+
+    The decoder skips the keys it is not told of, so a value with S and another tag (`{"S":"O-1","BOOL":true}`)
+    would read as a plain S: declared, every tag a value carries is seen, whatever the pair (a value has exactly
+    one). The fast and the slow path both decode with it; declaring them costs a little decoding time (a
+    column of nulls per tag and attribute), not a pass over the bytes."""
+    item = schema.field("Item")
+    attrs = [pa.field(a.name, pa.struct([*a.type, *(t for t in OTHER_TAGS if a.type.get_field_index(t[0]) < 0)]))
+             for a in item.type]
+    return pa.schema([pa.field("Item", pa.struct(attrs))])
 
 
 def _lines(chunk: bytes | memoryview) -> list[bytes]:
@@ -68,7 +88,9 @@ def parse(chunk: bytes | memoryview, schema: pa.Schema, attrs: list[str]) -> Par
     gets wrong, and the decoder gives exactly one row per line. Otherwise, line by line: blank lines are
     skipped, a line with a raw control byte or such an escape must be strict JSON (orjson; the escape is
     re-encoded), and the lines are decoded in halves until every refused line stands alone, so one bad line
-    in an 8 MB chunk costs a few decodes of it, not one per line. Raw lines are always the file's bytes."""
+    in an 8 MB chunk costs a few decodes of it, not one per line. Raw lines are always the file's bytes. Every
+    type tag is declared (`with_every_tag`), so a value's tags are all seen on either path."""
+    schema = with_every_tag(schema)
     buf = np.frombuffer(chunk, dtype=np.uint8)
     ends = np.flatnonzero(buf < 32)  # the control bytes: in a clean chunk, only its newlines (one pass, not two)
     clean = bool(len(ends) > 0 and ends[-1] == len(buf) - 1 and (buf[ends] == 10).all()
@@ -202,9 +224,25 @@ def _refused(line: bytes, attrs: list[str], exc: Exception) -> str:
         return f"attribute {wrong[0]} is not DynamoDB JSON (a {{type: value}} object)"
     for a in attrs:
         for kind, value in item.get(a, {}).items():
-            if kind in ("S", "N") and not isinstance(value, str):
-                return f"attribute {a}: its {kind} value is a JSON {type(value).__name__}, not a string"
+            should_be = _wrong_json_type(kind, value)
+            if should_be:
+                return f"attribute {a}: its {kind} value is a JSON {type(value).__name__}, not {should_be}"
     return "not DynamoDB JSON: " + str(exc).split("Json error: ", 1)[-1]
+
+
+def _wrong_json_type(tag: str, value: Any) -> str:
+    """What a tag's value must be in JSON, when `value` is not that ("" when it is, or the tag is unknown)."""
+    if tag in ("S", "N", "B"):
+        return "" if isinstance(value, str) else "a string"
+    if tag in ("BOOL", "NULL"):
+        return "" if isinstance(value, bool) else "true or false"
+    if tag in ("SS", "NS", "BS"):
+        return "" if isinstance(value, list) and all(isinstance(v, str) for v in value) else "a list of strings"
+    if tag == "L":
+        return "" if isinstance(value, list) and all(isinstance(v, dict) for v in value) else "a list of values"
+    if tag == "M":
+        return "" if isinstance(value, dict) else "an object"
+    return ""
 
 
 

@@ -21,7 +21,7 @@ from etl.mapping import REASONS, expected_types, source_attributes
 from etl.transform.lines import Parsed, parse
 
 TTL_PAST_RANGE = "a date-time whose TTL fits"  # `expected` of a row whose TTL would pass year 9999
-TWO_TAGS = "one type tag"  # `expected` of a value with both S and N
+TWO_TAGS = "one type tag"  # `expected` of a value with two type tags or more (S and N, S and BOOL, ...)
 
 
 @dataclass
@@ -77,9 +77,9 @@ def _messages(kind: str, source: str, attr: pa.Array, rows: np.ndarray, expected
     """Messages for rejected rows sharing one reason and attribute, a column at a time."""
     if kind == "missing_attribute":
         return [f"{source} is missing"] * len(rows)
-    if expected == TWO_TAGS:
-        return [f"{source} has two type tags (S and N); a DynamoDB value has exactly one"] * len(rows)
     at = pa.array(rows, pa.int64())
+    if expected == TWO_TAGS:
+        return _two_tags(source, attr, at)
     kinds = [k for k in ("S", "N") if attr.type.get_field_index(k) >= 0]
     if kind == "type_mismatch":  # the few distinct messages, by which of S and N each row has
         code = np.zeros(len(rows), dtype=np.int64)
@@ -101,6 +101,26 @@ def _messages(kind: str, source: str, attr: pa.Array, rows: np.ndarray, expected
             f"{source}: {v!r} is not epoch {unit} within years 0001-9999 (transform.epoch_unit = {epoch_unit!r})"
             for v, s in zip(values, is_s.tolist(), strict=True)]
 
+
+def _tags_set(attr: pa.StructArray, at: pa.Array | None = None) -> list[tuple[str, np.ndarray]]:
+    """Each type tag of the attribute's values, and where it is set (`at`: those rows only)."""
+    out = []
+    for i in range(attr.type.num_fields):
+        child = attr.field(i)
+        out.append((attr.type.field(i).name, _np(pc.is_valid(child if at is None else child.take(at)))))
+    return out
+
+
+def _two_tags(source: str, attr: pa.StructArray, at: pa.Array) -> list[str]:
+    """`X has two type tags (S and BOOL)`, naming the tags each row's value carries."""
+    tags = _tags_set(attr, at)
+    said = []
+    for row in range(len(at)):
+        names = [name for name, set_ in tags if set_[row]]
+        listed = f"{', '.join(names[:-1])} and {names[-1]}"
+        count = "two" if len(names) == 2 else str(len(names))
+        said.append(f"{source} has {count} type tags ({listed}); a DynamoDB value has exactly one")
+    return said
 
 
 class _Outcomes:
@@ -148,8 +168,9 @@ def _classify(cfg: Config, item: pa.StructArray, out: _Outcomes) -> dict[str, np
         a = item.field(name)
         present = _np(pc.is_valid(a)) & has_item
         present_of[name] = present
-        s_set, n_set = _np(pc.is_valid(a.field("S"))), _np(pc.is_valid(a.field("N")))
-        out.mark(present & s_set & n_set, "malformed_line", name, a, TWO_TAGS)
+        tags = dict(_tags_set(a))
+        s_set, n_set = tags["S"], tags["N"]
+        out.mark(present & (np.sum(list(tags.values()), axis=0) > 1), "malformed_line", name, a, TWO_TAGS)
         ok = (s_set if "S" in expected else np.zeros(n, dtype=bool)) | (n_set if "N" in expected else False)
         out.mark(present & ~ok, "type_mismatch", name, a, expected)
     for name in t.non_empty:  # rows that are not orders are filtered, not errors

@@ -35,6 +35,8 @@ from etl import __version__, mapping, staging
 from etl.config import Config
 from etl.engine import MonthPlan, TaskContext
 from etl.errors import EtlError, StageNotReady
+from etl.runner import StageBase
+from etl.state import TransformPartCheckpoint
 from etl.transform import collisions
 from etl.transform.collisions import find_collisions, fingerprints
 from etl.transform.lines import Truncated, chunks
@@ -82,14 +84,11 @@ def plan(cfg: Config, store: staging.Store, month: str, force: bool = False) -> 
 def _checkpoint(store: staging.Store, task: FileTask) -> dict[str, Any] | None:
     """A part's checkpoint, when it was written for this export, transform config and tool version, and its
     outputs are still there."""
-    key = staging.transformed_part_key(task.month, task.part)
-    if not store.exists(key):
+    cp = TransformPartCheckpoint.read(store, staging.transformed_part_key(task.month, task.part))
+    if cp is None or not cp.valid_for(task.upstream_run, task.config_hash, __version__, task.input,
+                                      store.exists(task.output)):
         return None
-    cp = dict(store.read_json(key))
-    if (cp.get("upstream_run"), cp.get("config_hash"), cp.get("tool_version"), cp.get("input")) != \
-            (task.upstream_run, task.config_hash, __version__, task.input) or not store.exists(task.output):
-        return None
-    return cp
+    return cp.body
 
 
 def _helpers(cfg: Config, size: int, sizes: list[int]) -> int:
@@ -377,3 +376,21 @@ def commit(cfg: Config, store: staging.Store, month: str, tasks: list[FileTask],
         "duration_s": round(time.time() - started, 3),
         "config_hash": cfg.hash_of("transform"),
     })
+
+
+class TransformStage(StageBase):
+    """The transform on the Runner: a task per export data file, on the engine."""
+
+    name = NAME
+    pool = "transform"
+    run_task = staticmethod(run_task)
+
+    def __init__(self, cfg: Config, store: staging.Store, *, force: bool = False) -> None:
+        super().__init__(cfg, store, force=force)
+        self.workers = cfg.transform.concurrency
+
+    def plan(self, month: str) -> MonthPlan:
+        return plan(self.cfg, self.store, month, self.force)
+
+    def commit(self, month: str, plan: MonthPlan, results: list[dict[str, Any]]) -> dict[str, Any]:
+        return commit(self.cfg, self.store, month, plan.tasks, results, plan.started)

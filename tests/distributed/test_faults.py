@@ -21,6 +21,7 @@ from etl.config import Config
 from etl.errors import EtlError
 from etl.pipeline import run_export, run_load, run_transform, run_verify
 from etl.ray_engine import check_no_credentials
+from tests.distributed.cluster import processes
 from tests.faultproxy import FaultProxy
 from tests.helpers import write_real_export
 
@@ -32,18 +33,6 @@ def orders(parts: int, per_part: int) -> list[list[dict[str, Any]]]:
     return [[{"CustomerID": {"S": f"K{i % 500:04d}"},
               "DateTime": {"S": f"2016-04-{1 + i // 3600 % 28:02d}T08:{i // 60 % 60:02d}:{i % 60:02d}Z"},
               "OrderID": {"S": f"O{i}"}} for i in range(f * per_part, (f + 1) * per_part)] for f in range(parts)]
-
-
-def ray_workers(title: str) -> list[int]:
-    """Processes running a Ray task of this name now (an idle worker is titled ray::IDLE)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(f"ray::{title}".encode()):
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
 
 
 def test_a_worker_killed_mid_load_is_run_again_and_verify_passes(
@@ -60,7 +49,7 @@ def test_a_worker_killed_mid_load_is_run_again_and_verify_passes(
         loading = threading.Thread(target=lambda: out.update(m=run_load(cfg, [M])[0]))
         loading.start()
         deadline = time.monotonic() + 60
-        while not (pids := ray_workers("etl.load")) or sum(s["items"] for s in proxy.seen) < 400:
+        while not (pids := processes("ray::etl.load")) or sum(s["items"] for s in proxy.seen) < 400:
             assert time.monotonic() < deadline and loading.is_alive(), "the load never got going"
             time.sleep(0.05)
         os.kill(pids[0], signal.SIGKILL)  # a load task's worker process, mid-part

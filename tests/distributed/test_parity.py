@@ -78,7 +78,7 @@ def test_ray_gives_the_local_engines_parquet_manifests_and_items(
     for key in ("rejected/month=201604/part-00000.jsonl.gz", "_state/month=201604/transform-collisions.parquet"):
         assert stores["local"].read(key) == stores["ray"].read(key)
     for part in range(4):
-        cps = [json.loads(stores[k].read(staging.checkpoint_key(M, part))) for k in ("local", "ray")]
+        cps = [json.loads(stores[k].read(staging.load_part_checkpoint_key(M, part))) for k in ("local", "ray")]
         # what differs by run and by destination table: times, run ids, request counts, the table's identity
         differ = ("at", "transform_run", "requests", "runs", "table", "table_arn", "table_created")
         assert [{k: v for k, v in cp.items() if k not in differ} for cp in cps] == [

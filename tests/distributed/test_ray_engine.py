@@ -118,7 +118,7 @@ def test_budget_calls_reach_the_bucket_with_their_arguments(ray_cluster: Any) ->
     engine = RayEngine()
     try:
         budget: Any = engine.shared_budget(Recorder(1000))
-        budget.acquire(10)
+        rates = [budget.acquire(10) for _ in range(3)]  # leased from the actor, then from the tokens leased ahead
         budget.settle(10, 12, gsi_by_customer=3.0)
         budget.calibrate(0.5)  # a method the bucket gained later: forwarded as called
         budget.release()
@@ -126,6 +126,7 @@ def test_budget_calls_reach_the_bucket_with_their_arguments(ray_cluster: Any) ->
     finally:
         engine.close()
     assert ("settle", (10, 12), {"gsi_by_customer": 3.0}) in log and ("calibrate", (0.5,), {}) in log
+    assert rates == [1000.0] * 3 and all(isinstance(r, float) for r in rates)  # the rate, as `engine.Budget` says
 
 
 def test_four_tasks_share_one_budget_within_its_rate(ray_cluster: Any) -> None:
