@@ -343,8 +343,8 @@ def test_bulk_put_loads_a_month_that_verify_passes_with_counts_from_the_operatio
     assert dry["objects"] > 1 and dry["operations"] == 1 and dry["batch_write"]["wcu_estimated_total"] == 500
     assert dry["bytes"] > 500 * 100 and dry["cost_usd"] == round(dry["bytes"] / 1e9 * 0.15, 4)
     assert standin.starts == 0 and not ddb_client(ddb_local).scan(TableName=table)["Items"]
-    [plan] = [e["message"] for e in map(json.loads, said.getvalue().splitlines())
-              if e["event"] == "info" and e["message"].startswith("destination ")]
+    [plan] = ["\n".join(e["lines"]) for e in map(json.loads, said.getvalue().splitlines())
+              if e["event"] == "plan" and e["lines"][0].startswith("destination ")]
     assert "write units: about" in plan and "time: about" in plan  # batch-write's lines, beside bulk put's
     assert "bulk put: about" in plan and "object(s) (ZSTD), 1 operation(s), STANDARD tier, MaxWriteRequestUnits " \
         "5,000" in plan and "at $0.15 per GB" in plan
@@ -388,9 +388,13 @@ def test_ctrl_c_exits_130_saying_the_operation_runs_on_and_a_rerun_re_attaches(
     arn = next(iter(standin.operations))
     assert op["arn"] == arn and op["status"] == "IN_PROGRESS" and standin.starts == 1
     lines = [x for x in err.splitlines() if x.strip()]
-    assert lines == [f"interrupted: what was acknowledged is kept; resume with `etl {' '.join(args)}`",
-                     f"  -> the bulk put operation(s) keep running on AWS ({M}: {arn}); `etl load --month {M} "
-                     f"--method bulk-put` re-attaches to them, `etl load --month {M} --cancel` cancels them"], err
+    at = next(i for i, x in enumerate(lines) if x.startswith("interrupted: "))
+    assert lines[0].startswith("destination ") and at > 0, err  # the plan (said under quiet too), then two lines
+    conf = f"etl --config {cfg.path}"
+    assert lines[at:] == [f"interrupted: what was acknowledged is kept; resume with `etl {' '.join(args)}`",
+                          f"  -> the bulk put operation(s) keep running on AWS ({M}: {arn}); `{conf} load --month "
+                          f"{M} --method bulk-put` re-attaches to them, `{conf} load --month {M} --cancel` cancels "
+                          "them"], err
     assert "Traceback" not in err + out
     from etl import status
 

@@ -144,7 +144,7 @@ def test_a_stream_catch_up_is_in_sync_only_up_to_what_it_read(ddb_local: str, de
     def in_sync_to() -> datetime:
         r = CliRunner().invoke(cli, ["--config", cfg.path, "--json", "status"], env=env)
         assert r.exit_code == 0, r.output
-        [row] = json.loads(r.output)
+        [row] = json.loads(r.output)["months"]
         return times.parse(row["catchup"]["synced_to"])
 
     def order(c: int) -> dict[str, Any]:

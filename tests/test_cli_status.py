@@ -67,7 +67,7 @@ def test_status_from_manifests_alone(moto: str, make_config: Callable[..., Confi
     assert rows["201604"]["next"] == "etl transform --month 201604"
     assert rows["201605"]["stages"]["export"]["state"] == "failed"
     assert "not found" in rows["201605"]["stages"]["export"]["error"]
-    assert rows["201605"]["next"] == "etl export --month 201605"
+    assert rows["201605"]["next"] == f"etl --config {path} export --month 201605"  # as the failed run recorded it
     r = runner.invoke(cli, ["--config", str(path), "status", "--json"])
     assert r.exit_code == 0
     parsed = json.loads(r.output)

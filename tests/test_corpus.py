@@ -189,7 +189,8 @@ def test_a_damaged_export_ends_as_its_one_outcome(kind: FileKind, tmp_path: Path
     if kind.stage == "transform":
         one_error_line(transformed, message)
         assert staging.read_manifest(store, M, "transform") is None
-        assert store.read_json(staging.failed_key(M, "transform"))["rerun"] == f"etl transform --month {M}"
+        assert store.read_json(staging.failed_key(M, "transform"))["rerun"] == \
+            f"etl --config {cfg_path} transform --month {M}"  # the config it came from
         return
     assert transformed.exit_code == 0, transformed.output
     manifest = staging.read_manifest(store, M, "transform")

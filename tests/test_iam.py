@@ -193,9 +193,8 @@ def other_config(make_config: Callable[..., Config], wires: dict[str, Wire]) -> 
 def test_each_role_is_granted_exactly_what_its_commands_call_at_the_wire(
         moto: str, make_config: Callable[..., Config], wires: dict[str, Wire]) -> None:
     from etl.catalog import register
-    from etl.catchup import stage as catchup
     from etl.local import seed
-    from etl.pipeline import run_export, run_load, run_transform, run_verify
+    from etl.pipeline import run_catchup, run_export, run_load, run_transform, run_verify
     from etl.promo import discount_for, record_order
     from etl.ttl import enable
 
@@ -239,7 +238,7 @@ def test_each_role_is_granted_exactly_what_its_commands_call_at_the_wire(
 
     # catch-up, pitr: incremental exports
     at = datetime.now(UTC) + timedelta(hours=1)
-    catchup.run(cfg, [MONTH], mode="pitr", to=at, yes=True)
+    run_catchup(cfg, [MONTH], mode="pitr", to=at, yes=True)
     assert compare(roles["catch-up"], wires["source"].take(), SERVICE_SIDE["catch-up"]) == EXACT
     staging_calls += wires["staging"].take()
     loader_calls += wires["destination"].take()
@@ -248,7 +247,7 @@ def test_each_role_is_granted_exactly_what_its_commands_call_at_the_wire(
         "CustomerID": {"S": "C-new"}, "DateTime": {"S": f"{SCAN_MONTH[:4]}-{SCAN_MONTH[4:]}-03T10:00:00Z"},
         "OrderID": {"S": "O-new"}})
     stream_roles = policies(cfg, [MONTH, SCAN_MONTH], ACCOUNT, catch_up="stream")
-    catchup.run(cfg, [SCAN_MONTH], mode="stream", yes=True)
+    run_catchup(cfg, [SCAN_MONTH], mode="stream", yes=True)
     assert compare(stream_roles["catch-up"], wires["source"].take()) == EXACT
     staging_calls += wires["staging"].take()
     loader_calls += wires["destination"].take()

@@ -154,7 +154,7 @@ def test_status_shows_a_killed_export(moto: str, make_config: Callable[..., Conf
     [row] = collect(store)
     cell = row["stages"]["export"]
     assert cell["state"] == "interrupted" and cell["error"].startswith("interrupted: the run"), cell
-    assert row["next"] == cell["rerun"] == f"etl export --month {month} --mode scan"
+    assert row["next"] == cell["rerun"] == f"etl --config {cfg.path} export --month {month} --mode scan"
     r = subprocess.run([sys.executable, "-m", "etl", "--config", cfg.path, "status"], env=ENV, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0 and "nothing staged" not in r.stdout and "interrupted" in r.stdout, r.stdout + r.stderr

@@ -25,10 +25,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from etl import aws, capacity, staging
+from etl import aws, capacity, staging, times
+from etl.commands import render
 from etl.config import Config
 from etl.engine import MonthPlan, TaskContext
 from etl.errors import EtlError, StageNotReady
@@ -139,7 +140,7 @@ def _counts(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _iso(t: Any) -> str | None:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(t, datetime) else None
+    return times.iso_seconds(t) if isinstance(t, datetime) else None
 
 
 def cancel(cfg: Config, months: list[str], ddb: Any = None) -> list[dict[str, Any]]:
@@ -198,15 +199,15 @@ class BulkPutStage(StageBase):
         return f"already loaded into {verdict.manifest.get('table')}, skipped; --force redoes it"
 
     def command(self, months: list[str]) -> str:
-        return super().command(months) + " --method bulk-put"
+        return render("load", *[w for m in months for w in ("--month", m)], "--method", "bulk-put")
 
     def interrupted(self) -> str | None:
         if not self._running:
             return None
         ops = ", ".join(f"{m}: {arn}" for m, arn in sorted(self._running.items()))
-        months = " ".join(f"--month {m}" for m in sorted(self._running))
+        cancel = render("load", *[w for m in sorted(self._running) for w in ("--month", m)], "--cancel")
         return (f"the bulk put operation(s) keep running on AWS ({ops}); `{self.command(sorted(self._running))}` "
-                f"re-attaches to them, `etl load {months} --cancel` cancels them")
+                f"re-attaches to them, `{cancel}` cancels them")
 
     # ------------------------------------------------------------------ preflight and plan
 
