@@ -1,4 +1,4 @@
-"""A DynamoDB stand-in on 127.0.0.1 for the Ray benchmark: `bench.load`'s null sink, answering each request
+"""A DynamoDB stand-in on 127.0.0.1 for the Ray benchmark: `bench.sink`'s null sink, answering each request
 after `delay` seconds (a round trip), serving until it is stopped and writing its per-second item counts
 to `out` twice a second. `python -m bench.ray_sink '{"port": P, "delay": 0.02, "table": T, "out": FILE}'`."""
 
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.load import Sink
+from bench.sink import Sink
 
 
 class _Later:

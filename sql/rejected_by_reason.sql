@@ -1,6 +1,6 @@
 -- Quarantined rows by month and reason, with an example of each: its message, the export data file and
 -- the raw DynamoDB JSON line (reasons: malformed_line, type_mismatch, missing_attribute, bad_datetime,
--- bad_int; see the README's transform rules).
+-- bad_int; see docs/mapping.md).
 SELECT
   month,
   reason,
