@@ -419,7 +419,7 @@ def load(obj: Ctx, months: tuple[str, ...], month_ranges: tuple[str, ...], yes: 
     Each finished part is checkpointed; rerunning the same command resumes.
 
     --method bulk-put writes the same items as DynamoDB JSON objects to the staging bucket and has DynamoDB's
-    StartBulkPutItems load them (README: "Choosing a load method"); a rerun re-attaches to its operation,
+    StartBulkPutItems load them (docs/load-methods.md); a rerun re-attaches to its operation,
     --cancel cancels it."""
     from etl.pipeline import run_load
 

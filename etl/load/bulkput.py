@@ -490,7 +490,7 @@ def plan_lines(cfg: Config, total_bytes: float, part_bytes: list[float], units: 
     return [f"bulk put: about {gb:,.2f} GB of DynamoDB JSON in {objects:,} object(s) ({ld.bulk_put_compression}), "
             f"{(max(ops) + 1) if ops else 0} operation(s), {ld.bulk_put_tier} tier, MaxWriteRequestUnits {units:,}",
             f"bulk put cost: about ${gb * ld.bulk_put_price_per_gb:,.2f} at ${ld.bulk_put_price_per_gb:g} per GB "
-            "([load] bulk_put_price_per_gb: an assumed default, see the README); time: at least "
+            "([load] bulk_put_price_per_gb: an assumed default, see docs/load-methods.md); time: at least "
             f"{hours:,.2f} h at {units:,} write request units/s for items of 1 WCU, no loader running meanwhile"]
 
 
