@@ -128,7 +128,7 @@ def _command_through_sink(name: str, stage: Path, month: str, delay_ms: float, w
     the command's start to its exit (interpreter start-up, DescribeTable, planning and opening the Parquet
     included) and the items the sink counted per second."""
     from etl.config import load_config
-    from etl.load import reset_checkpoints
+    from etl.load.stage import reset_checkpoints
 
     proc, url = _sink("sinktable", 300, delay_ms)  # it stops 2 s after the last write
     try:
