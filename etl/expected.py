@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from etl import expiry, mapping, staging
 from etl.config import Config
+from etl.errors import StageNotReady
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,3 +86,15 @@ def expected(cfg: Config, store: staging.Store, src: Source) -> tuple[pa.Table, 
     if ttl_col and not src.include_expired:
         keep &= ~expiry.expired(table[ttl_col], src.expired_before)
     return table.filter(pa.array(keep)), absent, table.num_rows
+
+
+def loaded_into(store: staging.Store, month: str, destination: staging.Destination | None) -> dict[str, Any]:
+    """The month's committed load, refused when there is none or it went to another table than `destination`
+    (the table as described now: one dropped and created again is another table). Both verifies start here."""
+    load = staging.read_manifest(store, month, "load")
+    if load is None:
+        raise StageNotReady(f"month {month} has no committed load", hint=f"run `etl load --month {month}` first")
+    if destination is not None and not destination.holds(load):
+        raise StageNotReady(f"month {month} is not loaded into {destination.describe()}: its load went to "
+                            f"{staging.elsewhere(load)}", hint=f"run `etl load --month {month}` first")
+    return load

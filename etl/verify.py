@@ -18,7 +18,6 @@ from typing import Any
 from etl import aws, capacity, expected, items, mapping, staging
 from etl.config import Config
 from etl.engine import MonthPlan, TaskContext
-from etl.errors import StageNotReady
 from etl.freshness import Verdict
 from etl.runner import StageBase
 
@@ -70,12 +69,7 @@ Task = VerifyPartTask | VerifyCatchupFinalTask
 def plan(cfg: Config, store: staging.Store, month: str, destination: staging.Destination | None = None) -> MonthPlan:
     """`destination`: the table as described now; a load made into another table (or into this name before it
     was dropped and created again) is no load of this one."""
-    load = staging.read_manifest(store, month, "load")
-    if load is None:
-        raise StageNotReady(f"month {month} has no committed load", hint=f"run `etl load --month {month}` first")
-    if destination is not None and not destination.holds(load):
-        raise StageNotReady(f"month {month} is not loaded into {destination.describe()}: its load went to "
-                            f"{staging.elsewhere(load)}", hint=f"run `etl load --month {month}` first")
+    load = expected.loaded_into(store, month, destination)
     t = staging.read_manifest(store, month, "transform") or {}
     final = expected.catchup_final(store, month, load)
     common: dict[str, Any] = {"month": month, "table": cfg.destination_table(),

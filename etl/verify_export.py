@@ -44,7 +44,7 @@ from isal import igzip
 from etl import aws, expected, mapping, staging
 from etl.config import Config
 from etl.engine import MonthPlan, TaskContext
-from etl.errors import EtlError, StageNotReady, ValidationFailed
+from etl.errors import EtlError, ValidationFailed
 from etl.export import pitr
 from etl.export.inspect import inspect_export
 from etl.freshness import Verdict
@@ -493,12 +493,7 @@ def plan_text(cfg: Config, desc: dict[str, Any], rows: int, adopted: str | None)
 
 def plan(cfg: Config, store: staging.Store, month: str, destination: staging.Destination | None = None) -> MonthPlan:
     """The month's share of the run's comparison: one task on the driver; its load must be of this table."""
-    load = staging.read_manifest(store, month, "load")
-    if load is None:
-        raise StageNotReady(f"month {month} has no committed load", hint=f"run `etl load --month {month}` first")
-    if destination is not None and not destination.holds(load):
-        raise StageNotReady(f"month {month} is not loaded into {destination.describe()}: its load went to "
-                            f"{staging.elsewhere(load)}", hint=f"run `etl load --month {month}` first")
+    expected.loaded_into(store, month, destination)
     return MonthPlan([month], None, "s")
 
 

@@ -24,7 +24,6 @@ import hashlib
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,10 +34,9 @@ from etl.engine import MonthPlan, TaskContext
 from etl.errors import EtlError, StageNotReady
 from etl.freshness import Verdict
 from etl.load.bulkinput import MAX_OBJECTS_PER_OPERATION, BulkInputTask, part_record, run_input_task, sample_line_bytes
-from etl.load.preflight import Setup, check_destination, preflight, write_budget
+from etl.load.preflight import LoadingStage, Setup, check_destination, preflight, write_budget
 from etl.load.rows import LoadPartTask
 from etl.progress import QUIET, Reporter
-from etl.runner import StageBase
 from etl.state import BulkPutRecord
 
 NAME = "load"
@@ -169,7 +167,7 @@ def cancel(cfg: Config, months: list[str], ddb: Any = None) -> list[dict[str, An
 # --------------------------------------------------------------------------- on the Runner
 
 
-class BulkPutStage(StageBase):
+class BulkPutStage(LoadingStage):
     """The load by bulk put on the Runner, under the destination's writing lease like batch-write: a month's task
     is a wait on AWS on its driver thread; its input objects are written by tasks on the engine."""
 
@@ -180,14 +178,8 @@ class BulkPutStage(StageBase):
     on_driver = True
     writes_destination = True
 
-    def __init__(self, cfg: Config, store: staging.Store, reporter: Reporter, *, force: bool = False,
-                 dry_run: bool = False, yes: bool = False, include_expired: bool | None = None,
-                 now: int | None = None, confirm: Callable[[str], bool] | None = None,
-                 desc: dict[str, Any] | None = None) -> None:
-        super().__init__(cfg, store, force=force)
-        self.reporter, self.dry_run, self.yes, self.include_expired = reporter, dry_run, yes, include_expired
-        self.now, self.confirm, self.desc = now, confirm, desc
-        self.setup: Setup | None = None
+    def __init__(self, cfg: Config, store: staging.Store, reporter: Reporter, **options: Any) -> None:
+        super().__init__(cfg, store, reporter, **options)
         self.units = 0
         self._slot = threading.Semaphore(1)  # one operation at a time on the table
         self._running: dict[str, str] = {}  # month -> the ARN being polled

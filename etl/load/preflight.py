@@ -22,6 +22,7 @@ from etl.config import Config
 from etl.errors import EtlError
 from etl.load.rows import IndexSpec, WriteTarget, _kept, index_specs, write_units
 from etl.progress import Reporter
+from etl.runner import StageBase
 from etl.state import LoadPartCheckpoint
 
 
@@ -294,3 +295,17 @@ def preflight(cfg: Config, store: staging.Store, months: list[str], *, include_e
         if confirm is None or not confirm(f"write {what} to {setup.table}{how}?"):
             raise EtlError("not confirmed: nothing was written", hint="pass --yes to write without asking")
     return setup
+
+
+class LoadingStage(StageBase):
+    """What both load methods' stages take from a command: its options, and the run's `Setup` once their
+    preflight made it."""
+
+    def __init__(self, cfg: Config, store: staging.Store, reporter: Reporter, *, force: bool = False,
+                 dry_run: bool = False, yes: bool = False, include_expired: bool | None = None,
+                 now: int | None = None, confirm: Callable[[str], bool] | None = None,
+                 desc: dict[str, Any] | None = None) -> None:
+        super().__init__(cfg, store, force=force)
+        self.reporter, self.dry_run, self.yes, self.include_expired = reporter, dry_run, yes, include_expired
+        self.now, self.confirm, self.desc = now, confirm, desc
+        self.setup: Setup | None = None

@@ -14,7 +14,6 @@ commit:    sums the checkpoints, so counts reconcile across resumed runs:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 from etl import staging, times
@@ -22,11 +21,9 @@ from etl.config import Config
 from etl.engine import MonthPlan
 from etl.errors import EtlError, StageNotReady
 from etl.freshness import Verdict
-from etl.load.preflight import Setup, _checkpoint, _sample, _todo, not_loaded_here, preflight
+from etl.load.preflight import LoadingStage, Setup, _checkpoint, _sample, _todo, not_loaded_here, preflight
 from etl.load.pump import run_task
 from etl.load.rows import LoadPartTask
-from etl.progress import Reporter
-from etl.runner import StageBase
 
 NAME = "load"
 __all__ = ["NAME", "commit", "plan", "reset_checkpoints", "run_task"]
@@ -153,7 +150,7 @@ def commit(cfg: Config, store: staging.Store, month: str, tasks: list[LoadPartTa
     })
 
 
-class LoadStage(StageBase):
+class LoadStage(LoadingStage):
     """The load on the Runner: its preflight says the plan and asks before writing; a task per part on the
     engine, within the destination's shared budget, under the destination's writing lease."""
 
@@ -163,14 +160,6 @@ class LoadStage(StageBase):
     writes_destination = True
     run_task = staticmethod(run_task)
 
-    def __init__(self, cfg: Config, store: staging.Store, reporter: Reporter, *, force: bool = False,
-                 dry_run: bool = False, yes: bool = False, include_expired: bool | None = None,
-                 now: int | None = None, confirm: Callable[[str], bool] | None = None,
-                 desc: dict[str, Any] | None = None) -> None:
-        super().__init__(cfg, store, force=force)
-        self.reporter, self.dry_run, self.yes, self.include_expired = reporter, dry_run, yes, include_expired
-        self.now, self.confirm, self.desc = now, confirm, desc
-        self.setup: Setup | None = None
 
     def skip(self, month: str, verdict: Verdict) -> str | None:
         if not verdict.current or verdict.manifest is None:
