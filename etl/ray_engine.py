@@ -37,6 +37,7 @@ import functools
 import logging
 import os
 import pickle
+import socket
 import threading
 import time
 import traceback
@@ -586,16 +587,21 @@ class RayEngine:
                 tally.update(index, totals)
         tally.forward(ctx, fields)
 
-    def _tell(self, ctx: TaskContext, pool: str, tally: _Tally, alive: dict[str, str]) -> None:
+    def _tell(self, ctx: TaskContext, pool: str, tally: _Tally, alive: dict[str, tuple[str, int]]) -> None:
         """One line per node lost during the run, and one for tasks whose worker process died."""
         try:
             now = _alive_nodes()
         except ray.exceptions.RayError:  # the cluster itself is gone: the run's error says so
             return
-        lost = {i: addr for i, addr in alive.items() if i not in now}
+        reruns = tally.reruns()
+        # a node is lost when the cluster says so, or, for one whose tasks ran again, when its raylet no longer
+        # answers: the cluster declares a node dead only after its health checks fail (15 s and more), so a
+        # short run can end before it does
+        lost = {i: where[0] for i, where in alive.items()
+                if i not in now or (i in reruns and not _answers(*where))}
         notes = self._notices.setdefault(id(ctx), [])
         others = 0
-        for node, n in sorted(tally.reruns().items()):
+        for node, n in sorted(reruns.items()):
             if node in lost:
                 notes.append(f"lost Ray node {lost.pop(node)} ({node[:8]}): {n} {pool} task(s) run again")
             else:
@@ -642,9 +648,18 @@ def _recipe(bucket: Any) -> Callable[[], Any]:
     return functools.partial(cls, bucket.target)
 
 
-def _alive_nodes() -> dict[str, str]:
-    """Node id -> address of every node alive now."""
-    return {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+def _alive_nodes() -> dict[str, tuple[str, int]]:
+    """Node id -> (address, node manager port) of every node the cluster holds alive now."""
+    return {n["NodeID"]: (n["NodeManagerAddress"], int(n["NodeManagerPort"])) for n in ray.nodes() if n["Alive"]}
+
+
+def _answers(address: str, port: int, timeout: float = 3.0) -> bool:
+    """Whether a node's raylet accepts a connection (a lost machine refuses or never answers)."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def check_reachable(cfg: Any) -> None:

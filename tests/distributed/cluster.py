@@ -73,8 +73,18 @@ class TwoNodes:
         return self
 
     def start_worker(self) -> None:
+        self._wait_for({self.head.manager_port})  # a worker killed before is gone first
         self._ray("start", f"--address={self.address}", *self._node_args(self.worker))
-        self.wait_for_nodes(2)
+        self._wait_for({self.head.manager_port, self.worker.manager_port})
+
+    def heal(self) -> None:
+        """Back to the head and the worker, whatever the test before left: a test that lost the worker and
+        failed before starting it again, or a third node still up."""
+        ports = set(self.alive().values())
+        if self.elsewhere.manager_port in ports:
+            self.stop_elsewhere()
+        if self.worker.manager_port not in ports:
+            self.start_worker()
 
     def start_elsewhere(self, name: str) -> None:
         """A third node (no CPUs) that says it runs on the host `name`: its own UTS namespace, as another
@@ -84,11 +94,11 @@ class TwoNodes:
                             f"--address={self.address}", *self._node_args(node)],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr
-        self.wait_for_nodes(3)
+        self._wait_for({self.head.manager_port, self.worker.manager_port, node.manager_port})
 
     def stop_elsewhere(self) -> None:
         self.kill(self.elsewhere)
-        self.wait_for_nodes(2)
+        self._wait_for({self.head.manager_port, self.worker.manager_port})
 
     def _node_args(self, node: Node) -> list[str]:
         return ["--node-ip-address=127.0.0.1", f"--node-manager-port={node.manager_port}", f"--num-cpus={node.cpus}",
@@ -117,10 +127,12 @@ class TwoNodes:
         Address.NodeID, OwnerAddress.NodeID: the node of the driver that made it)."""
         return [a for a in self.ask("list(state.actors().values())") if a["ActorClassName"] in classes]
 
-    def wait_for_nodes(self, n: int) -> None:
-        deadline = time.monotonic() + 60
-        while len(alive := self.alive()) != n:
-            assert time.monotonic() < deadline, alive
+    def _wait_for(self, ports: set[int]) -> None:
+        """Until the cluster holds alive exactly one node on each of these node manager ports (a node killed
+        is held alive until its health checks fail: 15 s and more on a loaded machine)."""
+        deadline = time.monotonic() + 180
+        while sorted((alive := self.alive()).values()) != sorted(ports):
+            assert time.monotonic() < deadline, (alive, ports)
             time.sleep(0.5)
         for node in (self.head, self.worker):
             node.id = next((i for i, port in alive.items() if port == node.manager_port), node.id)

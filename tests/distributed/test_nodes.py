@@ -33,12 +33,19 @@ ACTORS = ("BudgetActor", "Hub")
 
 
 @pytest.fixture(scope="module")
-def two_nodes() -> Iterator[TwoNodes]:
-    cluster = TwoNodes().start()
+def cluster() -> Iterator[TwoNodes]:
+    nodes = TwoNodes().start()
     try:
-        yield cluster
+        yield nodes
     finally:
-        cluster.stop()
+        nodes.stop()
+
+
+@pytest.fixture
+def two_nodes(cluster: TwoNodes) -> TwoNodes:
+    """The module's cluster with its head and worker alive, and nothing else, whatever the test before did."""
+    cluster.heal()
+    return cluster
 
 
 def orders() -> list[list[dict[str, Any]]]:
@@ -121,7 +128,6 @@ def test_losing_the_worker_node_mid_load_ends_exact_with_one_line(
     actors = [a for a in two_nodes.actors(*ACTORS) if a["OwnerAddress"]["NodeID"] == two_nodes.head.id]
     assert {a["ActorClassName"] for a in actors} == set(ACTORS)
     assert all(a["Address"]["NodeID"] == two_nodes.head.id and a["NumRestarts"] == 0 for a in actors), actors
-    two_nodes.start_worker()  # for the next test
 
 
 def test_the_actors_processes_killed_mid_load_restart_and_the_run_ends_exact(
