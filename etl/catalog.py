@@ -1,8 +1,9 @@
-"""`etl catalog register`: the three staged datasets as Glue tables, for Athena.
+"""`etl catalog register`: the four staged datasets as Glue tables, for Athena.
 
     export       export/month=M/AWSDynamoDB/<id>/data/*.json.gz   DynamoDB JSON, one `Item` struct per line
     transformed  transformed/month=M/part-NNNNN.parquet            the transform's output
     rejected     rejected/month=M/part-NNNNN.jsonl.gz              quarantined lines: reason, message, file, line
+    verify       verify/month=M/part-BBBBB.parquet                 what `etl verify --method export` found
 
 Each is partitioned by `month` (a string, as the folders spell it) with Athena partition projection, so a
 month staged later is queryable at once: no partitions to add, no MSCK REPAIR. The tables are made by
@@ -29,13 +30,14 @@ DATABASE = "dynamodb_backfill"
 EXPORT_TABLE = "anniversary_promo_export"
 TRANSFORMED_TABLE = "anniversary_promo_staged"
 REJECTED_TABLE = "anniversary_promo_rejected"
+VERIFY_TABLE = "anniversary_promo_verify"
 JSON_SERDE = "org.openx.data.jsonserde.JsonSerDe"
 REJECTED_COLUMNS = {"reason": "string", "message": "string", "file": "string", "line": "string"}
 
 
 @dataclass(frozen=True)
 class TableSpec:
-    dataset: str  # the staging prefix: export, transformed or rejected
+    dataset: str  # the staging prefix: export, transformed, rejected or verify
     name: str
     kind: str  # parquet | json
     columns: dict[str, str]  # name -> Hive type
@@ -44,6 +46,8 @@ class TableSpec:
 def hive_type(t: pa.DataType) -> str:
     if pa.types.is_struct(t):
         return "struct<" + ",".join(f"{f.name}:{hive_type(f.type)}" for f in t) + ">"
+    if pa.types.is_list(t):
+        return f"array<{hive_type(t.value_type)}>"
     if pa.types.is_int64(t):
         return "bigint"
     if pa.types.is_string(t):
@@ -52,15 +56,18 @@ def hive_type(t: pa.DataType) -> str:
 
 
 def table_specs(cfg: Config, export: str = EXPORT_TABLE, transformed: str = TRANSFORMED_TABLE,
-                rejected: str = REJECTED_TABLE) -> list[TableSpec]:
-    """The three tables as the config shapes them: the export's Item declares the attributes the transform
-    reads (with the DynamoDB types it accepts), transformed/ the mapping's columns."""
+                rejected: str = REJECTED_TABLE, verify: str = VERIFY_TABLE) -> list[TableSpec]:
+    """The four tables as the config shapes them: the export's Item declares the attributes the transform
+    reads (with the DynamoDB types it accepts), transformed/ the mapping's columns, verify/ the mapping's key
+    with what was found of it."""
+    from etl.verify_export import diff_schema
 
     item = parse_schema(cfg).field("Item")
     return [
         TableSpec("export", export, "json", {item.name: hive_type(item.type)}),
         TableSpec("transformed", transformed, "parquet", {f.name: hive_type(f.type) for f in output_schema(cfg)}),
         TableSpec("rejected", rejected, "json", dict(REJECTED_COLUMNS)),
+        TableSpec("verify", verify, "parquet", {f.name: hive_type(f.type) for f in diff_schema(cfg)}),
     ]
 
 
@@ -92,8 +99,9 @@ def _glue_endpoint(url: str | None) -> Iterator[None]:
 
 
 def register(cfg: Config, database: str = DATABASE, table: str = TRANSFORMED_TABLE, *,
-             export_table: str = EXPORT_TABLE, rejected_table: str = REJECTED_TABLE) -> dict[str, Any]:
-    """Create or replace the three Glue tables (and the database), with partition projection on month.
+             export_table: str = EXPORT_TABLE, rejected_table: str = REJECTED_TABLE,
+             verify_table: str = VERIFY_TABLE) -> dict[str, Any]:
+    """Create or replace the four Glue tables (and the database), with partition projection on month.
     Idempotent. Returns what was done and the Athena queries to try (`summary` prints it)."""
     import botocore.exceptions
 
@@ -113,7 +121,7 @@ def register(cfg: Config, database: str = DATABASE, table: str = TRANSFORMED_TAB
         with _glue_endpoint(cfg.staging.endpoint_url):
             wr.catalog.create_database(database, description="DynamoDB backfill staging", exist_ok=True,
                                        boto3_session=session)
-            for spec in table_specs(cfg, export_table, table, rejected_table):
+            for spec in table_specs(cfg, export_table, table, rejected_table, verify_table):
                 location = store.key_uri(spec.dataset) + "/"
                 existed = wr.catalog.does_table_exist(database, spec.name, boto3_session=session)
                 common: dict[str, Any] = {
@@ -147,7 +155,7 @@ def register(cfg: Config, database: str = DATABASE, table: str = TRANSFORMED_TAB
 
 def queries(database: str, tables: dict[str, str]) -> list[dict[str, str]]:
     """A few Athena queries over the registered tables (the full set is in the repository's sql/)."""
-    e, t, r = (f"{database}.{tables[d]}" for d in ("export", "transformed", "rejected"))
+    e, t, r, v = (f"{database}.{tables[d]}" for d in ("export", "transformed", "rejected", "verify"))
     return [
         {"title": "orders per month", "sql": f"SELECT month, count(*) AS orders, "
          f"min(from_unixtime(CreationDateTime)) AS first, max(from_unixtime(CreationDateTime)) AS last "
@@ -159,6 +167,8 @@ def queries(database: str, tables: dict[str, str]) -> list[dict[str, str]]:
         {"title": "keys more than one row lands on", "sql": f"SELECT month, CustomerID, CreationDateTime, "
          f"count(*) AS rows, max(OrderID) AS loaded FROM {t} GROUP BY month, CustomerID, CreationDateTime "
          f"HAVING count(*) > 1 ORDER BY rows DESC LIMIT 20"},
+        {"title": "what the last verify by export found", "sql": f"SELECT month, kind, count(*) AS keys "
+         f"FROM {v} GROUP BY month, kind ORDER BY month, kind"},
     ]
 
 

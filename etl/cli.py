@@ -623,17 +623,20 @@ def catalog() -> None:
               help="The table over transformed/.")
 @click.option("--export-table", default="anniversary_promo_export", show_default=True)
 @click.option("--rejected-table", default="anniversary_promo_rejected", show_default=True)
+@click.option("--verify-table", default="anniversary_promo_verify", show_default=True,
+              help="The table over verify/: what `etl verify --method export` found.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 @handle_errors
 def catalog_register(obj: Ctx, database: str, table_name: str, export_table: str, rejected_table: str,
-                     as_json: bool) -> None:
-    """Create (or replace) the Glue tables over export/, transformed/ and rejected/, partitioned by month with
-    partition projection (new months need no repair); idempotent. Prints Athena queries to try."""
+                     verify_table: str, as_json: bool) -> None:
+    """Create (or replace) the Glue tables over export/, transformed/, rejected/ and verify/, partitioned by
+    month with partition projection (new months need no repair); idempotent. Prints Athena queries to try."""
     as_json = as_json or obj.json
     from etl.catalog import register, summary
 
-    r = register(obj.config(), database, table_name, export_table=export_table, rejected_table=rejected_table)
+    r = register(obj.config(), database, table_name, export_table=export_table, rejected_table=rejected_table,
+                 verify_table=verify_table)
     click.echo(json.dumps(r, indent=2, default=str) if as_json else summary(r))
 
 

@@ -3,8 +3,8 @@
 -- names of the columns that differ), or is in it though its month does not expect it (extra). Keys and column
 -- names only, never an item's other contents. A rerun of the verify replaces its months' rows.
 --
--- Partition projection on month, as for the other tables. Replace the bucket and the first month (`etl catalog
--- register` does not create this table).
+-- Partition projection on month, as for the other tables. Replace the bucket and the first month, or run
+-- `etl catalog register`, which creates this table in Glue from the config.
 CREATE EXTERNAL TABLE IF NOT EXISTS anniversary_promo_verify (
   CustomerID        string,
   CreationDateTime  bigint,

@@ -13,7 +13,7 @@ from etl.local import seed
 from etl.pipeline import run_export, run_transform
 
 
-def test_catalog_registers_three_projected_tables_idempotently(moto: str, make_config: Callable[..., Config],
+def test_catalog_registers_four_projected_tables_idempotently(moto: str, make_config: Callable[..., Config],
                                                                tmp_path: Path) -> None:
     cfg = make_config(endpoint=moto, root="s3://stage-bucket/backfill")
     seed(cfg, ["201604", "201605"], 60)
@@ -30,10 +30,10 @@ def test_catalog_registers_three_projected_tables_idempotently(moto: str, make_c
     first = register(cfg, "backfill", "promo")
     assert [(t["dataset"], t["table"], t["created"]) for t in first["tables"]] == [
         ("export", "anniversary_promo_export", True), ("transformed", "promo", False),
-        ("rejected", "anniversary_promo_rejected", True)]
+        ("rejected", "anniversary_promo_rejected", True), ("verify", "anniversary_promo_verify", True)]
     assert first["projection"] == {"month": "201604,NOW"}  # from the first staged month
     tables = {t["table"]: glue.get_table(DatabaseName="backfill", Name=t["table"])["Table"] for t in first["tables"]}
-    for t, dataset in zip(tables.values(), ("export", "transformed", "rejected"), strict=True):
+    for t, dataset in zip(tables.values(), ("export", "transformed", "rejected", "verify"), strict=True):
         location = f"s3://stage-bucket/backfill/{dataset}/"
         assert t["StorageDescriptor"]["Location"] == location
         assert t["PartitionKeys"] == [{"Name": "month", "Type": "string"}]
@@ -52,8 +52,11 @@ def test_catalog_registers_three_projected_tables_idempotently(moto: str, make_c
         "promo": [("customerid", "string"), ("creationdatetime", "bigint"), ("orderid", "string"),
                   ("expirationtimestamp", "bigint")],
         "anniversary_promo_rejected": [("reason", "string"), ("message", "string"), ("file", "string"),
-                                       ("line", "string")]}
-    assert tables["promo"]["StorageDescriptor"]["SerdeInfo"]["SerializationLibrary"].endswith("ParquetHiveSerDe")
+                                       ("line", "string")],
+        "anniversary_promo_verify": [("customerid", "string"), ("creationdatetime", "bigint"), ("kind", "string"),
+                                     ("differing_columns", "array<string>")]}
+    for name in ("promo", "anniversary_promo_verify"):
+        assert tables[name]["StorageDescriptor"]["SerdeInfo"]["SerializationLibrary"].endswith("ParquetHiveSerDe")
     for name in ("anniversary_promo_export", "anniversary_promo_rejected"):
         serde = tables[name]["StorageDescriptor"]["SerdeInfo"]
         assert serde == {"SerializationLibrary": "org.openx.data.jsonserde.JsonSerDe",
@@ -61,12 +64,12 @@ def test_catalog_registers_three_projected_tables_idempotently(moto: str, make_c
     # again, after another month: the same definitions, nothing created
     run_transform(cfg, ["201605"])
     second = register(cfg, "backfill", "promo")
-    assert [t["created"] for t in second["tables"]] == [False, False, False]
+    assert [t["created"] for t in second["tables"]] == [False, False, False, False]
     again = {t["table"]: glue.get_table(DatabaseName="backfill", Name=t["table"])["Table"] for t in second["tables"]}
     for name, t in again.items():
         for key in ("StorageDescriptor", "PartitionKeys", "Parameters", "TableType"):
             assert t[key] == tables[name][key], (name, key)
-    assert len(glue.get_tables(DatabaseName="backfill")["TableList"]) == 3
+    assert len(glue.get_tables(DatabaseName="backfill")["TableList"]) == 4
     text = summary(second)
     assert "backfill.anniversary_promo_export" in text and "backfill.anniversary_promo_rejected" in text
     assert all(q["sql"] in text for q in second["queries"])
