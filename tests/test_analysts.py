@@ -490,6 +490,12 @@ def test_register_suggests_queries_that_run(staged: Staged) -> None:
                   "rejected": "anniversary_promo_rejected"}
     for table in registered.values():
         con.execute(f"CREATE VIEW {DATABASE}.{table} AS SELECT * FROM main.{table}")
+    # what a verify by export writes (sql/create_verify_table.sql's columns): two keys missing, one different
+    registered["verify"] = "anniversary_promo_verify"
+    con.execute(f"CREATE TABLE {DATABASE}.anniversary_promo_verify (CustomerID VARCHAR, CreationDateTime BIGINT, "
+                "kind VARCHAR, differing_columns VARCHAR[], month VARCHAR)")
+    con.execute(f"INSERT INTO {DATABASE}.anniversary_promo_verify VALUES ('C1', 1, 'missing', NULL, '{A}'), "
+                f"('C2', 2, 'missing', NULL, '{A}'), ('C3', 3, 'different', ['OrderID'], '{B}')")
     suggested = queries(DATABASE, registered)
     answers = {q["title"]: con.execute(to_duckdb(sqlglot.parse_one(q["sql"], read="athena"))).fetchall()
                for q in suggested}
@@ -497,3 +503,4 @@ def test_register_suggests_queries_that_run(staged: Staged) -> None:
     lines = dict(answers["export lines per month (the manifests are not data)"])
     assert lines == {m: staged.manifests[m]["items_in"] for m in (A, B)}
     assert answers["keys more than one row lands on"][0][3] == 3  # C1's three rows on one second
+    assert answers["what the last verify by export found"] == [(A, "missing", 2), (B, "different", 1)]
