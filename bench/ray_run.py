@@ -194,7 +194,8 @@ def section(meta: dict[str, Any], rows: int, r: dict[str, dict[str, Any]], over:
         "## Ray: the same stages on a cluster",
         "",
         f"One run of `make bench-ray{' ARGS=--quick' if quick else ''}` ({{stamp}}, {os.cpu_count()} cores, "
-        f"load average {min(load_avg):.1f}-{max(load_avg):.1f} during the run: other work shared the cores). "
+        f"load average {min(load_avg):.1f}-{max(load_avg):.1f} during the run, the benchmark's own processes "
+        "included). "
         f"One month: {mb:,.0f} MB of DynamoDB JSON (uncompressed) in {meta['files']} files, {meta['rows']:,} items "
         f"-> {rows:,} rows in 4 Parquet parts, loaded with `--include-expired` into a null sink on 127.0.0.1 "
         "(answers at once: the client is measured). Medians of the warm runs; the first (cold) run of each "
@@ -215,7 +216,7 @@ def section(meta: dict[str, Any], rows: int, r: dict[str, dict[str, Any]], over:
     lines += ["", "Scaling on this machine, Ray's transform and load throughput against its 1-worker run: "
               + "; ".join(f"{n} workers {r['ray1']['transform'] / r[f'ray{n}']['transform']:.2f}x and "
                           f"{r['ray1']['load'] / r[f'ray{n}']['load']:.2f}x" for n in (2, 4))
-              + f". With {os.cpu_count()} cores shared with other work, more worker processes cannot run faster "
+              + f". With {os.cpu_count()} cores, more worker processes cannot run faster "
               "than the cores allow: these figures bound what one machine gives, not what a node of its own per "
               "worker would."]
     t_worker = mb / r["ray1"]["transform"]
@@ -256,8 +257,8 @@ def extrapolate(t_worker: float, l_worker: float, meta: dict[str, Any], rows: in
     out = [
         "",
         "What the projection below assumes, none of it measured here: every one of the 80 workers has a vCPU of "
-        "its own and transforms at the 1-worker rate measured above (on this shared machine that worker itself "
-        "competed with other work, so the rate may be low); throughput grows linearly with workers (the 2- and "
+        "its own and transforms at the 1-worker rate measured above (here that worker shared the 2 cores with the "
+        "benchmark's sink and driver, so the rate may be low); throughput grows linearly with workers (the 2- and "
         "4-worker rows above cannot show it on 2 cores); S3 serves each worker's reads at that rate; the "
         "driver's planning and commits (serial, one month at a time each) and Ray's per-task overhead are "
         "small beside the tasks; the data has this run's item size and share of orders.",
