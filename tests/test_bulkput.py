@@ -410,6 +410,62 @@ def test_ctrl_c_exits_130_saying_the_operation_runs_on_and_a_rerun_re_attaches(
     assert run_verify(cfg, [M])[0]["ok"]
 
 
+def test_a_run_stopped_while_writing_the_input_goes_on_with_the_parts_it_had_not_written(
+        moto: str, ddb_local: str, standin: BulkPutStandIn, dest_table: Callable[..., str],
+        make_config: Callable[..., Config], tmp_path: Path) -> None:
+    """S3 refuses the input objects once one part's record is written (at the edge: a botocore hook); the rerun
+    writes only the parts without a record, into the same input run, and starts the operation once."""
+    from etl import aws
+
+    table = dest_table(wcu=None)
+    cfg = make_config(endpoint=moto, root="s3://stage/pfx", dest_endpoint=standin.url, dest_table=table,
+                      extra=BULK + "bulk_put_object_mb = 0.01\n")
+    s3_client(moto).create_bucket(Bucket="stage")
+    export = write_real_export(tmp_path / "ext", [orders(100, 100 * f) for f in range(3)])
+    run_export(cfg, [M], use_existing=str(export))
+    [t] = run_transform(cfg, [M])
+    assert len(t["parts"]) == 3
+    store = staging.open_store(cfg.staging.root, cfg.staging)
+
+    def refuse_after_a_part(params: dict[str, Any], **_: Any) -> Any:
+        import botocore.awsrequest
+
+        if "/bulkput/" in params["url_path"] and any(store.exists(staging.bulkput_part_key(M, p)) for p in range(3)):
+            return (botocore.awsrequest.AWSResponse("", 403, {}, None),
+                    {"Error": {"Code": "AccessDenied", "Message": "Access Denied"},
+                     "ResponseMetadata": {"HTTPStatusCode": 403}})
+        return None
+
+    events = aws.session_for(cfg.staging).events
+    events.register("before-call.s3.PutObject", refuse_after_a_part, unique_id="refuse-after-a-part")
+    try:
+        with pytest.raises(EtlError):
+            run_load(cfg, [M], now=NOW)
+    finally:
+        events.unregister("before-call.s3.PutObject", unique_id="refuse-after-a-part")
+    done = [p for p in range(3) if store.exists(staging.bulkput_part_key(M, p))]
+    record = store.read_json(staging.bulkput_state_key(M))
+    assert done and len(done) < 3 and record["phase"] == "writing" and standin.starts == 0
+    kept = {p: store.read_json(staging.bulkput_part_key(M, p)) for p in done}
+
+    again: list[str] = []
+    events.register("before-call.s3.PutObject",
+                    lambda params, **_: again.append(params["url_path"]) if "/bulkput/" in params["url_path"] else None,
+                    unique_id="count-puts")
+    try:
+        [m] = run_load(cfg, [M], now=NOW)
+    finally:
+        events.unregister("before-call.s3.PutObject", unique_id="count-puts")
+    assert store.read_json(staging.bulkput_state_key(M))["run"] == record["run"]  # the same input run
+    for p, part in kept.items():  # the parts written before are not written again, and are part of the load
+        assert store.read_json(staging.bulkput_part_key(M, p)) == part
+        assert not [k for k in again if f"part-{p:05d}" in k]
+    assert {int(k.split("part-")[1][:5]) for k in again if "/op-" in k} == set(range(3)) - set(done)
+    assert standin.starts == 1 and m["written"] == 300
+    assert len(ddb_client(ddb_local).scan(TableName=table)["Items"]) == 300
+    assert run_verify(cfg, [M])[0]["ok"]
+
+
 def test_failed_and_partly_done_operations(moto: str, ddb_local: str, standin: BulkPutStandIn,
                                            dest_table: Callable[..., str], make_config: Callable[..., Config]) -> None:
     cfg, table = bulk_setup(moto, standin, dest_table, make_config)
